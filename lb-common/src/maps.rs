@@ -1,0 +1,49 @@
+//! Names (at most 15 bytes, the kernel's limit) and capacities of every map the datapath owns.
+//! Maps are pinned under [`PIN_DIR`] so the datapath outlives an agent restart.
+
+/// bpffs directory holding the pinned maps and the pinned XDP links.
+pub const PIN_DIR: &str = "/sys/fs/bpf/swarmlb";
+
+/// Name of the load-balancing XDP program.
+pub const PROG_LB: &str = "swarmlb";
+/// Name of the pass-everything XDP program, for veth peers that need one to receive redirects.
+pub const PROG_PASS: &str = "swarmlb_pass";
+
+/// Frontends: [`crate::FrontendKey`] -> [`crate::Frontend`].
+pub const FRONTENDS: &str = "slb_frontends";
+/// Port filter: destination port -> [`crate::PROTO_BIT_TCP`] / [`crate::PROTO_BIT_UDP`] bits.
+pub const FE_PORTS: &str = "slb_fe_ports";
+/// Addresses that "any local address" frontends answer on: address -> 1.
+pub const LOCAL_ADDRS: &str = "slb_local_addrs";
+/// Services by id: [`crate::Service`].
+pub const SERVICES: &str = "slb_services";
+/// Backends by id: [`crate::Backend`].
+pub const BACKENDS: &str = "slb_backends";
+/// Maglev lookup tables, `MAGLEV_SIZE` backend ids per service, service id major.
+pub const MAGLEV: &str = "slb_maglev";
+/// Connection table: [`crate::FlowKey`] -> [`crate::Flow`], two entries per connection.
+pub const CONNTRACK: &str = "slb_conntrack";
+/// Per-CPU [`crate::Traffic`] per service id.
+pub const SVC_STATS: &str = "slb_svc_stats";
+/// Per-CPU [`crate::Traffic`] per backend id.
+pub const BE_STATS: &str = "slb_be_stats";
+/// Per-CPU packet count per [`crate::Reason`].
+pub const REASONS: &str = "slb_reasons";
+/// One [`crate::Settings`] record.
+pub const SETTINGS: &str = "slb_settings";
+/// Interfaces the datapath may redirect to (devmap keyed by ifindex).
+pub const TX_PORTS: &str = "slb_tx_ports";
+
+/// Service ids are `1..MAX_SERVICES`; id 0 means "none".
+pub const MAX_SERVICES: u32 = 64;
+/// Backend ids are `1..MAX_BACKENDS`; id 0 means "no backend" in a Maglev slot.
+pub const MAX_BACKENDS: u32 = 4096;
+pub const MAX_FRONTENDS: u32 = 1024;
+pub const MAX_LOCAL_ADDRS: u32 = 256;
+pub const MAX_TX_PORTS: u32 = 64;
+/// Prime Maglev table size (slots per service).
+pub const MAGLEV_SIZE: u32 = 65537;
+/// Connection-table entries (each connection takes two).
+pub const CONNTRACK_SIZE: u32 = 1 << 19;
+/// One entry per possible destination port.
+pub const FE_PORTS_SIZE: u32 = 1 << 16;

@@ -1,0 +1,66 @@
+//! Why the datapath did what it did with a packet: one per-CPU counter per reason.
+
+macro_rules! reasons {
+    ($($(#[$doc:meta])* $variant:ident = $name:literal,)*) => {
+        /// What happened to a packet; the discriminant indexes the `slb_reasons` map.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Reason { $($(#[$doc])* $variant,)* }
+
+        impl Reason {
+            /// Every reason, in map-index order.
+            pub const ALL: &'static [Reason] = &[$(Reason::$variant,)*];
+
+            /// Stable snake_case name used by `swarmlb status` and metrics.
+            pub const fn name(self) -> &'static str {
+                match self { $(Reason::$variant => $name,)* }
+            }
+        }
+    };
+}
+
+reasons! {
+    /// Sent on towards a backend (XDP_TX or XDP_REDIRECT).
+    ToBackend = "to_backend",
+    /// A reply translated back and sent on towards the client.
+    ToClient = "to_client",
+    /// Translated, but handed to the kernel to forward (no neighbour entry, or egress interface
+    /// not managed by swarmlb).
+    TranslatedToKernel = "translated_to_kernel",
+    /// Not IPv4: passed untouched.
+    PassNotIpv4 = "pass_not_ipv4",
+    /// IPv4 but neither TCP nor UDP (ICMP, ...): passed untouched.
+    PassNotTcpUdp = "pass_not_tcp_udp",
+    /// TCP/UDP not addressed to a frontend nor part of a tracked connection: passed untouched.
+    PassNoFrontend = "pass_no_frontend",
+    /// IPv4 fragment: passed to the kernel (ports are only in the first fragment).
+    PassFragment = "pass_fragment",
+    /// IPv4 header with options: passed to the kernel.
+    PassIpOptions = "pass_ip_options",
+    /// TTL would reach zero: passed so the kernel answers with ICMP time exceeded.
+    PassTtlExpired = "pass_ttl_expired",
+    /// No route to the backend, or the packet is too big for the egress MTU: to the kernel.
+    PassNoRoute = "pass_no_route",
+    /// Frame shorter than an Ethernet header.
+    MalformedEth = "malformed_eth",
+    /// Truncated IPv4 header, bad version, bad header length or total length.
+    MalformedIpv4 = "malformed_ipv4",
+    /// Truncated TCP header or bad data offset.
+    MalformedTcp = "malformed_tcp",
+    /// Truncated UDP header.
+    MalformedUdp = "malformed_udp",
+    /// Frontend matched, but its service has no backend: dropped.
+    DropNoBackend = "drop_no_backend",
+    /// Every source port tried for the NAT was taken: dropped.
+    DropPortsExhausted = "drop_ports_exhausted",
+    /// The connection table refused the entry: dropped.
+    DropConntrackFull = "drop_conntrack_full",
+    /// A TCP segment other than SYN to a frontend, for a connection the table does not know
+    /// (or that idled out): passed to the kernel, which answers with a reset, rather than moved
+    /// to a backend mid-stream.
+    PassNoConnection = "pass_no_connection",
+}
+
+impl Reason {
+    pub const COUNT: u32 = Reason::ALL.len() as u32;
+}
