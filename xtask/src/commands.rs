@@ -1,0 +1,60 @@
+//! The xtask commands other than setup: each is a thin, explicit sequence of cargo invocations.
+
+use std::process::Command;
+
+use anyhow::Result;
+
+use crate::setup::{self, Verbosity, run_cmd, workspace_root};
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+fn ensure_setup() -> Result<()> {
+    if !setup::complete() {
+        setup::run(Verbosity::Quiet)?;
+    }
+    Ok(())
+}
+
+pub fn build() -> Result<()> {
+    ensure_setup()?;
+    run_cmd(cargo().args(["build", "--release", "--package", "lb-userspace"]))?;
+    eprintln!("built {}", workspace_root().join("target/release/swarmlb").display());
+    Ok(())
+}
+
+pub fn build_and_load(ifaces: &[String], config: &str) -> Result<()> {
+    build()?;
+    let mut run = Command::new(workspace_root().join("target/release/swarmlb"));
+    run.current_dir(workspace_root()).arg("run").args(["--config", config]);
+    for iface in ifaces {
+        run.args(["--iface", iface]);
+    }
+    run_cmd(&mut run)
+}
+
+pub fn test() -> Result<()> {
+    ensure_setup()?;
+    // The namespace tests run the real `swarmlb` binary.
+    run_cmd(cargo().args(["build", "--package", "lb-userspace", "--bins"]))?;
+    run_cmd(cargo().args(["test", "--workspace", "--exclude", "lb-ebpf", "--no-fail-fast"]).args(["--", "--test-threads=1"]))
+}
+
+pub fn bench() -> Result<()> {
+    ensure_setup()?;
+    run_cmd(cargo().args(["bench", "--package", "tests", "--bench", "datapath"]))
+}
+
+pub fn demo(keep: bool) -> Result<()> {
+    ensure_setup()?;
+    run_cmd(cargo().args(["build", "--release", "--package", "lb-userspace", "--package", "tests", "--bins"]))?;
+    let mut demo = Command::new(workspace_root().join("target/release/swarmlb-demo"));
+    demo.arg("--swarmlb").arg(workspace_root().join("target/release/swarmlb"));
+    if keep {
+        demo.arg("--keep");
+    }
+    run_cmd(&mut demo)
+}
