@@ -1,1 +1,7 @@
-//! Shared helpers for the integration tests.
+//! Shared helpers for the integration tests, the benchmark and the demo: namespaces, topologies,
+//! test clients, the agent driver.
+
+pub mod agent;
+pub mod client;
+pub mod netns;
+pub mod topology;

@@ -1,0 +1,73 @@
+//! Test clients: HTTP and UDP requests that return the name of the backend that answered, and a
+//! long-lived echo connection. Call them on a thread inside the client namespace (`Netns::run`).
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpStream, UdpSocket},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+
+pub const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// One HTTP/1.0 request on a new connection; returns the answering backend's name.
+pub fn http_get(addr: SocketAddr) -> Result<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT).with_context(|| format!("connect {addr}"))?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    stream.write_all(b"GET / HTTP/1.0\r\nHost: swarmlb\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).with_context(|| format!("read from {addr}"))?;
+    let body = response.split("\r\n\r\n").nth(1).with_context(|| format!("no HTTP body: {response:?}"))?;
+    Ok(body.trim().to_string())
+}
+
+/// One UDP request; returns the answering backend's name.
+pub fn udp_ask(addr: SocketAddr, payload: &str) -> Result<String> {
+    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    socket.set_read_timeout(Some(TIMEOUT))?;
+    socket.send_to(payload.as_bytes(), addr)?;
+    let mut buf = [0u8; 65536];
+    let (len, from) = socket.recv_from(&mut buf).with_context(|| format!("no UDP answer from {addr}"))?;
+    if from != addr {
+        bail!("UDP answer came from {from}, not from the frontend {addr}");
+    }
+    let text = String::from_utf8_lossy(&buf[..len]).into_owned();
+    let (name, echoed) = text.split_once(' ').with_context(|| format!("bad UDP answer {text:?}"))?;
+    if echoed != payload {
+        bail!("UDP answer echoed {echoed:?}, sent {payload:?}");
+    }
+    Ok(name.to_string())
+}
+
+/// A TCP connection kept open across the test, exchanging lines with one backend.
+pub struct EchoConn {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    pub backend: String,
+}
+
+impl EchoConn {
+    pub fn open(addr: SocketAddr) -> Result<Self> {
+        let stream = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+        stream.set_read_timeout(Some(TIMEOUT))?;
+        let mut writer = stream.try_clone()?;
+        writer.write_all(b"ECHO\n")?;
+        let mut reader = BufReader::new(stream);
+        let mut backend = String::new();
+        reader.read_line(&mut backend)?;
+        Ok(EchoConn { reader, writer, backend: backend.trim().to_string() })
+    }
+
+    /// Sends a line and checks the same backend echoes it.
+    pub fn exchange(&mut self, line: &str) -> Result<()> {
+        self.writer.write_all(format!("{line}\n").as_bytes())?;
+        let mut answer = String::new();
+        self.reader.read_line(&mut answer).context("echo connection read")?;
+        let expected = format!("{} {line}", self.backend);
+        if answer.trim_end() != expected {
+            bail!("echo connection answered {answer:?}, expected {expected:?}");
+        }
+        Ok(())
+    }
+}
