@@ -1,0 +1,203 @@
+//! Namespace tests: a client, a load-balancer node running the real `swarmlb run` with XDP on both
+//! its interfaces, and backends running real TCP and UDP servers. Needs root; the pinned datapath
+//! is node-wide, so these tests run one at a time.
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::Mutex,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::Value;
+use tests::{
+    agent::{self, Agent},
+    client::{EchoConn, http_get, udp_ask},
+    netns::sh,
+    topology::{self, LB_FRONT_ADDR, SingleNode, backend_name},
+};
+
+/// The datapath is pinned node-wide: one topology at a time.
+static NODE: Mutex<()> = Mutex::new(());
+
+fn write_config(topo: &SingleNode, backends: &[usize]) -> Result<PathBuf> {
+    let path = std::env::temp_dir().join(format!("{}.toml", topo.lb.name));
+    std::fs::write(&path, topology::config(backends))?;
+    Ok(path)
+}
+
+fn start(topo: &SingleNode, config: &PathBuf) -> Result<Agent> {
+    agent::unload()?;
+    Agent::start(&topo.lb, &["front", "back"], config.to_str().context("path")?, 2)
+}
+
+fn service<'a>(status: &'a Value, name: &str) -> Result<&'a Value> {
+    status["services"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == name))
+        .with_context(|| format!("service {name} not in status: {status}"))
+}
+
+/// Names of the backends `status` lists for `service` with a weight above zero.
+fn active_backends(service_name: &str) -> Result<Vec<String>> {
+    let status = agent::status()?;
+    let backends = service(&status, service_name)?["backends"].as_array().cloned().unwrap_or_default();
+    Ok(backends
+        .iter()
+        .filter(|b| b["weight"].as_u64().unwrap_or(0) > 0)
+        .filter_map(|b| b["name"].as_str().map(String::from))
+        .collect())
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !done()? {
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// Opens `count` HTTP connections to `port` from the client and counts answers per backend.
+fn spread(topo: &SingleNode, port: u16, count: usize) -> Result<BTreeMap<String, usize>> {
+    let frontend = topo.frontend(port);
+    topo.client.run(move || -> Result<BTreeMap<String, usize>> {
+        let mut answers = BTreeMap::new();
+        for i in 0..count {
+            let name = http_get(frontend).with_context(|| format!("connection {i} to {frontend}"))?;
+            *answers.entry(name).or_default() += 1;
+        }
+        Ok(answers)
+    })?
+}
+
+#[test]
+fn spreads_tcp_connections_answers_udp_and_counts_what_it_did() -> Result<()> {
+    let _node = NODE.lock().unwrap_or_else(|e| e.into_inner());
+    let topo = SingleNode::new(3)?;
+    let config = write_config(&topo, &[0, 1, 2])?;
+    let _agent = start(&topo, &config)?;
+
+    let answers = spread(&topo, 80, 300)?;
+    eprintln!("300 connections to {LB_FRONT_ADDR}:80: {answers:?}");
+    ensure!(answers.len() == 3, "not every backend answered: {answers:?}");
+    for (backend, count) in &answers {
+        ensure!((60..=138).contains(count), "{backend} took {count} of 300 (outside 20%..46%)");
+    }
+
+    // A published port answers on every local address of the node.
+    let published = spread(&topo, 8080, 30)?;
+    ensure!(published.values().sum::<usize>() == 30, "published port answers: {published:?}");
+
+    let frontend = topo.frontend(53);
+    let udp_answers = topo.client.run(move || -> Result<BTreeMap<String, usize>> {
+        let mut answers = BTreeMap::new();
+        for i in 0..30 {
+            *answers.entry(udp_ask(frontend, &format!("question-{i}"))?).or_default() += 1;
+        }
+        Ok(answers)
+    })??;
+    eprintln!("30 UDP requests: {udp_answers:?}");
+    ensure!(udp_answers.len() >= 2, "UDP went to one backend only: {udp_answers:?}");
+
+    topo.client.exec(&format!("ping -c 2 -W 2 {LB_FRONT_ADDR} >/dev/null"))
+        .context("ping to the load-balancer node")?;
+
+    let status = agent::status()?;
+    let web = service(&status, "web")?;
+    ensure!(web["new_flows"] == 330, "web new_flows: {}", web["new_flows"]);
+    for backend in web["backends"].as_array().context("backends")? {
+        let name = backend["name"].as_str().context("name")?;
+        let sent = answers.get(name).copied().unwrap_or(0) + published.get(name).copied().unwrap_or(0);
+        ensure!(backend["new_flows"] == sent as u64, "{name}: status {} new flows, clients saw {sent}", backend["new_flows"]);
+    }
+    let dns = service(&status, "dns")?;
+    ensure!(dns["new_flows"] == 30, "dns new_flows: {}", dns["new_flows"]);
+    ensure!(dns["packets"] == 60, "dns packets (30 requests + 30 answers): {}", dns["packets"]);
+    ensure!(status["reasons"]["to_backend"].as_u64() >= Some(330 * 3), "reasons: {}", status["reasons"]);
+    ensure!(status["reasons"]["to_client"].as_u64() >= Some(330 * 2), "reasons: {}", status["reasons"]);
+    agent::unload()
+}
+
+#[test]
+fn long_lived_connection_survives_a_backend_removed_and_readded_by_reload() -> Result<()> {
+    let _node = NODE.lock().unwrap_or_else(|e| e.into_inner());
+    let mut topo = SingleNode::new(3)?;
+    let config = write_config(&topo, &[0, 1, 2])?;
+    let agent = start(&topo, &config)?;
+
+    let frontend = topo.frontend(80);
+    let mut conn = topo.client.run(move || EchoConn::open(frontend))??;
+    conn.exchange("before")?;
+    let kept = (0..3).find(|&i| backend_name(i) == conn.backend).context("echo backend")?;
+    let removed = (kept + 1) % 3;
+    let remaining: Vec<usize> = (0..3).filter(|&i| i != removed).collect();
+
+    // Removal through SIGHUP.
+    std::fs::write(&config, topology::config(&remaining))?;
+    agent.signal("HUP")?;
+    wait_until("the backend's removal", || Ok(!active_backends("web")?.contains(&backend_name(removed))))?;
+    conn.exchange("after removal")?;
+    let answers = spread(&topo, 80, 60)?;
+    ensure!(!answers.contains_key(&backend_name(removed)), "removed backend still got new connections: {answers:?}");
+    conn.exchange("after new connections")?;
+
+    // The removed backend goes away for real, then comes back; re-added by a file change alone.
+    topo.remove_backend(removed);
+    topo.add_backend(removed)?;
+    thread::sleep(Duration::from_millis(1100)); // a new mtime even on coarse clocks
+    std::fs::write(&config, topology::config(&[0, 1, 2]))?;
+    wait_until("the backend's return", || Ok(active_backends("web")?.contains(&backend_name(removed))))?;
+    conn.exchange("after re-add")?;
+    let answers = spread(&topo, 80, 60)?;
+    ensure!(answers.len() == 3, "re-added backend gets no new connections: {answers:?}");
+    for i in 0..20 {
+        conn.exchange(&format!("line {i}"))?;
+    }
+    drop(agent);
+    agent::unload()
+}
+
+fn pinned_ids() -> Result<String> {
+    let links = sh("bpftool -j link show")?;
+    let links: Value = serde_json::from_str(&links)?;
+    let mut xdp: Vec<String> = links
+        .as_array()
+        .context("bpftool link list")?
+        .iter()
+        .filter(|l| l["type"] == "xdp")
+        .map(|l| format!("link {}", l["id"]))
+        .collect();
+    xdp.sort();
+    let conntrack: Value = serde_json::from_str(&sh("bpftool -j map show name slb_conntrack")?)?;
+    Ok(format!("{xdp:?} conntrack map {}", conntrack["id"]))
+}
+
+#[test]
+fn open_connection_survives_an_agent_restart() -> Result<()> {
+    let _node = NODE.lock().unwrap_or_else(|e| e.into_inner());
+    let topo = SingleNode::new(3)?;
+    let config = write_config(&topo, &[0, 1, 2])?;
+    let mut agent = start(&topo, &config)?;
+    let before = pinned_ids()?;
+
+    let frontend = topo.frontend(80);
+    let mut conn = topo.client.run(move || EchoConn::open(frontend))??;
+    conn.exchange("before restart")?;
+    agent.stop()?;
+    conn.exchange("while the agent is down")?;
+    let answers = spread(&topo, 80, 10)?;
+    ensure!(answers.values().sum::<usize>() == 10, "new connections while the agent is down: {answers:?}");
+
+    let _agent = Agent::start(&topo.lb, &["front", "back"], config.to_str().context("path")?, 2)?;
+    conn.exchange("after restart")?;
+    let after = pinned_ids()?;
+    ensure!(before == after, "the restart replaced the datapath:\nbefore {before}\nafter  {after}");
+    let answers = spread(&topo, 80, 30)?;
+    ensure!(answers.values().sum::<usize>() == 30, "after restart: {answers:?}");
+    agent::unload()
+}
