@@ -4,4 +4,5 @@
 pub mod agent;
 pub mod client;
 pub mod netns;
+pub mod swarm;
 pub mod topology;

@@ -19,6 +19,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
     "iptables",
+    "iputils-ping",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
