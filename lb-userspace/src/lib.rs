@@ -5,4 +5,5 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 
 pub mod maglev;
 pub mod model;
+pub mod planner;
 pub mod source;

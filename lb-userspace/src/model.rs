@@ -26,7 +26,7 @@ pub struct Cluster {
     pub services: Vec<Service>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeSettings {
     /// Inclusive SNAT source-port range.
     pub snat_ports: (u16, u16),
@@ -109,4 +109,10 @@ pub struct Backend {
     pub addr: SocketAddrV4,
     /// Relative share of new connections; 0 drains (no new connections, established continue).
     pub weight: u32,
+}
+
+impl Default for NodeSettings {
+    fn default() -> Self {
+        NodeSettings { snat_ports: DEFAULT_SNAT_PORTS, malformed: MalformedPolicy::Pass }
+    }
 }
