@@ -6,3 +6,5 @@ pub mod client;
 pub mod netns;
 pub mod swarm;
 pub mod topology;
+pub mod frames;
+pub mod testrun;

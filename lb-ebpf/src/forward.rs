@@ -1,0 +1,147 @@
+//! Where a translated packet goes: the next hop (FIB lookup, cached per flow entry), the MAC
+//! rewrite, and XDP_TX / XDP_REDIRECT / XDP_PASS.
+//!
+//! MTU rule: the egress MTU is checked *before* translating. A packet bigger than the egress
+//! MTU (possible only when the egress link has a smaller MTU than the ingress one) is passed to
+//! the kernel untranslated and counted as `PassNoRoute`: the datapath never fragments, and an
+//! ICMP "fragmentation needed" built by the kernel from a translated packet would go to the
+//! wrong party (the SNAT address, i.e. this node). Clients behind such paths rely on the
+//! backend's MSS (or the MSS clamping of the encapsulation path).
+
+use core::mem::size_of;
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
+        xdp_action::{XDP_PASS, XDP_TX},
+    },
+    helpers::generated::{bpf_check_mtu, bpf_fib_lookup},
+    programs::XdpContext,
+};
+use lb_common::{DIR_TO_CLIENT, Flow, NEXT_HOP_TTL_NS, NextHop, Reason};
+
+use crate::{
+    maps::TX_PORTS_MAP,
+    nat,
+    parse::{Packet, ptr_at},
+    stats,
+    verdict::Verdict,
+};
+
+const AF_INET: u8 = 2;
+
+/// Outcome of next-hop resolution for a flow.
+pub enum Route {
+    /// Send it ourselves through this next hop.
+    Via(NextHop),
+    /// Routable, but no neighbour entry yet: translate and let the kernel resolve and send it.
+    Kernel,
+    /// No route, or too big for the egress MTU: pass untranslated.
+    NoRoute,
+}
+
+/// The next hop of the flow's translated packets: the cached one while it is fresh, else a
+/// `bpf_fib_lookup` whose result is written back into `flow.next_hop` (the map entry itself
+/// for established flows, the entry about to be inserted for new ones).
+#[inline(always)]
+pub fn resolve_next_hop(ctx: &XdpContext, flow: &mut Flow, pkt: &Packet, now: u64) -> Route {
+    let cached = flow.next_hop;
+    if cached.ifindex != 0 && now.wrapping_sub(cached.resolved_ns) < NEXT_HOP_TTL_NS {
+        return fit_mtu(cached, pkt);
+    }
+    // SAFETY: an all-zero bpf_fib_lookup is a valid input.
+    let mut params: FibParams = unsafe { core::mem::zeroed() };
+    params.family = AF_INET;
+    params.l4_protocol = pkt.key.proto;
+    params.sport = flow.new_src_port.to_be();
+    params.dport = flow.new_dst_port.to_be();
+    params.__bindgen_anon_1.tot_len = pkt.ip_len;
+    params.ifindex = ctx.ingress_ifindex() as u32;
+    params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(flow.new_src_addr);
+    params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(flow.new_dst_addr);
+    // SAFETY: params is a properly sized, initialised bpf_fib_lookup on the stack.
+    let ret = unsafe {
+        bpf_fib_lookup(ctx.as_ptr(), &mut params, size_of::<FibParams>() as i32, 0)
+    };
+    if ret == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        return Route::Kernel;
+    }
+    if ret != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        // Includes FRAG_NEEDED (too big for the route's MTU): untranslated, see the module doc.
+        return Route::NoRoute;
+    }
+    // The FIB only reports the MTU when the packet does not fit; ask the device for it so the
+    // cached next hop can check later packets.
+    let mut mtu: u32 = 0;
+    // SAFETY: mtu is a valid u32 on the stack; flags must be 0 for XDP.
+    let mtu_ret = unsafe { bpf_check_mtu(ctx.as_ptr(), params.ifindex, &mut mtu, 0, 0) };
+    if mtu_ret < 0 || mtu == 0 || mtu > u16::MAX as u32 {
+        mtu = u16::MAX as u32;
+    }
+    let hop = NextHop {
+        resolved_ns: now,
+        ifindex: params.ifindex,
+        mtu: mtu as u16,
+        src_mac: params.smac,
+        dst_mac: params.dmac,
+        _pad: [0; 6],
+    };
+    flow.next_hop = hop;
+    fit_mtu(hop, pkt)
+}
+
+#[inline(always)]
+fn fit_mtu(hop: NextHop, pkt: &Packet) -> Route {
+    if pkt.ip_len > hop.mtu { Route::NoRoute } else { Route::Via(hop) }
+}
+
+/// Translates the packet per `flow` and sends it along `route`.
+#[inline(always)]
+pub fn deliver(ctx: &XdpContext, pkt: &Packet, flow: &Flow, route: Route) -> Verdict {
+    let hop = match route {
+        Route::NoRoute => return Verdict::pass(Reason::PassNoRoute),
+        Route::Kernel => return to_kernel(ctx, pkt, flow),
+        Route::Via(hop) => hop,
+    };
+    // Only interfaces the agent manages may be transmitted on directly; anything else is
+    // forwarded by the kernel (which needs the frame still addressed to this node's MAC).
+    if TX_PORTS_MAP.get_ifindex(hop.ifindex).is_none() {
+        return to_kernel(ctx, pkt, flow);
+    }
+    if !nat::translate(ctx, pkt, flow) || !set_macs(ctx, &hop) {
+        return Verdict::pass(Reason::PassNoRoute);
+    }
+    stats::count_traffic(flow, pkt.frame_len as u64);
+    let reason = if flow.direction == DIR_TO_CLIENT { Reason::ToClient } else { Reason::ToBackend };
+    if hop.ifindex == ctx.ingress_ifindex() as u32 {
+        return Verdict { action: XDP_TX, reason };
+    }
+    let action = match TX_PORTS_MAP.redirect(hop.ifindex, XDP_PASS as u64) {
+        Ok(action) => action,
+        Err(action) => action,
+    };
+    Verdict { action, reason }
+}
+
+#[inline(always)]
+fn to_kernel(ctx: &XdpContext, pkt: &Packet, flow: &Flow) -> Verdict {
+    if !nat::translate(ctx, pkt, flow) {
+        return Verdict::pass(Reason::PassNoRoute);
+    }
+    stats::count_traffic(flow, pkt.frame_len as u64);
+    Verdict::pass(Reason::TranslatedToKernel)
+}
+
+/// Rewrites the Ethernet addresses for the next hop.
+#[inline(always)]
+fn set_macs(ctx: &XdpContext, hop: &NextHop) -> bool {
+    let Some(eth) = ptr_at::<[u8; 12]>(ctx, 0) else { return false };
+    let eth = eth as *mut u8;
+    // SAFETY: 12 bytes bounds-checked above.
+    unsafe {
+        (eth as *mut [u8; 6]).write_unaligned(hop.dst_mac);
+        (eth.add(6) as *mut [u8; 6]).write_unaligned(hop.src_mac);
+    }
+    true
+}

@@ -1,0 +1,91 @@
+//! Every map of the datapath, as BTF maps so `bpftool map dump name ...` prints field names.
+//! Names are string literals (the `#[btf_map]` attribute takes nothing else); the `const` block
+//! at the bottom proves each one equals the `lb_common::maps` constant the agent uses.
+
+use aya_ebpf::{
+    btf_maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    macros::btf_map,
+};
+use lb_common::{
+    Backend, Flow, FlowKey, Frontend, FrontendKey, Reason, Service, Settings, Traffic,
+    maps::{self as names, *},
+};
+
+#[btf_map(name = "slb_settings")]
+pub static SETTINGS_MAP: Array<Settings, 1> = Array::new();
+
+#[btf_map(name = "slb_fe_ports")]
+pub static FE_PORTS_MAP: Array<u8, { FE_PORTS_SIZE as usize }> = Array::new();
+
+#[btf_map(name = "slb_frontends")]
+pub static FRONTENDS_MAP: HashMap<FrontendKey, Frontend, { MAX_FRONTENDS as usize }> =
+    HashMap::new();
+
+#[btf_map(name = "slb_local_addrs")]
+pub static LOCAL_ADDRS_MAP: HashMap<[u8; 4], u32, { MAX_LOCAL_ADDRS as usize }> = HashMap::new();
+
+#[btf_map(name = "slb_services")]
+pub static SERVICES_MAP: Array<Service, { MAX_SERVICES as usize }> = Array::new();
+
+#[btf_map(name = "slb_backends")]
+pub static BACKENDS_MAP: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
+
+#[btf_map(name = "slb_maglev")]
+pub static MAGLEV_MAP: Array<u32, { (MAX_SERVICES * MAGLEV_SIZE) as usize }> = Array::new();
+
+#[btf_map(name = "slb_conntrack")]
+pub static CONNTRACK_MAP: LruHashMap<FlowKey, Flow, { CONNTRACK_SIZE as usize }> =
+    LruHashMap::new();
+
+#[btf_map(name = "slb_svc_stats")]
+pub static SVC_STATS_MAP: PerCpuArray<Traffic, { MAX_SERVICES as usize }> = PerCpuArray::new();
+
+#[btf_map(name = "slb_be_stats")]
+pub static BE_STATS_MAP: PerCpuArray<Traffic, { MAX_BACKENDS as usize }> = PerCpuArray::new();
+
+#[btf_map(name = "slb_reasons")]
+pub static REASONS_MAP: PerCpuArray<u64, { Reason::COUNT as usize }> = PerCpuArray::new();
+
+/// Devmap keyed by ifindex: the interfaces swarmlb may XDP_TX / XDP_REDIRECT to.
+#[btf_map(name = "slb_tx_ports")]
+pub static TX_PORTS_MAP: DevMapHash<{ MAX_TX_PORTS as usize }> = DevMapHash::new();
+
+const fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() || a.len() > 15 {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+// The literals above must be exactly the names the agent opens.
+const _: () = {
+    assert!(same("slb_settings", names::SETTINGS));
+    assert!(same("slb_fe_ports", names::FE_PORTS));
+    assert!(same("slb_frontends", names::FRONTENDS));
+    assert!(same("slb_local_addrs", names::LOCAL_ADDRS));
+    assert!(same("slb_services", names::SERVICES));
+    assert!(same("slb_backends", names::BACKENDS));
+    assert!(same("slb_maglev", names::MAGLEV));
+    assert!(same("slb_conntrack", names::CONNTRACK));
+    assert!(same("slb_svc_stats", names::SVC_STATS));
+    assert!(same("slb_be_stats", names::BE_STATS));
+    assert!(same("slb_reasons", names::REASONS));
+    assert!(same("slb_tx_ports", names::TX_PORTS));
+};
+
+/// The node's settings record (all zero, i.e. defaults, if the agent has not written it).
+#[inline(always)]
+pub fn settings() -> Settings {
+    match SETTINGS_MAP.get(0) {
+        Some(s) => *s,
+        None => Settings::default(),
+    }
+}

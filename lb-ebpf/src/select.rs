@@ -1,0 +1,61 @@
+//! Which service a packet is for (frontend match, including "any local address"), and which
+//! backend a new connection goes to (Maglev slot).
+
+use lb_common::{
+    ANY_LOCAL_ADDR, Backend, FlowKey, FrontendKey, maps::MAGLEV_SIZE, PROTO_BIT_TCP, PROTO_BIT_UDP,
+    PROTO_TCP, SERVICE_STICKY, Service,
+    hash::{client_hash, flow_hash},
+};
+
+use crate::maps::{BACKENDS_MAP, FE_PORTS_MAP, FRONTENDS_MAP, LOCAL_ADDRS_MAP, MAGLEV_MAP, SERVICES_MAP};
+
+/// Cheap pre-filter: does any frontend of this protocol use the destination port?
+#[inline(always)]
+pub fn port_has_frontend(key: &FlowKey) -> bool {
+    let bit = if key.proto == PROTO_TCP { PROTO_BIT_TCP } else { PROTO_BIT_UDP };
+    match FE_PORTS_MAP.get(key.dst_port as u32) {
+        Some(bits) => *bits & bit != 0,
+        None => false,
+    }
+}
+
+/// The service of the frontend the packet is addressed to: the exact address first, then the
+/// node's "any local address" frontend if the destination is one of its addresses.
+#[inline(always)]
+pub fn find_service(key: &FlowKey) -> Option<u32> {
+    let mut fk = FrontendKey { addr: key.dst_addr, port: key.dst_port, proto: key.proto, _pad: 0 };
+    // SAFETY: values are copied out immediately.
+    if let Some(fe) = unsafe { FRONTENDS_MAP.get(&fk) } {
+        return Some(fe.service_id);
+    }
+    // SAFETY: as above.
+    unsafe { LOCAL_ADDRS_MAP.get(&key.dst_addr) }?;
+    fk.addr = ANY_LOCAL_ADDR;
+    // SAFETY: as above.
+    unsafe { FRONTENDS_MAP.get(&fk) }.map(|fe| fe.service_id)
+}
+
+#[inline(always)]
+pub fn service(service_id: u32) -> Option<Service> {
+    SERVICES_MAP.get(service_id).copied()
+}
+
+/// The backend Maglev assigns to this connection (or to this client, for sticky services).
+#[inline(always)]
+pub fn pick_backend(service_id: u32, service: &Service, key: &FlowKey) -> Option<(u32, Backend)> {
+    if service.active_backends == 0 {
+        return None;
+    }
+    let hash = if service.flags & SERVICE_STICKY != 0 {
+        client_hash(key.src_addr)
+    } else {
+        flow_hash(key.src_addr, key.dst_addr, key.src_port, key.dst_port, key.proto)
+    };
+    let slot = service_id.wrapping_mul(MAGLEV_SIZE).wrapping_add(hash % MAGLEV_SIZE);
+    let backend_id = *MAGLEV_MAP.get(slot)?;
+    if backend_id == 0 {
+        return None;
+    }
+    let backend = *BACKENDS_MAP.get(backend_id)?;
+    Some((backend_id, backend))
+}
