@@ -227,14 +227,14 @@ impl Validator<'_> {
         };
         let mut backends: Vec<Backend> = Vec::with_capacity(raw.backend.len());
         for raw_backend in &raw.backend {
-            let backend = self.backend(raw_backend, &ctx)?;
+            let backend = self.backend(raw_backend, &name)?;
             if backends.iter().any(|b| b.name == backend.name) {
                 let at = raw_backend.get_ref().name.as_ref().map_or(raw_backend.span(), Spanned::span);
                 return Err(self.err(at, &ctx, "name", format!("duplicate backend name {:?}", backend.name)));
             }
             if backends.iter().any(|b| b.addr == backend.addr) {
                 let at = raw_backend.get_ref().addr.as_ref().map_or(raw_backend.span(), Spanned::span);
-                let ctx = format!("{ctx}backend {:?}: ", backend.name);
+                let ctx = format!("service {name:?} backend {:?}: ", backend.name);
                 return Err(self.err(at, &ctx, "addr", format!("address {} already used by another backend of this service", backend.addr)));
             }
             backends.push(backend);
@@ -242,11 +242,11 @@ impl Validator<'_> {
         Ok(Service { name, frontends, backends, sticky, nat_addr })
     }
 
-    fn backend(&self, spanned: &Spanned<RawBackend>, service_ctx: &str) -> Result<Backend, ConfigError> {
+    fn backend(&self, spanned: &Spanned<RawBackend>, service: &str) -> Result<Backend, ConfigError> {
         let raw = spanned.get_ref();
-        let bctx = format!("{service_ctx}backend: ");
+        let bctx = format!("service {service:?} backend: ");
         let name = self.name(self.required(&raw.name, spanned.span(), &bctx, "name")?, &bctx)?;
-        let ctx = format!("{service_ctx}backend {name:?}: ");
+        let ctx = format!("service {service:?} backend {name:?}: ");
         let addr_v = self.required(&raw.addr, spanned.span(), &ctx, "addr")?;
         let s = self.string(addr_v, &ctx, "addr")?;
         let addr: SocketAddrV4 = s.parse().map_err(|_| self.err(addr_v.span(), &ctx, "addr", format!("invalid socket address {s:?}")))?;
