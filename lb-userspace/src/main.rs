@@ -1,3 +1,36 @@
-fn main() -> anyhow::Result<()> {
-    Ok(())
+//! The `swarmlb` binary: parses the command line and dispatches.
+
+use anyhow::Result;
+use clap::Parser;
+use swarmlb::{
+    agent,
+    cli::{Cli, Command},
+    datapath, state, status,
+};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Run(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(agent::run(args))
+        }
+        Command::Status { json, state_dir } => {
+            let report = status::collect(&state_dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", status::table(&report));
+            }
+            Ok(())
+        }
+        Command::Unload { state_dir } => {
+            datapath::pins::unload()?;
+            state::remove(&state_dir)
+        }
+    }
 }

@@ -1,0 +1,36 @@
+//! The datapath side of the agent: loading and attaching the XDP program with its maps pinned
+//! ([`pins`]), writing a plan's diff into the maps in a safe order ([`writer`]), and reading the
+//! counters back ([`reader`]).
+
+pub mod pins;
+pub mod reader;
+pub mod writer;
+
+/// Every map of the datapath, with the key and value sizes `lb-common` defines: the agent checks
+/// a pinned map against these before reusing it.
+pub(crate) const MAPS: &[(&str, usize, usize)] = {
+    use lb_common::{maps::*, *};
+    use std::mem::size_of;
+    &[
+        (SETTINGS, 4, size_of::<Settings>()),
+        (FE_PORTS, 4, 1),
+        (FRONTENDS, size_of::<FrontendKey>(), size_of::<Frontend>()),
+        (LOCAL_ADDRS, 4, 4),
+        (SERVICES, 4, size_of::<Service>()),
+        (BACKENDS, 4, size_of::<Backend>()),
+        (MAGLEV, 4, 4),
+        (CONNTRACK, size_of::<FlowKey>(), size_of::<Flow>()),
+        (SVC_STATS, 4, size_of::<Traffic>()),
+        (BE_STATS, 4, size_of::<Traffic>()),
+        (REASONS, 4, 8),
+        (TX_PORTS, 4, 8),
+    ]
+};
+
+pub(crate) fn pin_path(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(lb_common::maps::PIN_DIR).join(name)
+}
+
+pub(crate) fn link_pin_path(iface: &str) -> std::path::PathBuf {
+    pin_path(&format!("link_{iface}"))
+}

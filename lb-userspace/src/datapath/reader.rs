@@ -1,0 +1,55 @@
+//! Reads the datapath's counters from the pinned maps, summing per-CPU values. Read-only, so it
+//! runs beside a live `swarmlb run`.
+
+use anyhow::Result;
+use aya::maps::{HashMap, MapData, PerCpuArray};
+use lb_common::{Flow, FlowKey, Reason, Traffic, maps as names};
+
+use super::writer::typed;
+
+pub struct Counters {
+    svc_stats: PerCpuArray<MapData, Traffic>,
+    be_stats: PerCpuArray<MapData, Traffic>,
+    reasons: PerCpuArray<MapData, u64>,
+    conntrack: HashMap<MapData, FlowKey, Flow>,
+}
+
+impl Counters {
+    pub fn open() -> Result<Counters> {
+        Ok(Counters {
+            svc_stats: typed!(names::SVC_STATS),
+            be_stats: typed!(names::BE_STATS),
+            reasons: typed!(names::REASONS),
+            conntrack: typed!(names::CONNTRACK),
+        })
+    }
+
+    pub fn service(&self, id: u32) -> Result<Traffic> {
+        Ok(sum(&self.svc_stats.get(&id, 0)?))
+    }
+
+    pub fn backend(&self, id: u32) -> Result<Traffic> {
+        Ok(sum(&self.be_stats.get(&id, 0)?))
+    }
+
+    /// Every reason with its packet count, in map order.
+    pub fn reasons(&self) -> Result<Vec<(Reason, u64)>> {
+        Reason::ALL
+            .iter()
+            .map(|r| Ok((*r, self.reasons.get(&(*r as u32), 0)?.iter().sum())))
+            .collect()
+    }
+
+    /// Entries in the connection table (two per connection).
+    pub fn conntrack_entries(&self) -> usize {
+        self.conntrack.keys().filter(|k| k.is_ok()).count()
+    }
+}
+
+fn sum(per_cpu: &[Traffic]) -> Traffic {
+    per_cpu.iter().fold(Traffic::default(), |a, t| Traffic {
+        packets: a.packets + t.packets,
+        bytes: a.bytes + t.bytes,
+        new_flows: a.new_flows + t.new_flows,
+    })
+}

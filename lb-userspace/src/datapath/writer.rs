@@ -1,0 +1,162 @@
+//! Writes plans into the pinned maps. The writer only executes a [`Diff`] the planner computed;
+//! its one job is the order, chosen so the datapath never follows a reference to something not
+//! yet written: settings; backends before the Maglev slots that name them; slots before the
+//! service whose `active_backends` lets new flows use them; services before the frontends that
+//! lead to them; and only then removals (frontends, then the services they led to, then those
+//! services' slots). Removed backends keep their `slb_backends` entry (see the planner).
+
+use std::{
+    collections::{BTreeSet, HashSet},
+    net::Ipv4Addr,
+};
+
+use anyhow::{Context, Result};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues, xdp::DevMapHash};
+use lb_common::{Backend, Frontend, FrontendKey, Service, Settings, Traffic, maps as names};
+use tracing::debug;
+
+use super::pin_path;
+use crate::planner::{Diff, Plan, frontend_key, port_bits};
+
+/// The maps the agent writes, opened from their pins.
+pub struct Writer {
+    settings: Array<MapData, Settings>,
+    fe_ports: Array<MapData, u8>,
+    frontends: HashMap<MapData, FrontendKey, Frontend>,
+    local_addrs: HashMap<MapData, [u8; 4], u32>,
+    services: Array<MapData, Service>,
+    backends: Array<MapData, Backend>,
+    maglev: Array<MapData, u32>,
+    be_stats: PerCpuArray<MapData, Traffic>,
+    tx_ports: DevMapHash<MapData>,
+    cpus: usize,
+}
+
+pub(crate) fn open(name: &str) -> Result<Map> {
+    let path = pin_path(name);
+    let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
+    Map::from_map_data(data).with_context(|| format!("map {name}"))
+}
+
+macro_rules! typed {
+    ($name:expr) => {
+        anyhow::Context::with_context($crate::datapath::writer::open($name)?.try_into(), || {
+            format!("map {} has an unexpected type", $name)
+        })?
+    };
+}
+pub(crate) use typed;
+
+impl Writer {
+    pub fn open() -> Result<Writer> {
+        Ok(Writer {
+            settings: typed!(names::SETTINGS),
+            fe_ports: typed!(names::FE_PORTS),
+            frontends: typed!(names::FRONTENDS),
+            local_addrs: typed!(names::LOCAL_ADDRS),
+            services: typed!(names::SERVICES),
+            backends: typed!(names::BACKENDS),
+            maglev: typed!(names::MAGLEV),
+            be_stats: typed!(names::BE_STATS),
+            tx_ports: typed!(names::TX_PORTS),
+            cpus: aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?,
+        })
+    }
+
+    /// Applies `diff` in the safe order described at the top of this module.
+    pub fn apply(&mut self, diff: &Diff) -> Result<()> {
+        if let Some(settings) = &diff.settings {
+            self.settings.set(0, settings, 0).context("writing slb_settings")?;
+        }
+        for (id, backend) in &diff.backends {
+            // A new id (or one handed out again) starts with zero counters.
+            let zero = PerCpuValues::try_from(vec![Traffic::default(); self.cpus])?;
+            self.be_stats.set(*id, zero, 0).with_context(|| format!("resetting slb_be_stats[{id}]"))?;
+            self.backends.set(*id, backend, 0).with_context(|| format!("writing slb_backends[{id}]"))?;
+        }
+        self.write_slots(&diff.maglev)?;
+        for (id, service) in &diff.services {
+            self.services.set(*id, service, 0).with_context(|| format!("writing slb_services[{id}]"))?;
+        }
+        for (key, frontend) in &diff.frontends {
+            self.frontends.insert(key, frontend, 0).with_context(|| format!("writing slb_frontends {key:?}"))?;
+        }
+        for (port, bits) in &diff.fe_ports {
+            self.fe_ports.set(*port as u32, bits, 0).with_context(|| format!("writing slb_fe_ports[{port}]"))?;
+        }
+        for key in &diff.removed_frontends {
+            remove_if_present(self.frontends.remove(key)).with_context(|| format!("removing slb_frontends {key:?}"))?;
+        }
+        for id in &diff.removed_services {
+            self.services.set(*id, Service::default(), 0).with_context(|| format!("clearing slb_services[{id}]"))?;
+        }
+        self.write_slots(&diff.removed_maglev)?;
+        debug!(
+            backends = diff.backends.len(),
+            slots = diff.maglev.len() + diff.removed_maglev.len(),
+            services = diff.services.len(),
+            frontends = diff.frontends.len() + diff.removed_frontends.len(),
+            "map writes"
+        );
+        Ok(())
+    }
+
+    fn write_slots(&mut self, slots: &[(u32, u32)]) -> Result<()> {
+        for (index, backend) in slots {
+            self.maglev.set(*index, backend, 0).with_context(|| format!("writing slb_maglev[{index}]"))?;
+        }
+        Ok(())
+    }
+
+    /// After a full sync: removes what an earlier run left that `plan` does not have (frontends,
+    /// port bits). Returns how many entries it removed.
+    pub fn sweep(&mut self, plan: &Plan) -> Result<usize> {
+        let wanted: HashSet<FrontendKey> =
+            plan.services.iter().flat_map(|s| s.frontends.iter().map(frontend_key)).collect();
+        let stale: Vec<FrontendKey> =
+            self.frontends.keys().filter_map(|k| k.ok()).filter(|k| !wanted.contains(k)).collect();
+        for key in &stale {
+            remove_if_present(self.frontends.remove(key))?;
+        }
+        let ports = port_bits(plan);
+        let mut cleared = 0;
+        for port in 0..names::FE_PORTS_SIZE {
+            let want = ports.get(&(port as u16)).copied().unwrap_or(0);
+            if self.fe_ports.get(&port, 0)? != want {
+                self.fe_ports.set(port, want, 0)?;
+                cleared += 1;
+            }
+        }
+        Ok(stale.len() + cleared)
+    }
+
+    /// Makes `slb_local_addrs` exactly `addrs`; returns whether anything changed.
+    pub fn sync_local_addrs(&mut self, addrs: &BTreeSet<Ipv4Addr>) -> Result<bool> {
+        let present: BTreeSet<[u8; 4]> = self.local_addrs.keys().filter_map(|k| k.ok()).collect();
+        let wanted: BTreeSet<[u8; 4]> = addrs.iter().map(|a| a.octets()).collect();
+        for addr in wanted.difference(&present) {
+            self.local_addrs.insert(addr, 1, 0).with_context(|| format!("adding {addr:?} to slb_local_addrs"))?;
+        }
+        for addr in present.difference(&wanted) {
+            remove_if_present(self.local_addrs.remove(addr))?;
+        }
+        Ok(wanted != present)
+    }
+
+    /// Lets the datapath redirect out of these interfaces.
+    pub fn add_tx_ports(&mut self, ifindexes: &[u32]) -> Result<()> {
+        for ifindex in ifindexes {
+            self.tx_ports
+                .insert(*ifindex, *ifindex, None, 0)
+                .with_context(|| format!("adding ifindex {ifindex} to slb_tx_ports"))?;
+        }
+        Ok(())
+    }
+}
+
+fn remove_if_present(result: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match result {
+        Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}

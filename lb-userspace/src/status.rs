@@ -1,0 +1,101 @@
+//! `swarmlb status`: joins the datapath's counters with the names in `state.json` into a report,
+//! printed as a table or as JSON.
+
+use std::{collections::BTreeMap, path::Path};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::{datapath::reader::Counters, state};
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub services: Vec<ServiceReport>,
+    /// Every reason, by name.
+    pub reasons: BTreeMap<&'static str, u64>,
+    pub conntrack_entries: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServiceReport {
+    pub id: u32,
+    pub name: String,
+    pub frontends: Vec<String>,
+    pub sticky: bool,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub backends: Vec<BackendReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BackendReport {
+    pub id: u32,
+    pub name: String,
+    pub addr: String,
+    pub weight: u32,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+pub fn collect(state_dir: &Path) -> Result<Report> {
+    let counters = Counters::open().context("no swarmlb datapath is pinned (has `swarmlb run` started?)")?;
+    let plan = state::load(state_dir)?.unwrap_or_default();
+    let mut services = Vec::new();
+    for s in &plan.services {
+        let t = counters.service(s.id)?;
+        let mut backends = Vec::new();
+        for b in &s.backends {
+            let bt = counters.backend(b.id)?;
+            backends.push(BackendReport {
+                id: b.id,
+                name: b.name.clone(),
+                addr: b.addr.to_string(),
+                weight: b.weight,
+                packets: bt.packets,
+                bytes: bt.bytes,
+                new_flows: bt.new_flows,
+            });
+        }
+        services.push(ServiceReport {
+            id: s.id,
+            name: s.name.clone(),
+            frontends: s.frontends.iter().map(ToString::to_string).collect(),
+            sticky: s.sticky,
+            packets: t.packets,
+            bytes: t.bytes,
+            new_flows: t.new_flows,
+            backends,
+        });
+    }
+    let reasons = counters.reasons()?.into_iter().map(|(r, n)| (r.name(), n)).collect();
+    Ok(Report { services, reasons, conntrack_entries: counters.conntrack_entries() })
+}
+
+/// The human-readable form: services with their backends, nonzero reasons, connection count.
+pub fn table(report: &Report) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "{:<4} {:<24} {:<22} {:>6} {:>12} {:>14} {:>10}", "ID", "SERVICE / BACKEND", "FRONTENDS / ADDRESS", "WEIGHT", "PACKETS", "BYTES", "NEW FLOWS");
+    for s in &report.services {
+        let frontends = s.frontends.join(",") + if s.sticky { " sticky" } else { "" };
+        let _ = writeln!(out, "{:<4} {:<24} {:<22} {:>6} {:>12} {:>14} {:>10}", s.id, s.name, frontends, "", s.packets, s.bytes, s.new_flows);
+        for b in &s.backends {
+            let _ = writeln!(out, "{:<4}   {:<22} {:<22} {:>6} {:>12} {:>14} {:>10}", b.id, b.name, b.addr, b.weight, b.packets, b.bytes, b.new_flows);
+        }
+    }
+    if report.services.is_empty() {
+        let _ = writeln!(out, "(no services applied)");
+    }
+    let _ = writeln!(out, "\nREASON                    PACKETS");
+    let nonzero: Vec<_> = report.reasons.iter().filter(|(_, n)| **n > 0).collect();
+    for (reason, n) in &nonzero {
+        let _ = writeln!(out, "{reason:<25} {n:>8}");
+    }
+    if nonzero.is_empty() {
+        let _ = writeln!(out, "(none yet)");
+    }
+    let _ = writeln!(out, "\nconntrack entries: {}", report.conntrack_entries);
+    out
+}
