@@ -50,13 +50,14 @@ pub fn check_snat_range(snat: (u16, u16)) {
         return;
     };
     let mut parts = text.split_whitespace().filter_map(|p| p.parse::<u16>().ok());
-    if let (Some(lo), Some(hi)) = (parts.next(), parts.next()) {
-        if snat.0 <= hi && lo <= snat.1 {
-            warn!(
-                "SNAT ports {}-{} overlap the kernel's ip_local_port_range {lo}-{hi}: translated \
-                 flows may collide with this node's own connections; change node.snat_ports",
-                snat.0, snat.1
-            );
-        }
+    if let (Some(lo), Some(hi)) = (parts.next(), parts.next())
+        && snat.0 <= hi
+        && lo <= snat.1
+    {
+        warn!(
+            "SNAT ports {}-{} overlap the kernel's ip_local_port_range {lo}-{hi}: translated \
+             flows may collide with this node's own connections; change node.snat_ports",
+            snat.0, snat.1
+        );
     }
 }

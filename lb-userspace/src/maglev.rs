@@ -73,7 +73,7 @@ pub fn table(entries: &[Entry<'_>], size: u32) -> Vec<u32> {
 }
 
 pub fn is_prime(n: u32) -> bool {
-    n >= 2 && (2..).take_while(|d: &u32| (*d as u64) * (*d as u64) <= n as u64).all(|d| n % d != 0)
+    n >= 2 && (2..).take_while(|d: &u32| (*d as u64) * (*d as u64) <= n as u64).all(|d| !n.is_multiple_of(d))
 }
 
 #[cfg(test)]

@@ -20,7 +20,9 @@ fn cluster(services: Vec<Service>) -> Cluster {
     Cluster { node: NodeSettings::default(), services }
 }
 
-fn ids(plan: &Plan) -> Vec<(String, u32, Vec<(String, u32)>)> {
+type Ids = Vec<(String, u32, Vec<(String, u32)>)>;
+
+fn ids(plan: &Plan) -> Ids {
     plan.services.iter().map(|s| (s.name.clone(), s.id, s.backends.iter().map(|b| (b.name.clone(), b.id)).collect())).collect()
 }
 

@@ -77,12 +77,16 @@ pub fn collect(state_dir: &Path) -> Result<Report> {
 pub fn table(report: &Report) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let _ = writeln!(out, "{:<4} {:<24} {:<22} {:>6} {:>12} {:>14} {:>10}", "ID", "SERVICE / BACKEND", "FRONTENDS / ADDRESS", "WEIGHT", "PACKETS", "BYTES", "NEW FLOWS");
+    let row = |out: &mut String, id: String, name: String, weight: String, t: (u64, u64, u64), at: String| {
+        let _ = writeln!(out, "{id:<5} {name:<24} {weight:>6} {:>12} {:>14} {:>10}  {at}", t.0, t.1, t.2);
+    };
+    let header = ("ID", "SERVICE / BACKEND", "WEIGHT", "PACKETS", "BYTES", "NEW FLOWS");
+    let _ = writeln!(out, "{:<5} {:<24} {:>6} {:>12} {:>14} {:>10}  FRONTENDS / ADDRESS", header.0, header.1, header.2, header.3, header.4, header.5);
     for s in &report.services {
-        let frontends = s.frontends.join(",") + if s.sticky { " sticky" } else { "" };
-        let _ = writeln!(out, "{:<4} {:<24} {:<22} {:>6} {:>12} {:>14} {:>10}", s.id, s.name, frontends, "", s.packets, s.bytes, s.new_flows);
+        let at = s.frontends.join(" ") + if s.sticky { " (sticky)" } else { "" };
+        row(&mut out, s.id.to_string(), s.name.clone(), String::new(), (s.packets, s.bytes, s.new_flows), at);
         for b in &s.backends {
-            let _ = writeln!(out, "{:<4}   {:<22} {:<22} {:>6} {:>12} {:>14} {:>10}", b.id, b.name, b.addr, b.weight, b.packets, b.bytes, b.new_flows);
+            row(&mut out, format!("  {}", b.id), format!("  {}", b.name), b.weight.to_string(), (b.packets, b.bytes, b.new_flows), b.addr.clone());
         }
     }
     if report.services.is_empty() {
