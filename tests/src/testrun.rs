@@ -37,7 +37,21 @@ pub struct Datapath {
 
 impl Datapath {
     /// Loads `swarmlb::EBPF_OBJECT` without pinning anything. Fails loudly without root/BPF.
+    ///
+    /// BPF_PROG_LOAD answers EAGAIN when a signal arrives during verification (tests run in
+    /// parallel threads that spawn `ip`); like libbpf, retry a few times on that error only.
     pub fn load() -> Result<Self> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::load_once() {
+                Err(e) if attempt < 5 && format!("{e:#}").contains("os error 11") => continue,
+                other => return other,
+            }
+        }
+    }
+
+    fn load_once() -> Result<Self> {
         let mut ebpf = EbpfLoader::new()
             .load(swarmlb::EBPF_OBJECT)
             .context("loading the XDP object (needs root and BPF)")?;
@@ -103,6 +117,11 @@ impl Datapath {
     pub fn set_frontend(&mut self, addr: [u8; 4], port: u16, proto: u8, service_id: u32) -> Result<()> {
         let key = FrontendKey { addr, port, proto, _pad: 0 };
         Ok(self.hash::<FrontendKey, Frontend>(maps::FRONTENDS)?.insert(key, Frontend { service_id }, 0)?)
+    }
+
+    pub fn remove_frontend(&mut self, addr: [u8; 4], port: u16, proto: u8) -> Result<()> {
+        let key = FrontendKey { addr, port, proto, _pad: 0 };
+        Ok(self.hash::<FrontendKey, Frontend>(maps::FRONTENDS)?.remove(&key)?)
     }
 
     pub fn add_local_addr(&mut self, addr: [u8; 4]) -> Result<()> {
@@ -190,8 +209,11 @@ impl Datapath {
 
 /// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads.
 pub fn monotonic_ns() -> u64 {
-    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("clock_gettime");
-    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: t is a valid timespec for the call to fill.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    assert_eq!(rc, 0, "clock_gettime");
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
 /// Runs `ip` (or another tool) in the calling thread's network namespace.
