@@ -1,5 +1,7 @@
 //! The `swarmlb` binary: parses the command line and dispatches.
 
+use std::process::ExitCode;
+
 use anyhow::Result;
 use clap::Parser;
 use swarmlb::{
@@ -9,7 +11,18 @@ use swarmlb::{
 };
 use tracing_subscriber::EnvFilter;
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line with the whole cause chain, e.g. `config.toml:12: service "web" ...`.
+            eprintln!("swarmlb: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
