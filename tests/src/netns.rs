@@ -46,7 +46,7 @@ impl Netns {
 
     /// Runs a shell command inside the namespace and returns its stdout.
     pub fn exec(&self, cmd: &str) -> Result<String> {
-        sh(&format!("ip netns exec {} sh -c '{}'", self.name, cmd.replace('\'', r"'\''")))
+        sh(&format!("nsenter --net=/var/run/netns/{} sh -c '{}'", self.name, cmd.replace('\'', r"'\''")))
     }
 
     /// Starts a long-running program inside the namespace; it is killed when the namespace drops.
@@ -57,10 +57,12 @@ impl Netns {
         Ok(pid)
     }
 
-    /// A command that runs `program` inside the namespace; the caller owns the child.
+    /// A command that runs `program` inside the namespace; the caller owns the child. Only the
+    /// network namespace is entered (not `ip netns exec`'s private mount namespace), so programs
+    /// share the host's bpffs, as an agent in a host-network container does.
     pub fn command(&self, program: &str, args: &[&str]) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name, program]).args(args);
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/var/run/netns/{}", self.name)).arg(program).args(args);
         cmd
     }
 

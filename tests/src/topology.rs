@@ -52,9 +52,9 @@ impl SingleNode {
         ))?;
 
         topo.switch.exec("ip link add br0 type bridge && ip link set br0 up")?;
-        topo.veth(&topo.lb, "back", &topo.switch, "up")?;
+        topo.veth(&topo.lb, "back", &topo.switch, "uplink")?;
         topo.lb.exec(&format!("ip addr add {LB_BACK_ADDR}/24 dev back && ip link set back up"))?;
-        topo.switch.exec("ip link set up master br0 && ip link set up up")?;
+        topo.switch.exec("ip link set uplink master br0 && ip link set uplink up")?;
         topo.lb.exec("sysctl -qw net.ipv4.ip_forward=1")?;
 
         // A stack-built packet carries a partial checksum on veth unless offload is off; the
@@ -62,7 +62,7 @@ impl SingleNode {
         topo.client.exec("ethtool -K eth0 tx off >/dev/null")?;
         // Native XDP redirects into a veth need NAPI on its peer, which GRO turns on.
         topo.client.exec("ethtool -K eth0 gro on >/dev/null")?;
-        topo.switch.exec("ethtool -K up gro on >/dev/null")?;
+        topo.switch.exec("ethtool -K uplink gro on >/dev/null")?;
 
         for index in 0..backends {
             topo.add_backend(index)?;
