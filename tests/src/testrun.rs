@@ -106,6 +106,16 @@ impl Datapath {
         Ok(PerCpuArray::try_from(self.ebpf.map(name).ok_or_else(|| anyhow!("no map {name}"))?)?)
     }
 
+    /// The kernel id of map `name`, for `bpftool map dump id ...`.
+    pub fn map_id(&self, name: &str) -> Result<u32> {
+        use aya::maps::Map;
+        let data = match self.ebpf.map(name).ok_or_else(|| anyhow!("no map {name}"))? {
+            Map::LruHashMap(d) | Map::HashMap(d) | Map::Array(d) | Map::PerCpuArray(d) | Map::DevMapHash(d) => d,
+            _ => bail!("map {name} has an unexpected kind"),
+        };
+        Ok(data.info()?.id())
+    }
+
     pub fn set_settings(&mut self, settings: Settings) -> Result<()> {
         Ok(self.array::<Settings>(maps::SETTINGS)?.set(0, settings, 0)?)
     }

@@ -558,3 +558,23 @@ fn pass_program_passes_everything() {
     }
     e.assert_reasons(&[]);
 }
+
+#[test]
+fn bpftool_prints_conntrack_field_names() {
+    let mut e = env();
+    e.web();
+    translated(&e.run(&client_syn(40000).build()));
+    let id = e.dp.map_id(lb_common::maps::CONNTRACK).unwrap();
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "map", "dump", "id", &id.to_string()])
+        .output()
+        .expect("bpftool must be installed for this test");
+    assert!(out.status.success(), "bpftool: {}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
+    let entries = json.as_array().expect("array of entries");
+    assert_eq!(entries.len(), 2, "{json}");
+    let text = json.to_string();
+    for field in ["src_addr", "new_dst_addr", "new_src_port", "tcp_state", "last_seen_ns", "next_hop", "dst_mac"] {
+        assert!(text.contains(field), "field {field} missing from {text}");
+    }
+}
