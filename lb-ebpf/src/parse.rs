@@ -26,8 +26,6 @@ pub const TCP_ACK: u8 = 0x10;
 
 /// A TCP or UDP over IPv4 packet, fully bounds-checked up to the end of its L4 header.
 pub struct Packet {
-    /// Start of the frame (Ethernet header).
-    pub data: usize,
     pub frame_len: u32,
     /// The 5-tuple as on the wire (addresses in network order, ports in host order).
     pub key: FlowKey,
@@ -153,7 +151,6 @@ pub fn parse_packet(ctx: &XdpContext) -> Result<Packet, Verdict> {
     };
 
     Ok(Packet {
-        data: ctx.data(),
         frame_len,
         key: FlowKey { src_addr, dst_addr, src_port, dst_port, proto, _pad: [0; 3] },
         ip_len,
