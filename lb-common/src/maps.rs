@@ -33,6 +33,8 @@ pub const REASONS: &str = "slb_reasons";
 pub const SETTINGS: &str = "slb_settings";
 /// Interfaces the datapath may redirect to (devmap keyed by ifindex).
 pub const TX_PORTS: &str = "slb_tx_ports";
+/// VXLAN networks of this swarm: VNI -> 1. VXLAN packets with other VNIs are counted apart.
+pub const OVERLAYS: &str = "slb_overlays";
 
 /// Service ids are `1..MAX_SERVICES`; id 0 means "none".
 pub const MAX_SERVICES: u32 = 64;
@@ -41,6 +43,9 @@ pub const MAX_BACKENDS: u32 = 4096;
 pub const MAX_FRONTENDS: u32 = 1024;
 pub const MAX_LOCAL_ADDRS: u32 = 256;
 pub const MAX_TX_PORTS: u32 = 64;
+pub const MAX_OVERLAYS: u32 = 256;
+/// VXLAN's IANA port, used when [`crate::Settings::vxlan_port`] is 0.
+pub const DEFAULT_VXLAN_PORT: u16 = 4789;
 /// Prime Maglev table size (slots per service).
 pub const MAGLEV_SIZE: u32 = 65537;
 /// Connection-table entries (each connection takes two).

@@ -39,8 +39,15 @@ reasons! {
     PassIpOptions = "pass_ip_options",
     /// TTL would reach zero: passed so the kernel answers with ICMP time exceeded.
     PassTtlExpired = "pass_ttl_expired",
-    /// No route to the backend, or the packet is too big for the egress MTU: to the kernel.
+    /// No route to the backend: passed untouched to the kernel.
     PassNoRoute = "pass_no_route",
+    /// Too big for the egress MTU: passed untouched to the kernel.
+    PassTooBig = "pass_too_big",
+    /// VXLAN on the swarm's data-path port with a VNI of this swarm: passed to the kernel's
+    /// VXLAN device.
+    PassVxlan = "pass_vxlan",
+    /// VXLAN on the data-path port with a VNI this swarm does not use: passed, counted apart.
+    PassVxlanUnknownVni = "pass_vxlan_unknown_vni",
     /// Frame shorter than an Ethernet header.
     MalformedEth = "malformed_eth",
     /// Truncated IPv4 header, bad version, bad header length or total length.
@@ -49,6 +56,9 @@ reasons! {
     MalformedTcp = "malformed_tcp",
     /// Truncated UDP header.
     MalformedUdp = "malformed_udp",
+    /// VXLAN on the data-path port with a short or invalid VXLAN header or a truncated inner
+    /// Ethernet/IPv4 header.
+    MalformedVxlan = "malformed_vxlan",
     /// Frontend matched, but its service has no backend: dropped.
     DropNoBackend = "drop_no_backend",
     /// Every source port tried for the NAT was taken: dropped.

@@ -29,6 +29,10 @@ pub struct Frontend {
 
 /// [`Service::flags`]: pick the backend from the client address alone (sticky sessions).
 pub const SERVICE_STICKY: u32 = 1;
+/// [`Service::flags`]: backends are tasks on an overlay network. Their replies may arrive with a
+/// partial (offloaded) L4 checksum when the task runs on this node, so replies get their TCP/UDP
+/// checksum computed from scratch rather than updated.
+pub const SERVICE_OVERLAY: u32 = 2;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -38,7 +42,10 @@ pub struct Service {
     pub flags: u32,
     /// Backends with a weight above zero; 0 means new connections are dropped.
     pub active_backends: u32,
-    pub _pad: u32,
+    /// Largest TCP MSS allowed on SYN and SYN-ACK of this service's connections, so segments
+    /// fit the path to the backends (overlay MTU - 40); 0 leaves MSS alone.
+    pub mss: u16,
+    pub _pad: u16,
 }
 
 #[repr(C)]
@@ -137,6 +144,9 @@ pub struct Settings {
     /// `ip_local_port_range` on the SNAT address.
     pub snat_port_min: u16,
     pub snat_port_max: u16,
+    /// UDP port of the swarm's VXLAN data path (0 means 4789), inspected on the underlay.
+    pub vxlan_port: u16,
+    pub _pad: u16,
 }
 
 // The eBPF and userspace sides must agree byte for byte; padding is spelled out above.
@@ -149,7 +159,7 @@ const _: () = {
     assert!(size_of::<NextHop>() == 32);
     assert!(size_of::<Flow>() == 64);
     assert!(size_of::<Traffic>() == 24);
-    assert!(size_of::<Settings>() == 8);
+    assert!(size_of::<Settings>() == 12);
 };
 
 #[cfg(feature = "user")]

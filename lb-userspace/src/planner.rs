@@ -244,6 +244,8 @@ pub fn settings_value(node: &NodeSettings) -> lb_common::Settings {
         },
         snat_port_min: node.snat_ports.0,
         snat_port_max: node.snat_ports.1,
+        vxlan_port: 0,
+        _pad: 0,
     }
 }
 
@@ -252,6 +254,7 @@ pub fn service_value(s: &PlannedService) -> lb_common::Service {
         snat_addr: s.nat_addr.octets(),
         flags: if s.sticky { lb_common::SERVICE_STICKY } else { 0 },
         active_backends: s.backends.iter().filter(|b| b.weight > 0).count() as u32,
+        mss: 0,
         _pad: 0,
     }
 }

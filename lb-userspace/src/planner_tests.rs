@@ -78,7 +78,7 @@ fn full_diff_writes_everything() {
     assert_eq!(d.backends.len(), 2);
     assert_eq!(d.maglev.len(), MAGLEV_SIZE as usize);
     assert!(d.maglev.iter().all(|(i, b)| *i >= MAGLEV_SIZE && *b == 1), "drained w2 gets no slot");
-    assert_eq!(d.services, vec![(1, lb_common::Service { snat_addr: [198, 18, 2, 1], flags: 0, active_backends: 1, _pad: 0 })]);
+    assert_eq!(d.services, vec![(1, lb_common::Service { snat_addr: [198, 18, 2, 1], flags: 0, active_backends: 1, mss: 0, _pad: 0 })]);
     assert_eq!(d.frontends.len(), 1);
     assert_eq!(d.frontends[0].0, lb_common::FrontendKey { addr: [0; 4], port: 80, proto: 6, _pad: 0 });
     assert_eq!(d.fe_ports, vec![(80, lb_common::PROTO_BIT_TCP)]);

@@ -34,10 +34,10 @@ fn main() -> anyhow::Result<()> {
     let net = TestNet::enter()?;
     let mut dp = Datapath::load()?;
     dp.add_tx_port(net.lan.ifindex)?;
-    dp.set_settings(Settings { malformed_policy: MALFORMED_PASS, snat_port_min: 0, snat_port_max: 0 })?;
+    dp.set_settings(Settings { malformed_policy: MALFORMED_PASS, snat_port_min: 0, snat_port_max: 0, vxlan_port: 0, _pad: 0 })?;
     dp.set_fe_port(80, PROTO_BIT_TCP)?;
     dp.set_frontend(VIP, 80, PROTO_TCP, 1)?;
-    dp.set_service(1, Service { snat_addr: LB_LAN, flags: 0, active_backends: 1, _pad: 0 })?;
+    dp.set_service(1, Service { snat_addr: LB_LAN, flags: 0, active_backends: 1, mss: 0, _pad: 0 })?;
     dp.set_backend(1, BACKEND_LAN, 8080)?;
     dp.set_maglev(1, &[1])?;
     let ifindex = net.lan.ifindex;

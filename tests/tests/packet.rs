@@ -30,7 +30,7 @@ fn env() -> Env {
     let mut dp = Datapath::load().expect("load the datapath (run as root with BPF)");
     dp.add_tx_port(net.lan.ifindex).unwrap();
     dp.add_tx_port(net.dc.ifindex).unwrap();
-    dp.set_settings(Settings { malformed_policy: MALFORMED_PASS, snat_port_min: SNAT_MIN, snat_port_max: SNAT_MAX })
+    dp.set_settings(Settings { malformed_policy: MALFORMED_PASS, snat_port_min: SNAT_MIN, snat_port_max: SNAT_MAX, vxlan_port: 0, _pad: 0 })
         .unwrap();
     Env { net, dp }
 }
@@ -43,7 +43,7 @@ impl Env {
         self.dp.set_fe_port(port, bit).unwrap();
         self.dp.set_frontend(addr, port, proto, id).unwrap();
         self.dp
-            .set_service(id, Service { snat_addr: snat, flags, active_backends: backends.len() as u32, _pad: 0 })
+            .set_service(id, Service { snat_addr: snat, flags, active_backends: backends.len() as u32, mss: 0, _pad: 0 })
             .unwrap();
         for (bid, baddr, bport) in backends {
             self.dp.set_backend(*bid, *baddr, *bport).unwrap();
@@ -173,7 +173,7 @@ fn established_flow_keeps_its_backend_after_backend_and_frontend_removal() {
 
     // The agent moves every slot to the other backend: the connection stays where it is.
     e.dp.set_maglev(SVC, &[other_id]).unwrap();
-    e.dp.set_service(SVC, Service { snat_addr: LB_LAN, flags: 0, active_backends: 1, _pad: 0 }).unwrap();
+    e.dp.set_service(SVC, Service { snat_addr: LB_LAN, flags: 0, active_backends: 1, mss: 0, _pad: 0 }).unwrap();
     let ack = Spec::tcp(CLIENT, 40002, VIP, FE_PORT, ACK).macs(CLIENT_MAC_50, LAN_MAC).build();
     assert_eq!(translated(&e.run(&ack)).dst, kept);
     // A new connection goes to the remaining backend.
@@ -223,7 +223,7 @@ fn udp_checksum_that_computes_to_zero_is_sent_as_all_ones() {
     // 0 and must go out as 0xffff (0 would mean "no checksum").
     let mut e = env();
     e.service(SVC, (VIP, 53, PROTO_UDP), LB_LAN, 0, &[(1, BACKEND_LAN, 5353)]);
-    e.dp.set_settings(Settings { malformed_policy: MALFORMED_PASS, snat_port_min: 31000, snat_port_max: 31000 }).unwrap();
+    e.dp.set_settings(Settings { malformed_policy: MALFORMED_PASS, snat_port_min: 31000, snat_port_max: 31000, vxlan_port: 0, _pad: 0 }).unwrap();
     let mut payload = vec![0u8, 0, 0xde, 0xad, 0xbe, 0xef];
     let expected = Spec::udp(LB_LAN, 31000, BACKEND_LAN, 5353).payload(&payload).build();
     let c = u16::from_be_bytes([expected[40], expected[41]]);
@@ -283,7 +283,7 @@ fn service_without_backend_drops_new_connections() {
     let out = e.run(&client_syn(43000).build());
     assert_eq!(out.action, XDP_DROP);
     // Active backends but an empty Maglev table (slot 0): dropped as well.
-    e.dp.set_service(SVC, Service { snat_addr: LB_LAN, flags: 0, active_backends: 1, _pad: 0 }).unwrap();
+    e.dp.set_service(SVC, Service { snat_addr: LB_LAN, flags: 0, active_backends: 1, mss: 0, _pad: 0 }).unwrap();
     assert_eq!(e.run(&client_syn(43001).build()).action, XDP_DROP);
     e.assert_reasons(&[(Reason::DropNoBackend, 2)]);
     assert!(e.dp.flows().unwrap().is_empty(), "no connection created");
@@ -372,7 +372,7 @@ fn malformed_headers_are_counted_and_follow_the_policy() {
         let mut e = env_in_thread_safe();
         e.web();
         e.service(2, (VIP, 53, PROTO_UDP), LB_LAN, 0, &[(1, BACKEND_LAN, 5353)]);
-        e.dp.set_settings(Settings { malformed_policy: policy, snat_port_min: SNAT_MIN, snat_port_max: SNAT_MAX }).unwrap();
+        e.dp.set_settings(Settings { malformed_policy: policy, snat_port_min: SNAT_MIN, snat_port_max: SNAT_MAX, vxlan_port: 0, _pad: 0 }).unwrap();
         let frames = malformed_frames();
         for (what, frame, reason) in &frames {
             let before = e.count(*reason);
@@ -485,7 +485,7 @@ fn fin_and_rst_age_out_the_connection() {
 fn snat_port_exhaustion_drops_and_idle_ports_are_reused() {
     let mut e = env();
     e.web();
-    e.dp.set_settings(Settings { malformed_policy: MALFORMED_PASS, snat_port_min: 30000, snat_port_max: 30001 }).unwrap();
+    e.dp.set_settings(Settings { malformed_policy: MALFORMED_PASS, snat_port_min: 30000, snat_port_max: 30001, vxlan_port: 0, _pad: 0 }).unwrap();
     let a = translated(&e.run(&client_syn(48000).build()));
     let b = translated(&e.run(&client_syn(48001).build()));
     let mut ports = [a.sport, b.sport];
