@@ -103,9 +103,13 @@ impl SingleNode {
         Ok(name)
     }
 
-    /// Deletes backend `index`'s namespace (its server and interface go with it).
-    pub fn remove_backend(&mut self, index: usize) {
+    /// Deletes backend `index`: its switch port first (namespaces are torn down
+    /// asynchronously, and the port's name must be free for a backend added back), then its
+    /// namespace with its server.
+    pub fn remove_backend(&mut self, index: usize) -> Result<()> {
+        self.switch.exec(&format!("ip link del b{}", index + 1))?;
         self.backends[index] = None;
+        Ok(())
     }
 
     pub fn frontend(&self, port: u16) -> SocketAddr {

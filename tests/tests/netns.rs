@@ -147,7 +147,7 @@ fn long_lived_connection_survives_a_backend_removed_and_readded_by_reload() -> R
     conn.exchange("after new connections")?;
 
     // The removed backend goes away for real, then comes back; re-added by a file change alone.
-    topo.remove_backend(removed);
+    topo.remove_backend(removed)?;
     topo.add_backend(removed)?;
     thread::sleep(Duration::from_millis(1100)); // a new mtime even on coarse clocks
     std::fs::write(&config, topology::config(&[0, 1, 2]))?;
