@@ -28,25 +28,40 @@ const POLL: Duration = Duration::from_secs(1);
 
 pub async fn run(args: RunArgs) -> Result<()> {
     // Nothing touches the kernel before the config is known to be good.
-    let cluster = file::load(&args.config)?;
-    let saved = state::load(&args.state_dir).unwrap_or_else(|e| {
+    let local = args.node.as_deref();
+    let cluster = file::load(&args.config, local)?;
+    let state_dir = args.dirs.state_dir();
+    let pin_dir = args.dirs.pin_dir.clone();
+    let saved = state::load(&state_dir).unwrap_or_else(|e| {
         warn!(error = format!("{e:#}"), "ignoring unreadable state file; ids start afresh");
         None
     });
-    let plan = planner::plan(&cluster, &saved.unwrap_or_default()).context("planning")?;
+    let plan = planner::plan(&cluster, local, &saved.unwrap_or_default()).context("planning")?;
+    match local.and_then(|name| cluster.node(name)) {
+        Some(node) => info!(
+            node = node.name,
+            underlay = %node.addr,
+            nodes = cluster.nodes.len(),
+            networks = cluster.networks.len(),
+            "this agent is swarm node {:?}",
+            node.name
+        ),
+        None => info!("single-node configuration (no --node)"),
+    }
+    info!(pin_dir = %pin_dir.display(), state_dir = %state_dir.display(), "datapath directories");
 
     host::prepare_sysctls(&args.ifaces);
     host::check_snat_range(plan.node.snat_ports);
     let ifindexes = args.ifaces.iter().map(|i| host::ifindex(i)).collect::<Result<Vec<_>>>()?;
-    pins::load_and_attach(EBPF_OBJECT, &args.ifaces, args.xdp_mode.into())?;
+    pins::load_and_attach(EBPF_OBJECT, &pin_dir, &args.ifaces, args.xdp_mode.into())?;
 
-    let mut writer = Writer::open()?;
+    let mut writer = Writer::open(&pin_dir)?;
     writer.add_tx_ports(&ifindexes)?;
     let addrs = host::local_ipv4_addrs()?;
     writer.sync_local_addrs(&addrs)?;
     info!(count = addrs.len(), "local addresses programmed");
 
-    let mut agent = Agent { writer, applied: None, config: args.config.clone(), state_dir: args.state_dir.clone() };
+    let mut agent = Agent { writer, applied: None, config: args.config.clone(), node: args.node.clone(), state_dir };
     agent.apply(plan)?;
     agent.serve().await
 }
@@ -56,6 +71,8 @@ struct Agent {
     /// What the maps hold; `None` if a write failed and the next apply must be a full sync.
     applied: Option<Plan>,
     config: PathBuf,
+    /// `--node`: which swarm node this agent is.
+    node: Option<String>,
     state_dir: PathBuf,
 }
 
@@ -92,11 +109,12 @@ impl Agent {
 
     /// Re-reads the config; on any error the last good state keeps serving.
     fn reload(&mut self) {
-        let result = file::load(&self.config)
+        let local = self.node.as_deref();
+        let result = file::load(&self.config, local)
             .map_err(anyhow::Error::from)
             .and_then(|cluster| {
                 let prev = self.applied.clone().or_else(|| state::load(&self.state_dir).ok().flatten()).unwrap_or_default();
-                Ok(planner::plan(&cluster, &prev)?)
+                Ok(planner::plan(&cluster, local, &prev)?)
             })
             .and_then(|plan| self.apply(plan));
         if let Err(e) = result {
@@ -108,7 +126,14 @@ impl Agent {
         let full = self.applied.is_none();
         let diff = planner::diff(self.applied.as_ref(), &plan);
         if !full && diff.summary.is_empty() && diff == planner::Diff::default() {
-            info!("config unchanged");
+            if self.applied.as_ref() != Some(&plan) {
+                // Only what status shows changed (e.g. the node a task runs on).
+                state::save(&self.state_dir, &plan)?;
+                self.applied = Some(plan);
+                info!("applied: no map changes (names only)");
+            } else {
+                info!("config unchanged");
+            }
             return Ok(());
         }
         // Until the writes are done, the maps are in between plans.

@@ -1,10 +1,10 @@
 //! The command line: `swarmlb run`, `swarmlb status`, `swarmlb unload`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-pub const DEFAULT_STATE_DIR: &str = "/run/swarmlb";
+pub use lb_common::maps::PIN_DIR as DEFAULT_PIN_DIR;
 
 #[derive(Debug, Parser)]
 #[command(name = "swarmlb", version, about = "XDP ingress load balancer for Docker Swarm")]
@@ -23,14 +23,38 @@ pub enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
-        #[arg(long, default_value = DEFAULT_STATE_DIR)]
-        state_dir: PathBuf,
+        #[command(flatten)]
+        dirs: Dirs,
     },
     /// Detach the datapath and remove its pinned maps and the state file.
     Unload {
-        #[arg(long, default_value = DEFAULT_STATE_DIR)]
-        state_dir: PathBuf,
+        #[command(flatten)]
+        dirs: Dirs,
     },
+}
+
+/// Where one datapath instance lives. Several agents (one per virtual node, in tests) can share
+/// a machine, each with its own pin directory.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Dirs {
+    /// bpffs directory holding the pinned maps and links.
+    #[arg(long, default_value = DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+    /// Directory of state.json [default: /run/<last component of --pin-dir>, so /run/swarmlb]
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Dirs {
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir.clone().unwrap_or_else(|| default_state_dir(&self.pin_dir))
+    }
+}
+
+/// `/run/<file name of the pin dir>`: `/run/swarmlb` for the default pin dir.
+pub fn default_state_dir(pin_dir: &Path) -> PathBuf {
+    let name = pin_dir.file_name().map_or_else(|| "swarmlb".into(), |n| n.to_os_string());
+    Path::new("/run").join(name)
 }
 
 #[derive(Debug, clap::Args)]
@@ -41,10 +65,33 @@ pub struct RunArgs {
     /// TOML file describing the services (see config/example.toml).
     #[arg(long)]
     pub config: PathBuf,
+    /// Which `[[swarm.node]]` of the config this agent is (required when the config lists
+    /// swarm nodes).
+    #[arg(long)]
+    pub node: Option<String>,
     #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
     pub xdp_mode: XdpModeArg,
-    #[arg(long, default_value = DEFAULT_STATE_DIR)]
-    pub state_dir: PathBuf,
+    #[command(flatten)]
+    pub dirs: Dirs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_dir_follows_the_pin_dir_unless_given() {
+        let parse = |args: &[&str]| match Cli::try_parse_from(args).unwrap().command {
+            Command::Status { dirs, .. } | Command::Unload { dirs } => dirs,
+            Command::Run(run) => run.dirs,
+        };
+        let d = parse(&["swarmlb", "status"]);
+        assert_eq!((d.pin_dir.as_path(), d.state_dir()), (Path::new("/sys/fs/bpf/swarmlb"), PathBuf::from("/run/swarmlb")));
+        let d = parse(&["swarmlb", "unload", "--pin-dir", "/sys/fs/bpf/slb-node2"]);
+        assert_eq!(d.state_dir(), PathBuf::from("/run/slb-node2"));
+        let d = parse(&["swarmlb", "run", "--iface", "eth0", "--config", "c.toml", "--node", "node-1", "--pin-dir", "/sys/fs/bpf/x", "--state-dir", "/tmp/s"]);
+        assert_eq!(d.state_dir(), PathBuf::from("/tmp/s"));
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

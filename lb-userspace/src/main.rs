@@ -33,8 +33,8 @@ fn run() -> Result<()> {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(agent::run(args))
         }
-        Command::Status { json, state_dir } => {
-            let report = status::collect(&state_dir)?;
+        Command::Status { json, dirs } => {
+            let report = status::collect(&dirs.pin_dir, &dirs.state_dir())?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -42,9 +42,9 @@ fn run() -> Result<()> {
             }
             Ok(())
         }
-        Command::Unload { state_dir } => {
-            datapath::pins::unload()?;
-            state::remove(&state_dir)
+        Command::Unload { dirs } => {
+            datapath::pins::unload(&dirs.pin_dir)?;
+            state::remove(&dirs.state_dir())
         }
     }
 }

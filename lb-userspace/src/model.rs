@@ -2,7 +2,12 @@
 //!
 //! `Cluster` is plain data with no ids and no map layouts; it says *what* should be served, never
 //! *how* it is programmed. Sources validate before they build one, so every `Cluster` is sound:
-//! names are unique, frontends are not claimed twice, every service has a NAT address.
+//! names are unique, frontends are not claimed twice, every service without a network has a NAT
+//! address, every network reference names a network, every node reference names a node.
+//!
+//! The swarm part (nodes, overlay networks, the node each task runs on) is the same on every
+//! node: which node *this* agent is, is not part of the model but an input of the planner, so
+//! every node plans from the same `Cluster` and computes the same Maglev tables.
 
 use std::{
     fmt,
@@ -22,8 +27,106 @@ pub const MAX_WEIGHT: u32 = 10_000;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cluster {
     pub node: NodeSettings,
+    pub swarm: SwarmSettings,
+    /// The swarm's nodes, in the order the source listed them (empty for a single-node setup).
+    pub nodes: Vec<Node>,
+    /// Overlay (VXLAN) networks, in the order the source listed them.
+    pub networks: Vec<Network>,
     /// In the order the source listed them.
     pub services: Vec<Service>,
+}
+
+impl Cluster {
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    pub fn network(&self, name: &str) -> Option<&Network> {
+        self.networks.iter().find(|n| n.name == name)
+    }
+}
+
+/// VXLAN's IANA port, Docker's default data-path port.
+pub const DEFAULT_VXLAN_PORT: u16 = lb_common::maps::DEFAULT_VXLAN_PORT;
+/// Default overlay MTU: a 1500-byte underlay minus VXLAN's 50 bytes.
+pub const DEFAULT_OVERLAY_MTU: u16 = 1450;
+/// IPv4 and TCP headers without options: MSS = MTU - this.
+pub const TCP_IPV4_HEADERS: u16 = 40;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SwarmSettings {
+    /// UDP port of the swarm's VXLAN data path.
+    pub vxlan_port: u16,
+}
+
+impl Default for SwarmSettings {
+    fn default() -> Self {
+        SwarmSettings { vxlan_port: DEFAULT_VXLAN_PORT }
+    }
+}
+
+/// A swarm node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    /// Underlay address: where VXLAN packets for this node's tasks go.
+    pub addr: Ipv4Addr,
+}
+
+/// An IPv4 prefix such as 198.19.1.0/24 (no host bits set).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Subnet {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Subnet {
+    pub fn mask(&self) -> u32 {
+        if self.prefix == 0 { 0 } else { u32::MAX << (32 - self.prefix as u32) }
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & self.mask() == u32::from(self.addr)
+    }
+
+    pub fn overlaps(&self, other: &Subnet) -> bool {
+        self.contains(other.addr) || other.contains(self.addr)
+    }
+
+    /// The subnet's own address or its broadcast address (for prefixes below /31).
+    pub fn is_reserved(&self, ip: Ipv4Addr) -> bool {
+        self.prefix < 31 && (ip == self.addr || u32::from(ip) == u32::from(self.addr) | !self.mask())
+    }
+}
+
+impl fmt::Display for Subnet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// An overlay network: a VXLAN segment spanning the nodes, with one load-balancer endpoint per
+/// node (Docker's `lb-<network>` sandbox address), the source address of translated packets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Network {
+    pub name: String,
+    pub vni: u32,
+    pub subnet: Subnet,
+    pub mtu: u16,
+    pub endpoints: Vec<Endpoint>,
+}
+
+impl Network {
+    /// `node`'s load-balancer endpoint address on this network.
+    pub fn endpoint(&self, node: &str) -> Option<Ipv4Addr> {
+        self.endpoints.iter().find(|e| e.node == node).map(|e| e.addr)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub node: String,
+    pub addr: Ipv4Addr,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,8 +151,11 @@ pub struct Service {
     pub backends: Vec<Backend>,
     /// Pick the backend from the client address alone.
     pub sticky: bool,
-    /// Source address of packets translated toward this service's backends.
-    pub nat_addr: Ipv4Addr,
+    /// Source address of packets translated toward this service's backends. `None` only for a
+    /// service with a network, whose source address is the local node's endpoint on it.
+    pub nat_addr: Option<Ipv4Addr>,
+    /// The overlay network its backends (tasks) are on; `None`: reached by plain routing.
+    pub network: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -109,6 +215,10 @@ pub struct Backend {
     pub addr: SocketAddrV4,
     /// Relative share of new connections; 0 drains (no new connections, established continue).
     pub weight: u32,
+    /// The swarm node the task runs on, when known. Informational: it never changes where a
+    /// connection goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 impl Default for NodeSettings {

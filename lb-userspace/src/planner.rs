@@ -5,6 +5,11 @@
 //! connection-table entries hold backend ids). [`diff`] lists the map writes that take the
 //! datapath from one plan to the next. Neither touches the kernel.
 //!
+//! Which swarm node this agent is (`local`) is an input of [`plan`], not of the model: it picks
+//! each overlay service's source address (the node's endpoint on the service's network). Nothing
+//! else depends on it; in particular Maglev tables depend only on backend names and weights, so
+//! every node computes the same tables from the same cluster.
+//!
 //! Id policy: a service keeps its id while its name exists; a backend keeps its id while its
 //! service, name and address stay the same. A freed id goes to the back of a retirement queue and
 //! is reused only when no never-used id is left, oldest first: with 4095 backend ids that is, in
@@ -22,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     maglev,
-    model::{Cluster, Frontend, MalformedPolicy, NodeSettings},
+    model::{Cluster, DEFAULT_VXLAN_PORT, Frontend, MalformedPolicy, NodeSettings, TCP_IPV4_HEADERS},
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -31,12 +36,28 @@ pub enum PlanError {
     OutOfServiceIds,
     #[error("no free backend id: at most {} backends", MAX_BACKENDS - 1)]
     OutOfBackendIds,
+    #[error("service {service:?}: unknown network {network:?}")]
+    UnknownNetwork { service: String, network: String },
+    #[error("service {service:?}: network {network:?} has no load-balancer endpoint for this node ({})",
+        node.as_deref().map_or("no node named".to_owned(), |n| format!("{n:?}")))]
+    NoLocalEndpoint { service: String, network: String, node: Option<String> },
+    #[error("service {service:?} has no NAT address")]
+    NoNatAddr { service: String },
 }
 
 /// Everything programmed into the datapath, with ids. Serialised as `state.json`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     pub node: NodeSettings,
+    /// The swarm node this plan is for (`--node`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_node: Option<String>,
+    /// UDP port of the swarm's VXLAN data path.
+    #[serde(default = "default_vxlan_port")]
+    pub vxlan_port: u16,
+    /// VNIs of every overlay network of the swarm, sorted (`slb_overlays`).
+    #[serde(default)]
+    pub overlays: Vec<u32>,
     /// Sorted by id.
     pub services: Vec<PlannedService>,
     /// Id allocation state, carried from plan to plan.
@@ -49,7 +70,15 @@ pub struct PlannedService {
     pub name: String,
     pub frontends: Vec<Frontend>,
     pub sticky: bool,
+    /// The source address of translated packets: the local node's endpoint on `network`, or
+    /// the configured NAT address.
     pub nat_addr: Ipv4Addr,
+    /// The overlay network the backends are tasks on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// TCP MSS clamp (overlay MTU - 40); 0 for none.
+    #[serde(default)]
+    pub mss: u16,
     /// Sorted by id.
     pub backends: Vec<PlannedBackend>,
     /// Maglev table (backend id per slot); recomputed from `backends`, never stored.
@@ -63,6 +92,13 @@ pub struct PlannedBackend {
     pub name: String,
     pub addr: SocketAddrV4,
     pub weight: u32,
+    /// The swarm node the task runs on, when known (for `status`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+fn default_vxlan_port() -> u16 {
+    DEFAULT_VXLAN_PORT
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,8 +159,9 @@ fn table_for(backends: &[PlannedBackend]) -> Arc<[u32]> {
     maglev::table(&entries, MAGLEV_SIZE).into()
 }
 
-/// The next plan: `cluster` with ids carried over from `prev`.
-pub fn plan(cluster: &Cluster, prev: &Plan) -> Result<Plan, PlanError> {
+/// The next plan: `cluster` as seen from swarm node `local` (`None`: a single-node setup), with
+/// ids carried over from `prev`.
+pub fn plan(cluster: &Cluster, local: Option<&str>, prev: &Plan) -> Result<Plan, PlanError> {
     let mut ids = prev.ids.clone();
     let prev_by_name: HashMap<&str, &PlannedService> = prev.services.iter().map(|s| (s.name.as_str(), s)).collect();
 
@@ -156,21 +193,66 @@ pub fn plan(cluster: &Cluster, prev: &Plan) -> Result<Plan, PlanError> {
                 Some(b) => b.id,
                 None => ids.backend_id()?,
             };
-            backends.push(PlannedBackend { id, name: backend.name.clone(), addr: backend.addr, weight: backend.weight });
+            backends.push(PlannedBackend {
+                id,
+                name: backend.name.clone(),
+                addr: backend.addr,
+                weight: backend.weight,
+                node: backend.node.clone(),
+            });
         }
         backends.sort_by_key(|b| b.id);
         // Reuse the previous table when the backend set is unchanged: building one costs
         // tens of milliseconds.
         let maglev = match old {
-            Some(o) if o.backends == backends && o.maglev.len() == MAGLEV_SIZE as usize => o.maglev.clone(),
+            Some(o) if same_table_input(&o.backends, &backends) && o.maglev.len() == MAGLEV_SIZE as usize => o.maglev.clone(),
             _ => table_for(&backends),
         };
         let mut frontends = service.frontends.clone();
         frontends.sort();
-        services.push(PlannedService { id, name: service.name.clone(), frontends, sticky: service.sticky, nat_addr: service.nat_addr, backends, maglev });
+        let (nat_addr, mss) = match &service.network {
+            Some(net_name) => {
+                let network = cluster.network(net_name).ok_or_else(|| PlanError::UnknownNetwork {
+                    service: service.name.clone(),
+                    network: net_name.clone(),
+                })?;
+                let endpoint = local.and_then(|node| network.endpoint(node)).ok_or_else(|| PlanError::NoLocalEndpoint {
+                    service: service.name.clone(),
+                    network: net_name.clone(),
+                    node: local.map(str::to_owned),
+                })?;
+                (endpoint, network.mtu.saturating_sub(TCP_IPV4_HEADERS))
+            }
+            None => (service.nat_addr.ok_or_else(|| PlanError::NoNatAddr { service: service.name.clone() })?, 0),
+        };
+        services.push(PlannedService {
+            id,
+            name: service.name.clone(),
+            frontends,
+            sticky: service.sticky,
+            nat_addr,
+            network: service.network.clone(),
+            mss,
+            backends,
+            maglev,
+        });
     }
     services.sort_by_key(|s| s.id);
-    Ok(Plan { node: cluster.node.clone(), services, ids })
+    let mut overlays: Vec<u32> = cluster.networks.iter().map(|n| n.vni).collect();
+    overlays.sort_unstable();
+    Ok(Plan {
+        node: cluster.node.clone(),
+        local_node: local.map(str::to_owned),
+        vxlan_port: cluster.swarm.vxlan_port,
+        overlays,
+        services,
+        ids,
+    })
+}
+
+/// Whether two backend lists give the same Maglev table (only ids, names and weights count).
+fn same_table_input(a: &[PlannedBackend], b: &[PlannedBackend]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.id == y.id && x.name == y.name && x.weight == y.weight)
 }
 
 /// Map writes that take the datapath from `prev` to `next`, in the groups the writer applies in
@@ -178,6 +260,8 @@ pub fn plan(cluster: &Cluster, prev: &Plan) -> Result<Plan, PlanError> {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Diff {
     pub settings: Option<lb_common::Settings>,
+    /// VNIs to add to `slb_overlays`.
+    pub overlays: Vec<u32>,
     /// Backends that are new or whose address changed, with ids to reset stats for.
     pub backends: Vec<(u32, lb_common::Backend)>,
     /// Maglev slots of live services: (map index, backend id).
@@ -191,6 +275,8 @@ pub struct Diff {
     pub removed_services: Vec<u32>,
     /// Their Maglev slots, cleared last.
     pub removed_maglev: Vec<(u32, u32)>,
+    /// VNIs no network uses any more.
+    pub removed_overlays: Vec<u32>,
     pub summary: Summary,
 }
 
@@ -205,6 +291,8 @@ pub struct Summary {
     pub backends_reweighted: usize,
     pub frontends_added: usize,
     pub frontends_removed: usize,
+    pub overlays_added: usize,
+    pub overlays_removed: usize,
     pub settings_changed: bool,
 }
 
@@ -226,6 +314,8 @@ impl std::fmt::Display for Summary {
             (self.backends_reweighted, "backend", "reweighted"),
             (self.frontends_added, "frontend", "added"),
             (self.frontends_removed, "frontend", "removed"),
+            (self.overlays_added, "overlay", "added"),
+            (self.overlays_removed, "overlay", "removed"),
         ]
         .into_iter()
         .filter(|(n, _, _)| *n > 0)
@@ -236,7 +326,7 @@ impl std::fmt::Display for Summary {
     }
 }
 
-pub fn settings_value(node: &NodeSettings) -> lb_common::Settings {
+pub fn settings_value(node: &NodeSettings, vxlan_port: u16) -> lb_common::Settings {
     lb_common::Settings {
         malformed_policy: match node.malformed {
             MalformedPolicy::Pass => lb_common::MALFORMED_PASS,
@@ -244,7 +334,7 @@ pub fn settings_value(node: &NodeSettings) -> lb_common::Settings {
         },
         snat_port_min: node.snat_ports.0,
         snat_port_max: node.snat_ports.1,
-        vxlan_port: 0,
+        vxlan_port,
         _pad: 0,
     }
 }
@@ -252,9 +342,10 @@ pub fn settings_value(node: &NodeSettings) -> lb_common::Settings {
 pub fn service_value(s: &PlannedService) -> lb_common::Service {
     lb_common::Service {
         snat_addr: s.nat_addr.octets(),
-        flags: if s.sticky { lb_common::SERVICE_STICKY } else { 0 },
+        flags: if s.sticky { lb_common::SERVICE_STICKY } else { 0 }
+            | if s.network.is_some() { lb_common::SERVICE_OVERLAY } else { 0 },
         active_backends: s.backends.iter().filter(|b| b.weight > 0).count() as u32,
-        mss: 0,
+        mss: s.mss,
         _pad: 0,
     }
 }
@@ -293,9 +384,22 @@ pub fn diff(prev: Option<&Plan>, next: &Plan) -> Diff {
     let mut d = Diff::default();
     let s = &mut d.summary;
 
-    if full || prev.node != next.node {
-        d.settings = Some(settings_value(&next.node));
+    let settings = settings_value(&next.node, next.vxlan_port);
+    if full || settings_value(&prev.node, prev.vxlan_port) != settings {
+        d.settings = Some(settings);
         s.settings_changed = !full;
+    }
+    for vni in &next.overlays {
+        if full || !prev.overlays.contains(vni) {
+            d.overlays.push(*vni);
+            s.overlays_added += 1;
+        }
+    }
+    for vni in &prev.overlays {
+        if !next.overlays.contains(vni) {
+            d.removed_overlays.push(*vni);
+            s.overlays_removed += 1;
+        }
     }
 
     let prev_services: HashMap<u32, &PlannedService> = prev.services.iter().map(|s| (s.id, s)).collect();
@@ -304,7 +408,13 @@ pub fn diff(prev: Option<&Plan>, next: &Plan) -> Diff {
         let old = prev_services.get(&svc.id).copied();
         match old {
             None => s.services_added += 1,
-            Some(o) if o.sticky != svc.sticky || o.nat_addr != svc.nat_addr || o.frontends != svc.frontends => {
+            Some(o)
+                if o.sticky != svc.sticky
+                    || o.nat_addr != svc.nat_addr
+                    || o.frontends != svc.frontends
+                    || o.network != svc.network
+                    || o.mss != svc.mss =>
+            {
                 s.services_changed += 1
             }
             _ => {}

@@ -10,6 +10,8 @@ use crate::{datapath::reader::Counters, state};
 
 #[derive(Debug, Serialize)]
 pub struct Report {
+    /// The swarm node the running agent is (`--node`), if any.
+    pub node: Option<String>,
     pub services: Vec<ServiceReport>,
     /// Every reason, by name.
     pub reasons: BTreeMap<&'static str, u64>,
@@ -22,6 +24,10 @@ pub struct ServiceReport {
     pub name: String,
     pub frontends: Vec<String>,
     pub sticky: bool,
+    /// The overlay network its tasks are on, if any.
+    pub network: Option<String>,
+    /// Source address of translated packets.
+    pub nat_addr: String,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
@@ -34,13 +40,16 @@ pub struct BackendReport {
     pub name: String,
     pub addr: String,
     pub weight: u32,
+    /// The swarm node the task runs on, when known.
+    pub node: Option<String>,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
 }
 
-pub fn collect(state_dir: &Path) -> Result<Report> {
-    let counters = Counters::open().context("no swarmlb datapath is pinned (has `swarmlb run` started?)")?;
+pub fn collect(pin_dir: &Path, state_dir: &Path) -> Result<Report> {
+    let counters = Counters::open(pin_dir)
+        .with_context(|| format!("no swarmlb datapath is pinned in {} (has `swarmlb run` started?)", pin_dir.display()))?;
     let plan = state::load(state_dir)?.unwrap_or_default();
     let mut services = Vec::new();
     for s in &plan.services {
@@ -53,6 +62,7 @@ pub fn collect(state_dir: &Path) -> Result<Report> {
                 name: b.name.clone(),
                 addr: b.addr.to_string(),
                 weight: b.weight,
+                node: b.node.clone(),
                 packets: bt.packets,
                 bytes: bt.bytes,
                 new_flows: bt.new_flows,
@@ -63,6 +73,8 @@ pub fn collect(state_dir: &Path) -> Result<Report> {
             name: s.name.clone(),
             frontends: s.frontends.iter().map(ToString::to_string).collect(),
             sticky: s.sticky,
+            network: s.network.clone(),
+            nat_addr: s.nat_addr.to_string(),
             packets: t.packets,
             bytes: t.bytes,
             new_flows: t.new_flows,
@@ -70,23 +82,33 @@ pub fn collect(state_dir: &Path) -> Result<Report> {
         });
     }
     let reasons = counters.reasons()?.into_iter().map(|(r, n)| (r.name(), n)).collect();
-    Ok(Report { services, reasons, conntrack_entries: counters.conntrack_entries() })
+    Ok(Report { node: plan.local_node.clone(), services, reasons, conntrack_entries: counters.conntrack_entries() })
 }
 
 /// The human-readable form: services with their backends, nonzero reasons, connection count.
 pub fn table(report: &Report) -> String {
     use std::fmt::Write;
     let mut out = String::new();
+    if let Some(node) = &report.node {
+        let _ = writeln!(out, "swarm node: {node}\n");
+    }
     let row = |out: &mut String, id: String, name: String, weight: String, t: (u64, u64, u64), at: String| {
         let _ = writeln!(out, "{id:<5} {name:<24} {weight:>6} {:>12} {:>14} {:>10}  {at}", t.0, t.1, t.2);
     };
     let header = ("ID", "SERVICE / BACKEND", "WEIGHT", "PACKETS", "BYTES", "NEW FLOWS");
     let _ = writeln!(out, "{:<5} {:<24} {:>6} {:>12} {:>14} {:>10}  FRONTENDS / ADDRESS", header.0, header.1, header.2, header.3, header.4, header.5);
     for s in &report.services {
-        let at = s.frontends.join(" ") + if s.sticky { " (sticky)" } else { "" };
+        let mut at = s.frontends.join(" ") + if s.sticky { " (sticky)" } else { "" };
+        if let Some(network) = &s.network {
+            let _ = write!(at, "  network {network} from {}", s.nat_addr);
+        }
         row(&mut out, s.id.to_string(), s.name.clone(), String::new(), (s.packets, s.bytes, s.new_flows), at);
         for b in &s.backends {
-            row(&mut out, format!("  {}", b.id), format!("  {}", b.name), b.weight.to_string(), (b.packets, b.bytes, b.new_flows), b.addr.clone());
+            let at = match &b.node {
+                Some(node) => format!("{} on {node}", b.addr),
+                None => b.addr.clone(),
+            };
+            row(&mut out, format!("  {}", b.id), format!("  {}", b.name), b.weight.to_string(), (b.packets, b.bytes, b.new_flows), at);
         }
     }
     if report.services.is_empty() {

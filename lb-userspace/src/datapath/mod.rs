@@ -2,6 +2,8 @@
 //! ([`pins`]), writing a plan's diff into the maps in a safe order ([`writer`]), and reading the
 //! counters back ([`reader`]).
 
+use std::path::{Path, PathBuf};
+
 pub mod pins;
 pub mod reader;
 pub mod writer;
@@ -24,13 +26,20 @@ pub(crate) const MAPS: &[(&str, usize, usize)] = {
         (BE_STATS, 4, size_of::<Traffic>()),
         (REASONS, 4, 8),
         (TX_PORTS, 4, 8),
+        (OVERLAYS, 4, 4),
     ]
 };
 
-pub(crate) fn pin_path(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(lb_common::maps::PIN_DIR).join(name)
+/// Where a map (or link) named `name` is pinned: `<pin dir>/<name>`.
+pub(crate) fn pin_path(pin_dir: &Path, name: &str) -> PathBuf {
+    pin_dir.join(name)
 }
 
-pub(crate) fn link_pin_path(iface: &str) -> std::path::PathBuf {
-    pin_path(&format!("link_{iface}"))
+/// Pinned links are `link_<ifname>`; pinned maps are `slb_<what>`. Nothing else in a pin
+/// directory is ours, so `unload` removes only these.
+pub(crate) const LINK_PREFIX: &str = "link_";
+pub(crate) const MAP_PREFIX: &str = "slb_";
+
+pub(crate) fn link_pin_path(pin_dir: &Path, iface: &str) -> PathBuf {
+    pin_path(pin_dir, &format!("{LINK_PREFIX}{iface}"))
 }

@@ -1,5 +1,6 @@
-//! Loads the embedded XDP object with every map pinned under `/sys/fs/bpf/swarmlb` (created on
-//! first run, reused afterwards so established connections survive an agent restart), attaches
+//! Loads the embedded XDP object with every map pinned in the pin directory (`--pin-dir`,
+//! default `/sys/fs/bpf/swarmlb`; created on first run, reused afterwards so established
+//! connections survive an agent restart), attaches
 //! the `swarmlb` program to interfaces through pinned bpf_links, and removes it all on `unload`.
 //!
 //! On restart the interface's pinned link is kept and its program swapped atomically with
@@ -18,18 +19,19 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use lb_common::maps::{PIN_DIR, PROG_LB};
+use lb_common::maps::PROG_LB;
 use tracing::{info, warn};
 
-use super::{MAPS, link_pin_path, pin_path};
+use super::{LINK_PREFIX, MAP_PREFIX, MAPS, link_pin_path, pin_path};
 
-/// Loads the object, creating or reusing the pinned maps, and attaches it to `ifaces`.
-pub fn load_and_attach(object: &[u8], ifaces: &[String], mode: XdpMode) -> Result<()> {
-    ensure_bpffs()?;
-    drop_incompatible_pins()?;
+/// Loads the object, creating or reusing the maps pinned in `pin_dir`, and attaches it to
+/// `ifaces`.
+pub fn load_and_attach(object: &[u8], pin_dir: &Path, ifaces: &[String], mode: XdpMode) -> Result<()> {
+    ensure_bpffs(pin_dir)?;
+    drop_incompatible_pins(pin_dir)?;
     let mut loader = EbpfLoader::new();
     for (name, _, _) in MAPS {
-        loader.map_pin_path(name, pin_path(name));
+        loader.map_pin_path(name, pin_path(pin_dir, name));
     }
     let mut ebpf = loader.load(object).context("loading the XDP object (maps and programs)")?;
     let program: &mut Xdp = ebpf
@@ -39,14 +41,15 @@ pub fn load_and_attach(object: &[u8], ifaces: &[String], mode: XdpMode) -> Resul
         .context("program is not XDP")?;
     program.load().with_context(|| format!("loading program {PROG_LB:?} (verifier)"))?;
     for iface in ifaces {
-        attach(program, iface, mode)?;
+        attach(program, pin_dir, iface, mode)?;
     }
     // Dropping `ebpf` closes our descriptors only: links and maps stay pinned and attached.
     Ok(())
 }
 
-/// `/sys/fs/bpf` must be a bpffs; mount one if it is not (fresh containers often lack it).
-fn ensure_bpffs() -> Result<()> {
+/// `/sys/fs/bpf` must be a bpffs; mount one if it is not (fresh containers often lack it). The
+/// pin directory is created and must be on a bpffs.
+fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
     let bpffs = Path::new("/sys/fs/bpf");
     let is_bpffs = nix::sys::statfs::statfs(bpffs).map(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC);
     if !matches!(is_bpffs, Ok(true)) {
@@ -55,14 +58,19 @@ fn ensure_bpffs() -> Result<()> {
             .context("/sys/fs/bpf is not a bpffs and mounting one failed")?;
         info!("mounted bpffs on /sys/fs/bpf");
     }
-    std::fs::create_dir_all(PIN_DIR).with_context(|| format!("creating {PIN_DIR}"))
+    std::fs::create_dir_all(pin_dir).with_context(|| format!("creating {}", pin_dir.display()))?;
+    let on_bpffs = nix::sys::statfs::statfs(pin_dir).map(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC);
+    if !matches!(on_bpffs, Ok(true)) {
+        bail!("pin directory {} is not on a bpffs (use a directory under /sys/fs/bpf)", pin_dir.display());
+    }
+    Ok(())
 }
 
 /// A pinned map whose layout differs from this build's (an upgrade changed it) cannot be reused:
 /// its pin is removed so a fresh map is created, at the cost of that map's contents.
-fn drop_incompatible_pins() -> Result<()> {
+fn drop_incompatible_pins(pin_dir: &Path) -> Result<()> {
     for (name, key_size, value_size) in MAPS {
-        let path = pin_path(name);
+        let path = pin_path(pin_dir, name);
         if !path.exists() {
             continue;
         }
@@ -77,8 +85,8 @@ fn drop_incompatible_pins() -> Result<()> {
     Ok(())
 }
 
-fn attach(program: &mut Xdp, iface: &str, mode: XdpMode) -> Result<()> {
-    let pin = link_pin_path(iface);
+fn attach(program: &mut Xdp, pin_dir: &Path, iface: &str, mode: XdpMode) -> Result<()> {
+    let pin = link_pin_path(pin_dir, iface);
     if pin.exists() {
         match replace_program(program, &pin) {
             Ok(()) => {
@@ -114,22 +122,30 @@ fn replace_program(program: &mut Xdp, pin: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Removes every pinned link (detaching the program) and every pinned map.
-pub fn unload() -> Result<()> {
-    let dir = match std::fs::read_dir(PIN_DIR) {
+/// Removes the pinned links in `pin_dir` (detaching the program), then the pinned maps, then
+/// the directory. Only `link_*` and `slb_*` pins are touched, so a mistaken `--pin-dir` (say,
+/// `/sys/fs/bpf` itself) cannot remove anyone else's pins.
+pub fn unload(pin_dir: &Path) -> Result<()> {
+    let dir = match std::fs::read_dir(pin_dir) {
         Ok(dir) => dir,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("reading {PIN_DIR}")),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", pin_dir.display())),
     };
-    let mut entries: Vec<_> = dir.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+    let ours = |p: &Path, prefix: &str| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(prefix));
+    let entries: Vec<_> = dir.filter_map(|e| e.ok()).map(|e| e.path()).collect();
     // Links first, so the program stops before its maps go away.
-    entries.sort_by_key(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("link_")));
-    for path in &entries {
+    let links = entries.iter().filter(|p| ours(p, LINK_PREFIX));
+    let maps = entries.iter().filter(|p| ours(p, MAP_PREFIX));
+    for path in links.chain(maps) {
         std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
         info!(pin = %path.display(), "removed");
     }
-    if let Err(e) = std::fs::remove_dir(PIN_DIR) {
-        bail!("removing {PIN_DIR}: {e}");
+    match std::fs::remove_dir(pin_dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
+            warn!(dir = %pin_dir.display(), "left in place: it holds pins that are not swarmlb's");
+            Ok(())
+        }
+        Err(e) => bail!("removing {}: {e}", pin_dir.display()),
     }
-    Ok(())
 }

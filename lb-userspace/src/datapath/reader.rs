@@ -1,6 +1,8 @@
 //! Reads the datapath's counters from the pinned maps, summing per-CPU values. Read-only, so it
 //! runs beside a live `swarmlb run`.
 
+use std::path::Path;
+
 use anyhow::Result;
 use aya::maps::{HashMap, MapData, PerCpuArray};
 use lb_common::{Flow, FlowKey, Reason, Traffic, maps as names};
@@ -15,12 +17,12 @@ pub struct Counters {
 }
 
 impl Counters {
-    pub fn open() -> Result<Counters> {
+    pub fn open(pin_dir: &Path) -> Result<Counters> {
         Ok(Counters {
-            svc_stats: typed!(names::SVC_STATS),
-            be_stats: typed!(names::BE_STATS),
-            reasons: typed!(names::REASONS),
-            conntrack: typed!(names::CONNTRACK),
+            svc_stats: typed!(pin_dir, names::SVC_STATS),
+            be_stats: typed!(pin_dir, names::BE_STATS),
+            reasons: typed!(pin_dir, names::REASONS),
+            conntrack: typed!(pin_dir, names::CONNTRACK),
         })
     }
 

@@ -1,13 +1,14 @@
 //! Writes plans into the pinned maps. The writer only executes a [`Diff`] the planner computed;
 //! its one job is the order, chosen so the datapath never follows a reference to something not
-//! yet written: settings; backends before the Maglev slots that name them; slots before the
+//! yet written: settings; overlay VNIs; backends before the Maglev slots that name them; slots before the
 //! service whose `active_backends` lets new flows use them; services before the frontends that
 //! lead to them; and only then removals (frontends, then the services they led to, then those
-//! services' slots). Removed backends keep their `slb_backends` entry (see the planner).
+//! services' slots, then VNIs no network uses). Removed backends keep their `slb_backends` entry (see the planner).
 
 use std::{
     collections::{BTreeSet, HashSet},
     net::Ipv4Addr,
+    path::Path,
 };
 
 use anyhow::{Context, Result};
@@ -29,18 +30,19 @@ pub struct Writer {
     maglev: Array<MapData, u32>,
     be_stats: PerCpuArray<MapData, Traffic>,
     tx_ports: DevMapHash<MapData>,
+    overlays: HashMap<MapData, u32, u32>,
     cpus: usize,
 }
 
-pub(crate) fn open(name: &str) -> Result<Map> {
-    let path = pin_path(name);
+pub(crate) fn open(pin_dir: &Path, name: &str) -> Result<Map> {
+    let path = pin_path(pin_dir, name);
     let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
     Map::from_map_data(data).with_context(|| format!("map {name}"))
 }
 
 macro_rules! typed {
-    ($name:expr) => {
-        anyhow::Context::with_context($crate::datapath::writer::open($name)?.try_into(), || {
+    ($pin_dir:expr, $name:expr) => {
+        anyhow::Context::with_context($crate::datapath::writer::open($pin_dir, $name)?.try_into(), || {
             format!("map {} has an unexpected type", $name)
         })?
     };
@@ -48,17 +50,19 @@ macro_rules! typed {
 pub(crate) use typed;
 
 impl Writer {
-    pub fn open() -> Result<Writer> {
+    /// Opens the maps pinned in `pin_dir`.
+    pub fn open(pin_dir: &Path) -> Result<Writer> {
         Ok(Writer {
-            settings: typed!(names::SETTINGS),
-            fe_ports: typed!(names::FE_PORTS),
-            frontends: typed!(names::FRONTENDS),
-            local_addrs: typed!(names::LOCAL_ADDRS),
-            services: typed!(names::SERVICES),
-            backends: typed!(names::BACKENDS),
-            maglev: typed!(names::MAGLEV),
-            be_stats: typed!(names::BE_STATS),
-            tx_ports: typed!(names::TX_PORTS),
+            settings: typed!(pin_dir, names::SETTINGS),
+            fe_ports: typed!(pin_dir, names::FE_PORTS),
+            frontends: typed!(pin_dir, names::FRONTENDS),
+            local_addrs: typed!(pin_dir, names::LOCAL_ADDRS),
+            services: typed!(pin_dir, names::SERVICES),
+            backends: typed!(pin_dir, names::BACKENDS),
+            maglev: typed!(pin_dir, names::MAGLEV),
+            be_stats: typed!(pin_dir, names::BE_STATS),
+            tx_ports: typed!(pin_dir, names::TX_PORTS),
+            overlays: typed!(pin_dir, names::OVERLAYS),
             cpus: aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?,
         })
     }
@@ -67,6 +71,9 @@ impl Writer {
     pub fn apply(&mut self, diff: &Diff) -> Result<()> {
         if let Some(settings) = &diff.settings {
             self.settings.set(0, settings, 0).context("writing slb_settings")?;
+        }
+        for vni in &diff.overlays {
+            self.overlays.insert(vni, 1, 0).with_context(|| format!("adding VNI {vni} to slb_overlays"))?;
         }
         for (id, backend) in &diff.backends {
             // A new id (or one handed out again) starts with zero counters.
@@ -91,6 +98,9 @@ impl Writer {
             self.services.set(*id, Service::default(), 0).with_context(|| format!("clearing slb_services[{id}]"))?;
         }
         self.write_slots(&diff.removed_maglev)?;
+        for vni in &diff.removed_overlays {
+            remove_if_present(self.overlays.remove(vni)).with_context(|| format!("removing VNI {vni} from slb_overlays"))?;
+        }
         debug!(
             backends = diff.backends.len(),
             slots = diff.maglev.len() + diff.removed_maglev.len(),
@@ -109,7 +119,7 @@ impl Writer {
     }
 
     /// After a full sync: removes what an earlier run left that `plan` does not have (frontends,
-    /// port bits). Returns how many entries it removed.
+    /// port bits, VNIs). Returns how many entries it removed.
     pub fn sweep(&mut self, plan: &Plan) -> Result<usize> {
         let wanted: HashSet<FrontendKey> =
             plan.services.iter().flat_map(|s| s.frontends.iter().map(frontend_key)).collect();
@@ -117,6 +127,11 @@ impl Writer {
             self.frontends.keys().filter_map(|k| k.ok()).filter(|k| !wanted.contains(k)).collect();
         for key in &stale {
             remove_if_present(self.frontends.remove(key))?;
+        }
+        let stale_vnis: Vec<u32> =
+            self.overlays.keys().filter_map(|k| k.ok()).filter(|v| !plan.overlays.contains(v)).collect();
+        for vni in &stale_vnis {
+            remove_if_present(self.overlays.remove(vni))?;
         }
         let ports = port_bits(plan);
         let mut cleared = 0;
@@ -127,7 +142,7 @@ impl Writer {
                 cleared += 1;
             }
         }
-        Ok(stale.len() + cleared)
+        Ok(stale.len() + stale_vnis.len() + cleared)
     }
 
     /// Makes `slb_local_addrs` exactly `addrs`; returns whether anything changed.

@@ -1,22 +1,26 @@
 //! The static TOML source: reads a config file and validates all of it into a
 //! [`Cluster`], or fails with an error naming the file, the line and the field. Nothing is ever
 //! half-accepted: one bad field rejects the whole file.
+//!
+//! Split by section: this module holds the raw (spanned) file layout and the shared field
+//! checks; [`swarm`] validates `[swarm]`, `[[swarm.node]]` and `[[network]]`; [`services`]
+//! validates `[node]` and `[[service]]`.
 
 use std::{
     collections::{HashMap, HashSet},
-    net::{Ipv4Addr, SocketAddrV4},
-    ops::Range,
+    net::Ipv4Addr,
+    ops::{Range, RangeInclusive},
     path::Path,
 };
 
 use serde::Deserialize;
 use toml::{Spanned, Value};
 
-use crate::model::{
-    Backend, Cluster, DEFAULT_SNAT_PORTS, Frontend, MAX_WEIGHT, MalformedPolicy, NodeSettings,
-    Proto, Service,
-};
+use crate::model::{Cluster, DEFAULT_SNAT_PORTS, Frontend, MalformedPolicy, NodeSettings, Service};
 use lb_common::maps::{MAX_BACKENDS, MAX_FRONTENDS, MAX_SERVICES};
+
+mod services;
+mod swarm;
 
 /// Why a config file was rejected.
 #[derive(Debug, thiserror::Error)]
@@ -27,18 +31,23 @@ pub enum ConfigError {
     /// invalid socket address "198.18.1.x:80"`.
     #[error("{path}:{line}: {what}")]
     Invalid { path: String, line: usize, what: String },
+    /// A problem of the file as a whole, with no line to point at (e.g. `--node` names a node
+    /// and the file has none).
+    #[error("{path}: {what}")]
+    File { path: String, what: String },
 }
 
-/// Reads and validates the file at `path`.
-pub fn load(path: &Path) -> Result<Cluster, ConfigError> {
+/// Reads and validates the file at `path` for the swarm node named `local` (`--node`; `None`
+/// for a single-node setup).
+pub fn load(path: &Path, local: Option<&str>) -> Result<Cluster, ConfigError> {
     let display = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|source| ConfigError::Read { path: display.clone(), source })?;
-    parse(&display, &text)
+    parse(&display, &text, local)
 }
 
-/// Validates `text`; `path` only names the file in errors.
-pub fn parse(path: &str, text: &str) -> Result<Cluster, ConfigError> {
+/// Validates `text` for the swarm node named `local`; `path` only names the file in errors.
+pub fn parse(path: &str, text: &str, local: Option<&str>) -> Result<Cluster, ConfigError> {
     let fail = |span: Range<usize>, what: String| ConfigError::Invalid {
         path: path.to_owned(),
         line: line_of(text, span.start),
@@ -49,7 +58,7 @@ pub fn parse(path: &str, text: &str) -> Result<Cluster, ConfigError> {
         let message = e.message().lines().collect::<Vec<_>>().join(": ");
         fail(e.span().unwrap_or(0..0), message)
     })?;
-    Validator { fail: &fail }.cluster(raw)
+    Validator { fail: &fail, path, local }.cluster(raw)
 }
 
 /// 1-based line holding byte `offset`.
@@ -63,6 +72,9 @@ type Field = Option<Spanned<Value>>;
 #[serde(deny_unknown_fields)]
 struct RawFile {
     node: Option<Spanned<RawNode>>,
+    swarm: Option<Spanned<RawSwarm>>,
+    #[serde(default)]
+    network: Vec<Spanned<RawNetwork>>,
     #[serde(default)]
     service: Vec<Spanned<RawService>>,
 }
@@ -77,8 +89,42 @@ struct RawNode {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawSwarm {
+    vxlan_port: Field,
+    #[serde(default)]
+    node: Vec<Spanned<RawSwarmNode>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSwarmNode {
+    name: Field,
+    addr: Field,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetwork {
+    name: Field,
+    vni: Field,
+    subnet: Field,
+    mtu: Field,
+    #[serde(default)]
+    endpoint: Vec<Spanned<RawEndpoint>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEndpoint {
+    node: Field,
+    addr: Field,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawService {
     name: Field,
+    network: Field,
     frontends: Field,
     sticky: Field,
     nat_addr: Field,
@@ -92,10 +138,14 @@ struct RawBackend {
     name: Field,
     addr: Field,
     weight: Field,
+    node: Field,
 }
 
 struct Validator<'a> {
     fail: &'a dyn Fn(Range<usize>, String) -> ConfigError,
+    path: &'a str,
+    /// `--node`: which swarm node this agent is.
+    local: Option<&'a str>,
 }
 
 impl Validator<'_> {
@@ -119,11 +169,46 @@ impl Validator<'_> {
         s.parse().map_err(|_| self.err(v.span(), ctx, field, format!("invalid IPv4 address {s:?}")))
     }
 
+    /// An IPv4 address a host can have (not 0.0.0.0, broadcast, multicast or loopback).
+    fn unicast(&self, v: &Spanned<Value>, ctx: &str, field: &str) -> Result<Ipv4Addr, ConfigError> {
+        let ip = self.ipv4(v, ctx, field)?;
+        if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() {
+            return Err(self.err(v.span(), ctx, field, format!("{ip} is not a unicast address")));
+        }
+        Ok(ip)
+    }
+
+    fn integer(&self, v: &Spanned<Value>, ctx: &str, field: &str, range: RangeInclusive<i64>) -> Result<i64, ConfigError> {
+        match v.get_ref().as_integer() {
+            Some(n) if range.contains(&n) => Ok(n),
+            Some(n) => Err(self.err(v.span(), ctx, field, format!("{n} is out of range {}..={}", range.start(), range.end()))),
+            None => Err(self.err(v.span(), ctx, field, format!("expected an integer, found {}", v.get_ref().type_str()))),
+        }
+    }
+
+    fn name(&self, v: &Spanned<Value>, ctx: &str) -> Result<String, ConfigError> {
+        self.name_field(v, ctx, "name")
+    }
+
+    /// A name (of a service, backend, node or network) in `field`.
+    fn name_field(&self, v: &Spanned<Value>, ctx: &str, field: &str) -> Result<String, ConfigError> {
+        let s = self.string(v, ctx, field)?;
+        let ok = !s.is_empty()
+            && s.len() <= 128
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !ok {
+            return Err(self.err(v.span(), ctx, field, format!("invalid name {s:?} (1-128 characters of A-Z a-z 0-9 - _ .)")));
+        }
+        Ok(s.to_owned())
+    }
+
     fn cluster(&self, raw: RawFile) -> Result<Cluster, ConfigError> {
         let (node, node_nat) = match &raw.node {
             Some(node) => self.node(node.get_ref())?,
             None => (NodeSettings { snat_ports: DEFAULT_SNAT_PORTS, malformed: MalformedPolicy::Pass }, None),
         };
+        let (swarm, nodes) = self.swarm(raw.swarm.as_ref())?;
+        let networks = self.networks(&raw.network, &nodes)?;
         if raw.service.len() >= MAX_SERVICES as usize {
             let at = raw.service[MAX_SERVICES as usize - 1].span();
             return Err((self.fail)(at, format!("too many services (at most {})", MAX_SERVICES - 1)));
@@ -133,7 +218,7 @@ impl Validator<'_> {
         let mut claimed: HashMap<Frontend, String> = HashMap::new();
         let mut total_backends = 0usize;
         for raw_service in &raw.service {
-            let service = self.service(raw_service, node_nat)?;
+            let service = self.service(raw_service, node_nat, &nodes, &networks)?;
             if !names.insert(service.name.clone()) {
                 let at = raw_service.get_ref().name.as_ref().map_or(raw_service.span(), Spanned::span);
                 return Err(self.err(at, "", "name", format!("duplicate service name {:?}", service.name)));
@@ -159,149 +244,9 @@ impl Validator<'_> {
             }
             services.push(service);
         }
-        Ok(Cluster { node, services })
+        Ok(Cluster { node, swarm, nodes, networks, services })
     }
-
-    fn node(&self, node: &RawNode) -> Result<(NodeSettings, Option<Ipv4Addr>), ConfigError> {
-        let ctx = "node: ";
-        let nat = node.nat_addr.as_ref().map(|v| self.ipv4(v, ctx, "nat_addr")).transpose()?;
-        let snat_ports = match &node.snat_ports {
-            None => DEFAULT_SNAT_PORTS,
-            Some(v) => {
-                let s = self.string(v, ctx, "snat_ports")?;
-                let bad = || self.err(v.span(), ctx, "snat_ports", format!("invalid port range {s:?} (expected \"FIRST-LAST\", e.g. \"16384-32767\")"));
-                let (lo, hi) = s.split_once('-').ok_or_else(bad)?;
-                let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
-                let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
-                if lo == 0 || lo > hi {
-                    return Err(self.err(v.span(), ctx, "snat_ports", format!("port range {s:?} is empty or starts at 0")));
-                }
-                if hi - lo < 1023 {
-                    return Err(self.err(v.span(), ctx, "snat_ports", format!("port range {s:?} is too small (at least 1024 ports)")));
-                }
-                (lo, hi)
-            }
-        };
-        let malformed = match &node.malformed {
-            None => MalformedPolicy::Pass,
-            Some(v) => match self.string(v, ctx, "malformed")? {
-                "pass" => MalformedPolicy::Pass,
-                "drop" => MalformedPolicy::Drop,
-                other => return Err(self.err(v.span(), ctx, "malformed", format!("expected \"pass\" or \"drop\", found {other:?}"))),
-            },
-        };
-        Ok((NodeSettings { snat_ports, malformed }, nat))
-    }
-
-    fn service(&self, spanned: &Spanned<RawService>, node_nat: Option<Ipv4Addr>) -> Result<Service, ConfigError> {
-        let raw = spanned.get_ref();
-        let name_v = self.required(&raw.name, spanned.span(), "service: ", "name")?;
-        let name = self.name(name_v, "service: ")?;
-        let ctx = format!("service {name:?}: ");
-        let frontends_v = self.required(&raw.frontends, spanned.span(), &ctx, "frontends")?;
-        let Value::Array(items) = frontends_v.get_ref() else {
-            return Err(self.err(frontends_v.span(), &ctx, "frontends", format!("expected an array of strings, found {}", frontends_v.get_ref().type_str())));
-        };
-        if items.is_empty() {
-            return Err(self.err(frontends_v.span(), &ctx, "frontends", "at least one frontend is required"));
-        }
-        let mut frontends = Vec::with_capacity(items.len());
-        for item in items {
-            let s = item.as_str().ok_or_else(|| {
-                self.err(frontends_v.span(), &ctx, "frontends", format!("expected strings, found {}", item.type_str()))
-            })?;
-            let frontend = parse_frontend(s).map_err(|why| self.err(frontends_v.span(), &ctx, "frontends", format!("invalid frontend {s:?}: {why}")))?;
-            frontends.push(frontend);
-        }
-        let sticky = match &raw.sticky {
-            None => false,
-            Some(v) => v.get_ref().as_bool().ok_or_else(|| {
-                self.err(v.span(), &ctx, "sticky", format!("expected true or false, found {}", v.get_ref().type_str()))
-            })?,
-        };
-        let nat_addr = match &raw.nat_addr {
-            Some(v) => self.ipv4(v, &ctx, "nat_addr")?,
-            None => node_nat.ok_or_else(|| {
-                self.err(spanned.span(), &ctx, "nat_addr", "missing: set it here or in [node]")
-            })?,
-        };
-        let mut backends: Vec<Backend> = Vec::with_capacity(raw.backend.len());
-        for raw_backend in &raw.backend {
-            let backend = self.backend(raw_backend, &name)?;
-            if backends.iter().any(|b| b.name == backend.name) {
-                let at = raw_backend.get_ref().name.as_ref().map_or(raw_backend.span(), Spanned::span);
-                return Err(self.err(at, &ctx, "name", format!("duplicate backend name {:?}", backend.name)));
-            }
-            if backends.iter().any(|b| b.addr == backend.addr) {
-                let at = raw_backend.get_ref().addr.as_ref().map_or(raw_backend.span(), Spanned::span);
-                let ctx = format!("service {name:?} backend {:?}: ", backend.name);
-                return Err(self.err(at, &ctx, "addr", format!("address {} already used by another backend of this service", backend.addr)));
-            }
-            backends.push(backend);
-        }
-        Ok(Service { name, frontends, backends, sticky, nat_addr })
-    }
-
-    fn backend(&self, spanned: &Spanned<RawBackend>, service: &str) -> Result<Backend, ConfigError> {
-        let raw = spanned.get_ref();
-        let bctx = format!("service {service:?} backend: ");
-        let name = self.name(self.required(&raw.name, spanned.span(), &bctx, "name")?, &bctx)?;
-        let ctx = format!("service {service:?} backend {name:?}: ");
-        let addr_v = self.required(&raw.addr, spanned.span(), &ctx, "addr")?;
-        let s = self.string(addr_v, &ctx, "addr")?;
-        let addr: SocketAddrV4 = s.parse().map_err(|_| self.err(addr_v.span(), &ctx, "addr", format!("invalid socket address {s:?}")))?;
-        if addr.port() == 0 || addr.ip().is_unspecified() || addr.ip().is_broadcast() || addr.ip().is_multicast() {
-            return Err(self.err(addr_v.span(), &ctx, "addr", format!("{s:?} is not a unicast address with a nonzero port")));
-        }
-        let weight = match &raw.weight {
-            None => 1,
-            Some(v) => match v.get_ref().as_integer() {
-                Some(w) if (0..=MAX_WEIGHT as i64).contains(&w) => w as u32,
-                Some(w) => return Err(self.err(v.span(), &ctx, "weight", format!("{w} is out of range 0..={MAX_WEIGHT}"))),
-                None => return Err(self.err(v.span(), &ctx, "weight", format!("expected an integer, found {}", v.get_ref().type_str()))),
-            },
-        };
-        Ok(Backend { name, addr, weight })
-    }
-
-    fn name(&self, v: &Spanned<Value>, ctx: &str) -> Result<String, ConfigError> {
-        let s = self.string(v, ctx, "name")?;
-        let ok = !s.is_empty()
-            && s.len() <= 128
-            && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-        if !ok {
-            return Err(self.err(v.span(), ctx, "name", format!("invalid name {s:?} (1-128 characters of A-Z a-z 0-9 - _ .)")));
-        }
-        Ok(s.to_owned())
-    }
-}
-
-/// `ADDR:PORT/PROTO` where ADDR is an IPv4 address or `*` (any local address).
-fn parse_frontend(s: &str) -> Result<Frontend, String> {
-    let (addr_port, proto) = s.rsplit_once('/').ok_or("expected ADDR:PORT/tcp or ADDR:PORT/udp")?;
-    let proto = match proto {
-        "tcp" => Proto::Tcp,
-        "udp" => Proto::Udp,
-        other => return Err(format!("unknown protocol {other:?} (tcp or udp)")),
-    };
-    let (addr, port) = addr_port.rsplit_once(':').ok_or("expected ADDR:PORT/PROTO")?;
-    let port: u16 = port.parse().map_err(|_| format!("invalid port {port:?}"))?;
-    if port == 0 {
-        return Err("port 0 is not a valid frontend port".into());
-    }
-    let addr = match addr {
-        "*" => None,
-        a => {
-            let ip: Ipv4Addr = a.parse().map_err(|_| format!("invalid IPv4 address {a:?} (or * for any local address)"))?;
-            if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
-                return Err(format!("{ip} is not a unicast address (use * for any local address)"));
-            }
-            Some(ip)
-        }
-    };
-    Ok(Frontend { addr, port, proto })
 }
 
 #[cfg(test)]
-#[path = "file_tests.rs"]
 mod tests;

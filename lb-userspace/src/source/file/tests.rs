@@ -1,4 +1,5 @@
 use super::*;
+use crate::model::Proto;
 
 const GOOD: &str = r#"
 [node]
@@ -32,7 +33,7 @@ weight = 3
 "#;
 
 fn err(text: &str) -> String {
-    parse("config.toml", text).unwrap_err().to_string()
+    parse("config.toml", text, None).unwrap_err().to_string()
 }
 
 /// Replaces the first occurrence of `from` in the good file.
@@ -43,34 +44,34 @@ fn bad(from: &str, to: &str) -> String {
 
 #[test]
 fn parses_the_documented_format() {
-    let c = parse("config.toml", GOOD).unwrap();
+    let c = parse("config.toml", GOOD, None).unwrap();
     assert_eq!(c.node.snat_ports, (16384, 32767));
     assert_eq!(c.node.malformed, MalformedPolicy::Drop);
     assert_eq!(c.services.len(), 2);
     let web = &c.services[0];
     assert!(web.sticky);
-    assert_eq!(web.nat_addr, Ipv4Addr::new(198, 18, 2, 1));
+    assert_eq!(web.nat_addr, Some(Ipv4Addr::new(198, 18, 2, 1)));
     assert_eq!(web.frontends[0].to_string(), "198.18.1.1:80/tcp");
     assert_eq!(web.frontends[1].to_string(), "*:8080/tcp");
     assert_eq!((web.backends[0].weight, web.backends[1].weight), (1, 0));
     let dns = &c.services[1];
-    assert_eq!(dns.nat_addr, Ipv4Addr::new(198, 18, 2, 2));
+    assert_eq!(dns.nat_addr, Some(Ipv4Addr::new(198, 18, 2, 2)));
     assert_eq!(dns.frontends[0].proto, Proto::Udp);
     assert_eq!(dns.backends[0].weight, 3);
 }
 
 #[test]
 fn defaults_apply() {
-    let c = parse("c.toml", "[node]\nnat_addr = \"198.18.2.1\"\n").unwrap();
+    let c = parse("c.toml", "[node]\nnat_addr = \"198.18.2.1\"\n", None).unwrap();
     assert_eq!(c.node, NodeSettings::default());
     assert!(c.services.is_empty());
-    assert!(parse("c.toml", "").unwrap().services.is_empty());
+    assert!(parse("c.toml", "", None).unwrap().services.is_empty());
 }
 
 #[test]
 fn the_example_config_parses() {
-    let text = include_str!("../../config/example.toml");
-    parse("example.toml", text).unwrap();
+    let text = include_str!("../../../config/example.toml");
+    parse("example.toml", text, None).unwrap();
 }
 
 #[test]
@@ -89,7 +90,7 @@ fn errors_name_file_line_and_field() {
         (r#"name = "web-2""#, r#"name = "web-1""#, r#"config.toml:17: service "web": field name: duplicate backend name "web-1""#),
         (r#"name = "dns""#, r#"name = "web""#, r#"config.toml:22: field name: duplicate service name "web""#),
         (r#"name = "web""#, r#"name = "we b""#, r#"config.toml:8: service: field name: invalid name "we b" (1-128 characters of A-Z a-z 0-9 - _ .)"#),
-        (r#"name = "web""#, r#"nome = "web""#, r#"config.toml:8: unknown field `nome`, expected one of `name`, `frontends`, `sticky`, `nat_addr`, `backend`"#),
+        (r#"name = "web""#, r#"nome = "web""#, r#"config.toml:8: unknown field `nome`, expected one of `name`, `network`, `frontends`, `sticky`, `nat_addr`, `backend`"#),
         (r#"frontends = ["*:53/udp"]"#, r#"frontends = ["*:8080/tcp"]"#,
          r#"config.toml:23: service "dns": field frontends: frontend *:8080/tcp already belongs to service "web""#),
         (r#"frontends = ["*:53/udp"]"#, r#"frontends = ["*:53/icmp"]"#,
@@ -111,7 +112,7 @@ fn errors_name_file_line_and_field() {
         (r#"snat_ports = "16384-32767""#, r#"snat_ports = "16384-16400""#,
          r#"config.toml:4: node: field snat_ports: port range "16384-16400" is too small (at least 1024 ports)"#),
         (r#"malformed = "drop""#, r#"malformed = "reject""#, r#"config.toml:5: node: field malformed: expected "pass" or "drop", found "reject""#),
-        (r#"nat_addr = "198.18.2.1""#, "", r#"config.toml:7: service "web": field nat_addr: missing: set it here or in [node]"#),
+        (r#"nat_addr = "198.18.2.1""#, "", r#"config.toml:7: service "web": field nat_addr: missing: set it here or in [node], or give the service a network"#),
         ("[[service]]\nname = \"web\"", "[[service]\nname = \"web\"", "config.toml:7: invalid table header: expected `.`, `]]`"),
     ];
     for (from, to, want) in cases {
@@ -121,6 +122,6 @@ fn errors_name_file_line_and_field() {
 
 #[test]
 fn missing_file_is_an_error_naming_it() {
-    let e = load(Path::new("/nonexistent/swarmlb.toml")).unwrap_err().to_string();
+    let e = load(Path::new("/nonexistent/swarmlb.toml"), None).unwrap_err().to_string();
     assert!(e.starts_with("/nonexistent/swarmlb.toml: cannot read"), "{e}");
 }

@@ -1,0 +1,193 @@
+//! `[node]` and `[[service]]` (with `[[service.backend]]`): what this node serves and how.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use toml::{Spanned, Value};
+
+use super::{ConfigError, RawBackend, RawNode, RawService, Validator};
+use crate::model::{
+    Backend, DEFAULT_SNAT_PORTS, Frontend, MAX_WEIGHT, MalformedPolicy, Network, Node, NodeSettings, Proto, Service,
+};
+
+impl Validator<'_> {
+    pub(super) fn node(&self, node: &RawNode) -> Result<(NodeSettings, Option<Ipv4Addr>), ConfigError> {
+        let ctx = "node: ";
+        let nat = node.nat_addr.as_ref().map(|v| self.ipv4(v, ctx, "nat_addr")).transpose()?;
+        let snat_ports = match &node.snat_ports {
+            None => DEFAULT_SNAT_PORTS,
+            Some(v) => {
+                let s = self.string(v, ctx, "snat_ports")?;
+                let bad = || self.err(v.span(), ctx, "snat_ports", format!("invalid port range {s:?} (expected \"FIRST-LAST\", e.g. \"16384-32767\")"));
+                let (lo, hi) = s.split_once('-').ok_or_else(bad)?;
+                let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
+                let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
+                if lo == 0 || lo > hi {
+                    return Err(self.err(v.span(), ctx, "snat_ports", format!("port range {s:?} is empty or starts at 0")));
+                }
+                if hi - lo < 1023 {
+                    return Err(self.err(v.span(), ctx, "snat_ports", format!("port range {s:?} is too small (at least 1024 ports)")));
+                }
+                (lo, hi)
+            }
+        };
+        let malformed = match &node.malformed {
+            None => MalformedPolicy::Pass,
+            Some(v) => match self.string(v, ctx, "malformed")? {
+                "pass" => MalformedPolicy::Pass,
+                "drop" => MalformedPolicy::Drop,
+                other => return Err(self.err(v.span(), ctx, "malformed", format!("expected \"pass\" or \"drop\", found {other:?}"))),
+            },
+        };
+        Ok((NodeSettings { snat_ports, malformed }, nat))
+    }
+
+    pub(super) fn service(
+        &self,
+        spanned: &Spanned<RawService>,
+        node_nat: Option<Ipv4Addr>,
+        nodes: &[Node],
+        networks: &[Network],
+    ) -> Result<Service, ConfigError> {
+        let raw = spanned.get_ref();
+        let name_v = self.required(&raw.name, spanned.span(), "service: ", "name")?;
+        let name = self.name(name_v, "service: ")?;
+        let ctx = format!("service {name:?}: ");
+        let network = raw.network.as_ref().map(|v| self.service_network(v, &ctx, networks)).transpose()?;
+        let frontends_v = self.required(&raw.frontends, spanned.span(), &ctx, "frontends")?;
+        let Value::Array(items) = frontends_v.get_ref() else {
+            return Err(self.err(frontends_v.span(), &ctx, "frontends", format!("expected an array of strings, found {}", frontends_v.get_ref().type_str())));
+        };
+        if items.is_empty() {
+            return Err(self.err(frontends_v.span(), &ctx, "frontends", "at least one frontend is required"));
+        }
+        let mut frontends = Vec::with_capacity(items.len());
+        for item in items {
+            let s = item.as_str().ok_or_else(|| {
+                self.err(frontends_v.span(), &ctx, "frontends", format!("expected strings, found {}", item.type_str()))
+            })?;
+            let frontend = parse_frontend(s).map_err(|why| self.err(frontends_v.span(), &ctx, "frontends", format!("invalid frontend {s:?}: {why}")))?;
+            frontends.push(frontend);
+        }
+        let sticky = match &raw.sticky {
+            None => false,
+            Some(v) => v.get_ref().as_bool().ok_or_else(|| {
+                self.err(v.span(), &ctx, "sticky", format!("expected true or false, found {}", v.get_ref().type_str()))
+            })?,
+        };
+        let nat_addr = match (&raw.nat_addr, network) {
+            (Some(v), Some(net)) => {
+                return Err(self.err(v.span(), &ctx, "nat_addr", format!(
+                    "not allowed on a service with a network: its source address is this node's endpoint on network {:?}", net.name
+                )));
+            }
+            (Some(v), None) => Some(self.ipv4(v, &ctx, "nat_addr")?),
+            (None, Some(_)) => None,
+            (None, None) => Some(node_nat.ok_or_else(|| {
+                self.err(spanned.span(), &ctx, "nat_addr", "missing: set it here or in [node], or give the service a network")
+            })?),
+        };
+        let mut backends: Vec<Backend> = Vec::with_capacity(raw.backend.len());
+        for raw_backend in &raw.backend {
+            let backend = self.backend(raw_backend, &name, nodes, network)?;
+            if backends.iter().any(|b| b.name == backend.name) {
+                let at = raw_backend.get_ref().name.as_ref().map_or(raw_backend.span(), Spanned::span);
+                return Err(self.err(at, &ctx, "name", format!("duplicate backend name {:?}", backend.name)));
+            }
+            if backends.iter().any(|b| b.addr == backend.addr) {
+                let at = raw_backend.get_ref().addr.as_ref().map_or(raw_backend.span(), Spanned::span);
+                let ctx = format!("service {name:?} backend {:?}: ", backend.name);
+                return Err(self.err(at, &ctx, "addr", format!("address {} already used by another backend of this service", backend.addr)));
+            }
+            backends.push(backend);
+        }
+        Ok(Service { name, frontends, backends, sticky, nat_addr, network: network.map(|n| n.name.clone()) })
+    }
+
+    /// A service's `network`: it must exist and have an endpoint for this node, whose address
+    /// becomes the service's source address.
+    fn service_network<'n>(&self, v: &Spanned<Value>, ctx: &str, networks: &'n [Network]) -> Result<&'n Network, ConfigError> {
+        let name = self.string(v, ctx, "network")?;
+        let network = networks
+            .iter()
+            .find(|n| n.name == name)
+            .ok_or_else(|| self.err(v.span(), ctx, "network", format!("unknown network {name:?} (no [[network]] has that name)")))?;
+        match self.local {
+            None => Err(self.err(v.span(), ctx, "network", format!(
+                "network {name:?} needs this node's endpoint address, but no node was named (run with --node NAME)"
+            ))),
+            Some(local) if network.endpoint(local).is_none() => Err(self.err(v.span(), ctx, "network", format!(
+                "network {name:?} has no endpoint for this node {local:?} (add a [[network.endpoint]] with node = {local:?})"
+            ))),
+            Some(_) => Ok(network),
+        }
+    }
+
+    fn backend(&self, spanned: &Spanned<RawBackend>, service: &str, nodes: &[Node], network: Option<&Network>) -> Result<Backend, ConfigError> {
+        let raw = spanned.get_ref();
+        let bctx = format!("service {service:?} backend: ");
+        let name = self.name(self.required(&raw.name, spanned.span(), &bctx, "name")?, &bctx)?;
+        let ctx = format!("service {service:?} backend {name:?}: ");
+        let addr_v = self.required(&raw.addr, spanned.span(), &ctx, "addr")?;
+        let s = self.string(addr_v, &ctx, "addr")?;
+        let addr: SocketAddrV4 = s.parse().map_err(|_| self.err(addr_v.span(), &ctx, "addr", format!("invalid socket address {s:?}")))?;
+        if addr.port() == 0 || addr.ip().is_unspecified() || addr.ip().is_broadcast() || addr.ip().is_multicast() {
+            return Err(self.err(addr_v.span(), &ctx, "addr", format!("{s:?} is not a unicast address with a nonzero port")));
+        }
+        if let Some(net) = network {
+            let ip = *addr.ip();
+            if !net.subnet.contains(ip) || net.subnet.is_reserved(ip) {
+                return Err(self.err(addr_v.span(), &ctx, "addr", format!(
+                    "{ip} is not a host address of network {:?} ({})", net.name, net.subnet
+                )));
+            }
+            if let Some(e) = net.endpoints.iter().find(|e| e.addr == ip) {
+                return Err(self.err(addr_v.span(), &ctx, "addr", format!(
+                    "{ip} is node {:?}'s load-balancer endpoint on network {:?}, not a task", e.node, net.name
+                )));
+            }
+        }
+        let weight = match &raw.weight {
+            None => 1,
+            Some(v) => self.integer(v, &ctx, "weight", 0..=MAX_WEIGHT as i64)? as u32,
+        };
+        let node = match &raw.node {
+            None => None,
+            Some(v) => {
+                let node = self.string(v, &ctx, "node")?;
+                if !nodes.iter().any(|n| n.name == node) {
+                    return Err(self.err(v.span(), &ctx, "node", format!("unknown node {node:?} (not a [[swarm.node]])")));
+                }
+                Some(node.to_owned())
+            }
+        };
+        Ok(Backend { name, addr, weight, node })
+    }
+}
+
+/// `ADDR:PORT/PROTO` where ADDR is an IPv4 address or `*` (any local address).
+fn parse_frontend(s: &str) -> Result<Frontend, String> {
+    let (addr_port, proto) = s.rsplit_once('/').ok_or("expected ADDR:PORT/tcp or ADDR:PORT/udp")?;
+    let proto = match proto {
+        "tcp" => Proto::Tcp,
+        "udp" => Proto::Udp,
+        other => return Err(format!("unknown protocol {other:?} (tcp or udp)")),
+    };
+    let (addr, port) = addr_port.rsplit_once(':').ok_or("expected ADDR:PORT/PROTO")?;
+    let port: u16 = port.parse().map_err(|_| format!("invalid port {port:?}"))?;
+    if port == 0 {
+        return Err("port 0 is not a valid frontend port".into());
+    }
+    let addr = match addr {
+        "*" => None,
+        a => {
+            let ip: Ipv4Addr = a.parse().map_err(|_| format!("invalid IPv4 address {a:?} (or * for any local address)"))?;
+            if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
+                return Err(format!("{ip} is not a unicast address (use * for any local address)"));
+            }
+            Some(ip)
+        }
+    };
+    Ok(Frontend { addr, port, proto })
+}
+
+

@@ -1,0 +1,142 @@
+//! `[swarm]` with its `[[swarm.node]]`s, and `[[network]]` with its `[[network.endpoint]]`s: the
+//! part of the file every node of the swarm shares. Also checks `--node` against the nodes.
+
+use std::net::Ipv4Addr;
+
+use toml::{Spanned, Value};
+
+use super::{ConfigError, RawEndpoint, RawNetwork, RawSwarm, Validator};
+use crate::model::{DEFAULT_OVERLAY_MTU, Endpoint, Network, Node, Subnet, SwarmSettings};
+use lb_common::maps::MAX_OVERLAYS;
+
+/// VXLAN network identifiers are 24 bits; 0 is not used.
+const MAX_VNI: i64 = (1 << 24) - 1;
+/// Overlay MTU bounds: IPv4's minimum datagram, up to a 9216-byte jumbo underlay.
+const MTU_RANGE: std::ops::RangeInclusive<i64> = 576..=9216;
+
+impl Validator<'_> {
+    /// `[swarm]` and its nodes, then `--node` checked against them.
+    pub(super) fn swarm(&self, raw: Option<&Spanned<RawSwarm>>) -> Result<(SwarmSettings, Vec<Node>), ConfigError> {
+        let mut settings = SwarmSettings::default();
+        let mut nodes: Vec<Node> = Vec::new();
+        if let Some(raw) = raw.map(Spanned::get_ref) {
+            if let Some(v) = &raw.vxlan_port {
+                settings.vxlan_port = self.integer(v, "swarm: ", "vxlan_port", 1..=u16::MAX as i64)? as u16;
+            }
+            for spanned in &raw.node {
+                let node = spanned.get_ref();
+                let ctx = "swarm node: ";
+                let name = self.name(self.required(&node.name, spanned.span(), ctx, "name")?, ctx)?;
+                if nodes.iter().any(|n| n.name == name) {
+                    let at = node.name.as_ref().map_or(spanned.span(), Spanned::span);
+                    return Err(self.err(at, ctx, "name", format!("duplicate node name {name:?}")));
+                }
+                let ctx = format!("swarm node {name:?}: ");
+                let addr_v = self.required(&node.addr, spanned.span(), &ctx, "addr")?;
+                let addr = self.unicast(addr_v, &ctx, "addr")?;
+                if let Some(other) = nodes.iter().find(|n| n.addr == addr) {
+                    return Err(self.err(addr_v.span(), &ctx, "addr", format!("{addr} is already node {:?}'s address", other.name)));
+                }
+                nodes.push(Node { name, addr });
+            }
+        }
+        let first = raw.and_then(|r| r.get_ref().node.first()).map(Spanned::span);
+        let known = || nodes.iter().map(|n| format!("{:?}", n.name)).collect::<Vec<_>>().join(", ");
+        match (self.local, first) {
+            (None, Some(at)) => Err((self.fail)(at, format!(
+                "swarm node: this file describes swarm nodes ({}): run with --node NAME to say which one this is",
+                known()
+            ))),
+            (Some(local), Some(at)) if !nodes.iter().any(|n| n.name == local) => Err((self.fail)(at, format!(
+                "swarm node: --node {local:?} is not one of the swarm nodes ({})",
+                known()
+            ))),
+            (Some(local), None) => Err(ConfigError::File {
+                path: self.path.to_owned(),
+                what: format!("--node {local:?} given, but the file has no [[swarm.node]]"),
+            }),
+            _ => Ok((settings, nodes)),
+        }
+    }
+
+    pub(super) fn networks(&self, raw: &[Spanned<RawNetwork>], nodes: &[Node]) -> Result<Vec<Network>, ConfigError> {
+        if raw.len() > MAX_OVERLAYS as usize {
+            return Err((self.fail)(raw[MAX_OVERLAYS as usize].span(), format!("too many networks (at most {MAX_OVERLAYS})")));
+        }
+        let mut networks: Vec<Network> = Vec::with_capacity(raw.len());
+        for spanned in raw {
+            let net = spanned.get_ref();
+            let ctx = "network: ";
+            let name = self.name(self.required(&net.name, spanned.span(), ctx, "name")?, ctx)?;
+            if networks.iter().any(|n| n.name == name) {
+                let at = net.name.as_ref().map_or(spanned.span(), Spanned::span);
+                return Err(self.err(at, ctx, "name", format!("duplicate network name {name:?}")));
+            }
+            let ctx = format!("network {name:?}: ");
+            let vni_v = self.required(&net.vni, spanned.span(), &ctx, "vni")?;
+            let vni = self.integer(vni_v, &ctx, "vni", 1..=MAX_VNI)? as u32;
+            if let Some(other) = networks.iter().find(|n| n.vni == vni) {
+                return Err(self.err(vni_v.span(), &ctx, "vni", format!("VNI {vni} is already network {:?}'s", other.name)));
+            }
+            let subnet_v = self.required(&net.subnet, spanned.span(), &ctx, "subnet")?;
+            let subnet = self.subnet(subnet_v, &ctx)?;
+            if let Some(other) = networks.iter().find(|n| n.subnet.overlaps(&subnet)) {
+                return Err(self.err(subnet_v.span(), &ctx, "subnet", format!(
+                    "{subnet} overlaps network {:?}'s subnet {}", other.name, other.subnet
+                )));
+            }
+            let mtu = match &net.mtu {
+                None => DEFAULT_OVERLAY_MTU,
+                Some(v) => self.integer(v, &ctx, "mtu", MTU_RANGE)? as u16,
+            };
+            let mut network = Network { name, vni, subnet, mtu, endpoints: Vec::with_capacity(net.endpoint.len()) };
+            for endpoint in &net.endpoint {
+                let e = self.endpoint(endpoint, &network, nodes)?;
+                network.endpoints.push(e);
+            }
+            networks.push(network);
+        }
+        Ok(networks)
+    }
+
+    fn endpoint(&self, spanned: &Spanned<RawEndpoint>, network: &Network, nodes: &[Node]) -> Result<Endpoint, ConfigError> {
+        let raw = spanned.get_ref();
+        let ctx = format!("network {:?} endpoint: ", network.name);
+        let node_v = self.required(&raw.node, spanned.span(), &ctx, "node")?;
+        let node = self.string(node_v, &ctx, "node")?;
+        if !nodes.iter().any(|n| n.name == node) {
+            return Err(self.err(node_v.span(), &ctx, "node", format!("unknown node {node:?} (not a [[swarm.node]])")));
+        }
+        if network.endpoint(node).is_some() {
+            return Err(self.err(node_v.span(), &ctx, "node", format!("node {node:?} already has an endpoint on this network")));
+        }
+        let ctx = format!("network {:?} endpoint of node {node:?}: ", network.name);
+        let addr_v = self.required(&raw.addr, spanned.span(), &ctx, "addr")?;
+        let addr = self.unicast(addr_v, &ctx, "addr")?;
+        if !network.subnet.contains(addr) || network.subnet.is_reserved(addr) {
+            return Err(self.err(addr_v.span(), &ctx, "addr", format!("{addr} is not a host address of subnet {}", network.subnet)));
+        }
+        if let Some(other) = network.endpoints.iter().find(|e| e.addr == addr) {
+            return Err(self.err(addr_v.span(), &ctx, "addr", format!("{addr} is already node {:?}'s endpoint", other.node)));
+        }
+        Ok(Endpoint { node: node.to_owned(), addr })
+    }
+
+    /// `ADDR/PREFIX` with no host bits set, prefix 1..=30.
+    fn subnet(&self, v: &Spanned<Value>, ctx: &str) -> Result<Subnet, ConfigError> {
+        let s = self.string(v, ctx, "subnet")?;
+        let bad = |why: String| self.err(v.span(), ctx, "subnet", why);
+        let (addr, prefix) = s.split_once('/').ok_or_else(|| bad(format!("invalid subnet {s:?} (expected ADDR/PREFIX, e.g. \"198.19.1.0/24\")")))?;
+        let addr: Ipv4Addr = addr.parse().map_err(|_| bad(format!("invalid subnet {s:?}: {addr:?} is not an IPv4 address")))?;
+        let prefix: u8 = prefix.parse().map_err(|_| bad(format!("invalid subnet {s:?}: bad prefix length {prefix:?}")))?;
+        if !(1..=30).contains(&prefix) {
+            return Err(bad(format!("invalid subnet {s:?}: prefix length must be 1..=30")));
+        }
+        let subnet = Subnet { addr, prefix };
+        let network = Ipv4Addr::from(u32::from(addr) & subnet.mask());
+        if network != addr {
+            return Err(bad(format!("{s:?} has host bits set (did you mean \"{network}/{prefix}\"?)")));
+        }
+        Ok(subnet)
+    }
+}
