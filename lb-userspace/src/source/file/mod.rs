@@ -72,7 +72,7 @@ type Field = Option<Spanned<Value>>;
 #[serde(deny_unknown_fields)]
 struct RawFile {
     node: Option<Spanned<RawNode>>,
-    swarm: Option<Spanned<RawSwarm>>,
+    swarm: Option<RawSwarm>,
     #[serde(default)]
     network: Vec<Spanned<RawNetwork>>,
     #[serde(default)]
@@ -250,3 +250,6 @@ impl Validator<'_> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod swarm_tests;

@@ -16,10 +16,10 @@ const MTU_RANGE: std::ops::RangeInclusive<i64> = 576..=9216;
 
 impl Validator<'_> {
     /// `[swarm]` and its nodes, then `--node` checked against them.
-    pub(super) fn swarm(&self, raw: Option<&Spanned<RawSwarm>>) -> Result<(SwarmSettings, Vec<Node>), ConfigError> {
+    pub(super) fn swarm(&self, raw: Option<&RawSwarm>) -> Result<(SwarmSettings, Vec<Node>), ConfigError> {
         let mut settings = SwarmSettings::default();
         let mut nodes: Vec<Node> = Vec::new();
-        if let Some(raw) = raw.map(Spanned::get_ref) {
+        if let Some(raw) = raw {
             if let Some(v) = &raw.vxlan_port {
                 settings.vxlan_port = self.integer(v, "swarm: ", "vxlan_port", 1..=u16::MAX as i64)? as u16;
             }
@@ -40,7 +40,7 @@ impl Validator<'_> {
                 nodes.push(Node { name, addr });
             }
         }
-        let first = raw.and_then(|r| r.get_ref().node.first()).map(Spanned::span);
+        let first = raw.and_then(|r| r.node.first()).map(Spanned::span);
         let known = || nodes.iter().map(|n| format!("{:?}", n.name)).collect::<Vec<_>>().join(", ");
         match (self.local, first) {
             (None, Some(at)) => Err((self.fail)(at, format!(
