@@ -1,4 +1,4 @@
-use std::net::Ipv4Addr;
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use super::*;
 use crate::model::{Backend, Proto, Service};
@@ -135,4 +135,135 @@ fn frontend_moving_between_services_is_rewritten_not_removed() {
     let d = diff(Some(&p1), &p2);
     assert_eq!(d.frontends, vec![(lb_common::FrontendKey { addr: [0; 4], port: 80, proto: 6, _pad: 0 }, lb_common::Frontend { service_id: 2 })]);
     assert!(d.removed_frontends.is_empty() && d.fe_ports.is_empty());
+}
+
+mod swarm {
+    use super::*;
+    use crate::model::{Endpoint, Network, Node, Subnet, SwarmSettings};
+
+    /// Three nodes, one network with an endpoint on each, a service with a task on every node.
+    fn swarm_cluster(tasks: &[(&str, u8, &str)]) -> Cluster {
+        let net = |name: &str, vni: u32, third: u8, mtu: u16| Network {
+            name: name.into(),
+            vni,
+            subnet: Subnet { addr: Ipv4Addr::new(198, 19, third, 0), prefix: 24 },
+            mtu,
+            endpoints: (1..=3u8)
+                .map(|n| Endpoint { node: format!("node-{n}"), addr: Ipv4Addr::new(198, 19, third, 1 + n) })
+                .collect(),
+        };
+        let web = Service {
+            name: "web".into(),
+            frontends: vec![Frontend { addr: None, port: 80, proto: Proto::Tcp }],
+            backends: tasks
+                .iter()
+                .map(|(name, last, node)| Backend {
+                    name: (*name).into(),
+                    addr: SocketAddrV4::new(Ipv4Addr::new(198, 19, 1, *last), 8080),
+                    weight: 1,
+                    node: Some((*node).into()),
+                })
+                .collect(),
+            sticky: true,
+            nat_addr: None,
+            network: Some("web-net".into()),
+        };
+        let mut plain = svc("plain", 81, &[("p1", 11, 1)]);
+        plain.nat_addr = Some(Ipv4Addr::new(198, 18, 2, 1));
+        Cluster {
+            node: NodeSettings::default(),
+            swarm: SwarmSettings { vxlan_port: 4790 },
+            nodes: (1..=3u8).map(|n| Node { name: format!("node-{n}"), addr: Ipv4Addr::new(198, 18, 0, 10 + n) }).collect(),
+            networks: vec![net("web-net", 4097, 1, 1450), net("db-net", 4098, 2, 1400)],
+            services: vec![web, plain],
+        }
+    }
+
+    const TASKS: &[(&str, u8, &str)] =
+        &[("web.1", 100, "node-1"), ("web.2", 101, "node-2"), ("web.3", 102, "node-3"), ("web.4", 103, "node-1")];
+
+    /// A service's Maglev table with backend names in place of ids.
+    fn table_by_name(plan: &Plan, service: &str) -> Vec<String> {
+        let s = plan.services.iter().find(|s| s.name == service).unwrap();
+        s.maglev.iter().map(|id| s.backends.iter().find(|b| b.id == *id).map_or(String::new(), |b| b.name.clone())).collect()
+    }
+
+    #[test]
+    fn overlay_services_translate_from_the_local_endpoint_with_mss_and_flag() {
+        let c = swarm_cluster(TASKS);
+        for (node, endpoint) in [("node-1", 2), ("node-2", 3), ("node-3", 4)] {
+            let p = plan(&c, Some(node), &Plan::default()).unwrap();
+            assert_eq!(p.local_node.as_deref(), Some(node));
+            assert_eq!(p.overlays, [4097, 4098], "every network's VNI, used or not");
+            let d = diff(None, &p);
+            assert_eq!(d.settings.unwrap().vxlan_port, 4790);
+            assert_eq!(d.overlays, [4097, 4098]);
+            let web = p.services.iter().find(|s| s.name == "web").unwrap();
+            assert_eq!(web.backends.iter().map(|b| b.node.as_deref().unwrap()).collect::<Vec<_>>(), ["node-1", "node-2", "node-3", "node-1"]);
+            let values: HashMap<u32, lb_common::Service> = d.services.iter().copied().collect();
+            assert_eq!(
+                values[&web.id],
+                lb_common::Service {
+                    snat_addr: [198, 19, 1, endpoint],
+                    flags: lb_common::SERVICE_STICKY | lb_common::SERVICE_OVERLAY,
+                    active_backends: 4,
+                    mss: 1410,
+                    _pad: 0,
+                },
+                "as {node}"
+            );
+            let plain = p.services.iter().find(|s| s.name == "plain").unwrap();
+            assert_eq!(values[&plain.id], lb_common::Service { snat_addr: [198, 18, 2, 1], flags: 0, active_backends: 1, mss: 0, _pad: 0 });
+        }
+    }
+
+    #[test]
+    fn every_node_computes_the_same_tables() {
+        let c = swarm_cluster(TASKS);
+        let as_node1 = plan(&c, Some("node-1"), &Plan::default()).unwrap();
+        // node-2 has another history: it saw other backends first, so its ids differ.
+        let history = swarm_cluster(&[("old.1", 50, "node-2"), ("old.2", 51, "node-3"), ("web.3", 102, "node-3")]);
+        let earlier = plan(&history, Some("node-2"), &Plan::default()).unwrap();
+        let as_node2 = plan(&c, Some("node-2"), &earlier).unwrap();
+        let ids = |p: &Plan| p.services[0].backends.iter().map(|b| (b.name.clone(), b.id)).collect::<BTreeMap<_, _>>();
+        assert_ne!(ids(&as_node1), ids(&as_node2), "the nodes gave different ids");
+        let table = table_by_name(&as_node1, "web");
+        assert_eq!(table, table_by_name(&as_node2, "web"), "same task in every slot");
+        assert_eq!(table, table_by_name(&plan(&c, Some("node-3"), &Plan::default()).unwrap(), "web"));
+        assert!(table.iter().all(|name| !name.is_empty()), "every slot has a task");
+        // Which node a task runs on does not move it either.
+        let mut moved = c.clone();
+        moved.services[0].backends[0].node = Some("node-3".into());
+        assert_eq!(table, table_by_name(&plan(&moved, Some("node-1"), &Plan::default()).unwrap(), "web"));
+    }
+
+    #[test]
+    fn a_node_without_an_endpoint_cannot_plan_the_service() {
+        let mut c = swarm_cluster(TASKS);
+        c.networks[0].endpoints.retain(|e| e.node != "node-2");
+        let want = PlanError::NoLocalEndpoint { service: "web".into(), network: "web-net".into(), node: Some("node-2".into()) };
+        assert_eq!(plan(&c, Some("node-2"), &Plan::default()), Err(want));
+        assert!(matches!(plan(&c, None, &Plan::default()), Err(PlanError::NoLocalEndpoint { node: None, .. })));
+        assert!(plan(&c, Some("node-1"), &Plan::default()).is_ok());
+    }
+
+    #[test]
+    fn network_changes_diff_overlays_and_services() {
+        let c1 = swarm_cluster(TASKS);
+        let p1 = plan(&c1, Some("node-1"), &Plan::default()).unwrap();
+        let mut c2 = c1.clone();
+        c2.networks.remove(1); // db-net goes
+        c2.networks[0].mtu = 1400; // web-net shrinks
+        c2.swarm.vxlan_port = 4789;
+        let p2 = plan(&c2, Some("node-1"), &p1).unwrap();
+        let d = diff(Some(&p1), &p2);
+        assert_eq!((d.overlays.as_slice(), d.removed_overlays.as_slice()), (&[][..], &[4098][..]));
+        assert_eq!(d.settings.map(|s| s.vxlan_port), Some(4789));
+        assert_eq!(d.services.len(), 1);
+        assert_eq!(d.services[0].1.mss, 1360);
+        assert!(d.maglev.is_empty() && d.backends.is_empty(), "tasks unchanged");
+        assert_eq!(d.summary.to_string(), "1 service changed, 1 overlay removed, settings");
+        // Unchanged again: nothing to write.
+        assert_eq!(diff(Some(&p2), &plan(&c2, Some("node-1"), &p2).unwrap()), Diff::default());
+    }
 }

@@ -1,0 +1,263 @@
+//! [`diff`]: the map writes that take the datapath from one plan to the next, and the map values
+//! a plan stands for.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
+
+use lb_common::maps::MAGLEV_SIZE;
+
+use super::{Plan, PlannedBackend, PlannedService};
+use crate::model::{Frontend, MalformedPolicy, NodeSettings};
+
+/// Map writes that take the datapath from `prev` to `next`, in the groups the writer applies in
+/// order. `prev = None` means "unknown": every entry of `next` is written (a full sync).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Diff {
+    pub settings: Option<lb_common::Settings>,
+    /// VNIs to add to `slb_overlays`.
+    pub overlays: Vec<u32>,
+    /// Backends that are new or whose address changed, with ids to reset stats for.
+    pub backends: Vec<(u32, lb_common::Backend)>,
+    /// Maglev slots of live services: (map index, backend id).
+    pub maglev: Vec<(u32, u32)>,
+    pub services: Vec<(u32, lb_common::Service)>,
+    pub frontends: Vec<(lb_common::FrontendKey, lb_common::Frontend)>,
+    /// `slb_fe_ports` values that change (0 clears the port).
+    pub fe_ports: Vec<(u16, u8)>,
+    pub removed_frontends: Vec<lb_common::FrontendKey>,
+    /// Services that no longer exist: their entry is zeroed after their frontends are gone.
+    pub removed_services: Vec<u32>,
+    /// Their Maglev slots, cleared last.
+    pub removed_maglev: Vec<(u32, u32)>,
+    /// VNIs no network uses any more.
+    pub removed_overlays: Vec<u32>,
+    pub summary: Summary,
+}
+
+/// What changed, in words, for the log.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub services_added: usize,
+    pub services_removed: usize,
+    pub services_changed: usize,
+    pub backends_added: usize,
+    pub backends_removed: usize,
+    pub backends_reweighted: usize,
+    pub frontends_added: usize,
+    pub frontends_removed: usize,
+    pub overlays_added: usize,
+    pub overlays_removed: usize,
+    pub settings_changed: bool,
+}
+
+impl Summary {
+    pub fn is_empty(&self) -> bool {
+        *self == Summary::default()
+    }
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+        let parts: Vec<String> = [
+            (self.services_added, "service", "added"),
+            (self.services_removed, "service", "removed"),
+            (self.services_changed, "service", "changed"),
+            (self.backends_added, "backend", "added"),
+            (self.backends_removed, "backend", "removed"),
+            (self.backends_reweighted, "backend", "reweighted"),
+            (self.frontends_added, "frontend", "added"),
+            (self.frontends_removed, "frontend", "removed"),
+            (self.overlays_added, "overlay", "added"),
+            (self.overlays_removed, "overlay", "removed"),
+        ]
+        .into_iter()
+        .filter(|(n, _, _)| *n > 0)
+        .map(|(n, what, verb)| format!("{} {verb}", plural(n, what)))
+        .chain(self.settings_changed.then(|| "settings".to_owned()))
+        .collect();
+        if parts.is_empty() { f.write_str("nothing") } else { f.write_str(&parts.join(", ")) }
+    }
+}
+
+pub fn settings_value(node: &NodeSettings, vxlan_port: u16) -> lb_common::Settings {
+    lb_common::Settings {
+        malformed_policy: match node.malformed {
+            MalformedPolicy::Pass => lb_common::MALFORMED_PASS,
+            MalformedPolicy::Drop => lb_common::MALFORMED_DROP,
+        },
+        snat_port_min: node.snat_ports.0,
+        snat_port_max: node.snat_ports.1,
+        vxlan_port,
+        _pad: 0,
+    }
+}
+
+pub fn service_value(s: &PlannedService) -> lb_common::Service {
+    lb_common::Service {
+        snat_addr: s.nat_addr.octets(),
+        flags: if s.sticky { lb_common::SERVICE_STICKY } else { 0 }
+            | if s.network.is_some() { lb_common::SERVICE_OVERLAY } else { 0 },
+        active_backends: s.backends.iter().filter(|b| b.weight > 0).count() as u32,
+        mss: s.mss,
+        _pad: 0,
+    }
+}
+
+pub fn backend_value(b: &PlannedBackend) -> lb_common::Backend {
+    lb_common::Backend { addr: b.addr.ip().octets(), port: b.addr.port(), _pad: 0 }
+}
+
+pub fn frontend_key(f: &Frontend) -> lb_common::FrontendKey {
+    lb_common::FrontendKey {
+        addr: f.addr.map_or(lb_common::ANY_LOCAL_ADDR, |a| a.octets()),
+        port: f.port,
+        proto: f.proto.number(),
+        _pad: 0,
+    }
+}
+
+/// `slb_fe_ports` contents of a plan.
+pub fn port_bits(plan: &Plan) -> BTreeMap<u16, u8> {
+    let mut bits = BTreeMap::new();
+    for f in plan.services.iter().flat_map(|s| &s.frontends) {
+        *bits.entry(f.port).or_insert(0) |= f.proto.port_bit();
+    }
+    bits
+}
+
+fn maglev_index(service_id: u32, slot: usize) -> u32 {
+    service_id * MAGLEV_SIZE + slot as u32
+}
+
+/// The writes from `prev` (None: unknown, write everything) to `next`.
+pub fn diff(prev: Option<&Plan>, next: &Plan) -> Diff {
+    let empty = Plan::default();
+    let full = prev.is_none();
+    let prev = prev.unwrap_or(&empty);
+    let mut d = Diff::default();
+    let s = &mut d.summary;
+
+    let settings = settings_value(&next.node, next.vxlan_port);
+    if full || settings_value(&prev.node, prev.vxlan_port) != settings {
+        d.settings = Some(settings);
+        s.settings_changed = !full;
+    }
+    for vni in &next.overlays {
+        if full || !prev.overlays.contains(vni) {
+            d.overlays.push(*vni);
+            s.overlays_added += 1;
+        }
+    }
+    for vni in &prev.overlays {
+        if !next.overlays.contains(vni) {
+            d.removed_overlays.push(*vni);
+            s.overlays_removed += 1;
+        }
+    }
+
+    let prev_services: HashMap<u32, &PlannedService> = prev.services.iter().map(|s| (s.id, s)).collect();
+    let next_ids: HashMap<u32, &PlannedService> = next.services.iter().map(|s| (s.id, s)).collect();
+    for svc in &next.services {
+        let old = prev_services.get(&svc.id).copied();
+        match old {
+            None => s.services_added += 1,
+            Some(o)
+                if o.sticky != svc.sticky
+                    || o.nat_addr != svc.nat_addr
+                    || o.frontends != svc.frontends
+                    || o.network != svc.network
+                    || o.mss != svc.mss =>
+            {
+                s.services_changed += 1
+            }
+            _ => {}
+        }
+        let old_backends: HashMap<u32, &PlannedBackend> = old.map(|o| o.backends.iter().map(|b| (b.id, b)).collect()).unwrap_or_default();
+        for b in &svc.backends {
+            match old_backends.get(&b.id) {
+                None => {
+                    d.backends.push((b.id, backend_value(b)));
+                    s.backends_added += 1;
+                }
+                Some(o) if o.name != b.name || o.addr != b.addr => {
+                    // A retired id handed out again within this service.
+                    d.backends.push((b.id, backend_value(b)));
+                    s.backends_added += 1;
+                    s.backends_removed += 1;
+                }
+                Some(o) => {
+                    if full {
+                        d.backends.push((b.id, backend_value(b)));
+                    }
+                    if o.weight != b.weight {
+                        s.backends_reweighted += 1;
+                    }
+                }
+            }
+        }
+        if let Some(o) = old {
+            s.backends_removed += o.backends.iter().filter(|b| !svc.backends.iter().any(|n| n.id == b.id)).count();
+            // (an id handed out again to another backend was counted above)
+        }
+        match old {
+            Some(o) if !full && o.maglev.len() == svc.maglev.len() => {
+                if !Arc::ptr_eq(&o.maglev, &svc.maglev) {
+                    let changed = o.maglev.iter().zip(svc.maglev.iter()).enumerate().filter(|(_, (a, b))| a != b);
+                    d.maglev.extend(changed.map(|(slot, (_, b))| (maglev_index(svc.id, slot), *b)));
+                }
+            }
+            _ => d.maglev.extend(svc.maglev.iter().enumerate().map(|(slot, b)| (maglev_index(svc.id, slot), *b))),
+        }
+        if full || old.map(service_value) != Some(service_value(svc)) {
+            d.services.push((svc.id, service_value(svc)));
+        }
+    }
+    for old in &prev.services {
+        if !next_ids.contains_key(&old.id) {
+            s.services_removed += 1;
+            s.backends_removed += old.backends.len();
+            d.removed_services.push(old.id);
+            d.removed_maglev.extend((0..old.maglev.len()).map(|slot| (maglev_index(old.id, slot), 0)));
+        }
+    }
+
+    let owners = |plan: &Plan| -> HashMap<lb_common::FrontendKey, u32> {
+        plan.services.iter().flat_map(|s| s.frontends.iter().map(move |f| (frontend_key(f), s.id))).collect()
+    };
+    let (old_fe, new_fe) = (owners(prev), owners(next));
+    for (key, id) in &new_fe {
+        if full || old_fe.get(key) != Some(id) {
+            d.frontends.push((*key, lb_common::Frontend { service_id: *id }));
+        }
+        if !old_fe.contains_key(key) {
+            s.frontends_added += 1;
+        }
+    }
+    for key in old_fe.keys() {
+        if !new_fe.contains_key(key) {
+            d.removed_frontends.push(*key);
+            s.frontends_removed += 1;
+        }
+    }
+    d.frontends.sort_by_key(|(k, _)| (k.addr, k.port, k.proto));
+    d.removed_frontends.sort_by_key(|k| (k.addr, k.port, k.proto));
+
+    let (old_ports, new_ports) = (port_bits(prev), port_bits(next));
+    for (port, bits) in &new_ports {
+        if full || old_ports.get(port) != Some(bits) {
+            d.fe_ports.push((*port, *bits));
+        }
+    }
+    for port in old_ports.keys() {
+        if !new_ports.contains_key(port) {
+            d.fe_ports.push((*port, 0));
+        }
+    }
+    if full {
+        d.summary = Summary::default();
+    }
+    d
+}
