@@ -39,12 +39,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let plan = planner::plan(&cluster, local, &saved.unwrap_or_default()).context("planning")?;
     match local.and_then(|name| cluster.node(name)) {
         Some(node) => info!(
-            node = node.name,
-            underlay = %node.addr,
             nodes = cluster.nodes.len(),
             networks = cluster.networks.len(),
-            "this agent is swarm node {:?}",
-            node.name
+            "this agent is swarm node {:?} ({})",
+            node.name,
+            node.addr
         ),
         None => info!("single-node configuration (no --node)"),
     }

@@ -36,12 +36,16 @@ pub fn save(state_dir: &Path, plan: &Plan) -> Result<()> {
     Ok(())
 }
 
+/// Removes `state.json`, then the state directory if nothing else is left in it.
 pub fn remove(state_dir: &Path) -> Result<()> {
     let path = path(state_dir);
     match std::fs::remove_file(&path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("removing {}", path.display()))
+            return Err(e).with_context(|| format!("removing {}", path.display()));
         }
-        _ => Ok(()),
+        _ => {}
     }
+    // Fails harmlessly when the directory holds something else or is already gone.
+    let _ = std::fs::remove_dir(state_dir);
+    Ok(())
 }
