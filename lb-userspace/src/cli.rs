@@ -75,25 +75,6 @@ pub struct RunArgs {
     pub dirs: Dirs,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn state_dir_follows_the_pin_dir_unless_given() {
-        let parse = |args: &[&str]| match Cli::try_parse_from(args).unwrap().command {
-            Command::Status { dirs, .. } | Command::Unload { dirs } => dirs,
-            Command::Run(run) => run.dirs,
-        };
-        let d = parse(&["swarmlb", "status"]);
-        assert_eq!((d.pin_dir.as_path(), d.state_dir()), (Path::new("/sys/fs/bpf/swarmlb"), PathBuf::from("/run/swarmlb")));
-        let d = parse(&["swarmlb", "unload", "--pin-dir", "/sys/fs/bpf/slb-node2"]);
-        assert_eq!(d.state_dir(), PathBuf::from("/run/slb-node2"));
-        let d = parse(&["swarmlb", "run", "--iface", "eth0", "--config", "c.toml", "--node", "node-1", "--pin-dir", "/sys/fs/bpf/x", "--state-dir", "/tmp/s"]);
-        assert_eq!(d.state_dir(), PathBuf::from("/tmp/s"));
-    }
-}
-
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum XdpModeArg {
     /// Native if the driver supports it, generic otherwise (the kernel decides).
@@ -111,5 +92,24 @@ impl From<XdpModeArg> for aya::programs::XdpMode {
             XdpModeArg::Native => aya::programs::XdpMode::Driver,
             XdpModeArg::Skb => aya::programs::XdpMode::Skb,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_dir_follows_the_pin_dir_unless_given() {
+        let parse = |args: &[&str]| match Cli::try_parse_from(args).unwrap().command {
+            Command::Status { dirs, .. } | Command::Unload { dirs } => dirs,
+            Command::Run(run) => run.dirs,
+        };
+        let d = parse(&["swarmlb", "status"]);
+        assert_eq!((d.pin_dir.as_path(), d.state_dir()), (Path::new("/sys/fs/bpf/swarmlb"), PathBuf::from("/run/swarmlb")));
+        let d = parse(&["swarmlb", "unload", "--pin-dir", "/sys/fs/bpf/slb-node2"]);
+        assert_eq!(d.state_dir(), PathBuf::from("/run/slb-node2"));
+        let d = parse(&["swarmlb", "run", "--iface", "eth0", "--config", "c.toml", "--node", "node-1", "--pin-dir", "/sys/fs/bpf/x", "--state-dir", "/tmp/s"]);
+        assert_eq!(d.state_dir(), PathBuf::from("/tmp/s"));
     }
 }
