@@ -16,6 +16,33 @@ use crate::netns::{Netns, sh, sibling_binary};
 pub struct Agent {
     child: Option<Child>,
     pub log: PathBuf,
+    /// Where its datapath is pinned; `None` for the default directory.
+    pub pin_dir: Option<String>,
+}
+
+/// How to start one agent: which node it is and where it pins, for several agents on one machine.
+#[derive(Clone, Debug, Default)]
+pub struct Placement {
+    pub node: Option<String>,
+    pub pin_dir: Option<String>,
+}
+
+impl Placement {
+    fn args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(node) = &self.node {
+            args.extend(["--node".to_string(), node.clone()]);
+        }
+        args.extend(self.pin_args());
+        args
+    }
+
+    fn pin_args(&self) -> Vec<String> {
+        match &self.pin_dir {
+            Some(dir) => vec!["--pin-dir".to_string(), dir.clone()],
+            None => Vec::new(),
+        }
+    }
 }
 
 pub fn swarmlb_binary() -> Result<PathBuf> {
@@ -27,18 +54,35 @@ pub fn swarmlb_binary() -> Result<PathBuf> {
 
 /// Removes any datapath a previous run left pinned, so each test starts clean.
 pub fn unload() -> Result<()> {
+    unload_at(&Placement::default())
+}
+
+pub fn unload_at(placement: &Placement) -> Result<()> {
     let bin = swarmlb_binary()?;
-    sh(&format!("{} unload", bin.display()))?;
+    sh(&format!("{} unload {}", bin.display(), placement.pin_args().join(" ")))?;
     Ok(())
 }
 
 impl Agent {
     /// Starts `swarmlb run` in `ns` and waits until `status` shows `services` services.
     pub fn start(ns: &Netns, ifaces: &[&str], config: &str, services: usize) -> Result<Agent> {
+        Agent::start_placed(ns, &Placement::default(), ifaces, config, services)
+    }
+
+    /// Starts `swarmlb run` as a given node with its own pin directory.
+    pub fn start_placed(
+        ns: &Netns,
+        placement: &Placement,
+        ifaces: &[&str],
+        config: &str,
+        services: usize,
+    ) -> Result<Agent> {
         let bin = swarmlb_binary()?;
         let log = std::env::temp_dir().join(format!("{}-swarmlb.log", ns.name));
         let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let placement_args = placement.args();
         let mut args = vec!["run", "--config", config];
+        args.extend(placement_args.iter().map(String::as_str));
         for iface in ifaces {
             args.extend(["--iface", iface]);
         }
@@ -48,7 +92,7 @@ impl Agent {
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()?;
-        let mut agent = Agent { child: Some(child), log };
+        let mut agent = Agent { child: Some(child), log, pin_dir: placement.pin_dir.clone() };
         agent.wait_for_services(services)?;
         Ok(agent)
     }
@@ -62,7 +106,7 @@ impl Agent {
                     bail!("swarmlb run exited ({exit}):\n{}", self.log_text());
                 }
             }
-            if let Ok(status) = status() {
+            if let Ok(status) = self.status() {
                 if status["services"].as_array().map(Vec::len) == Some(count) {
                     return Ok(());
                 }
@@ -72,6 +116,11 @@ impl Agent {
             }
             thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// `swarmlb status --json` of this agent's datapath.
+    pub fn status(&self) -> Result<Value> {
+        status_at(&Placement { node: None, pin_dir: self.pin_dir.clone() })
     }
 
     pub fn log_text(&self) -> String {
@@ -110,7 +159,11 @@ impl Drop for Agent {
 
 /// `swarmlb status --json`, parsed.
 pub fn status() -> Result<Value> {
+    status_at(&Placement::default())
+}
+
+pub fn status_at(placement: &Placement) -> Result<Value> {
     let bin = swarmlb_binary()?;
-    let out = sh(&format!("{} status --json", bin.display()))?;
+    let out = sh(&format!("{} status --json {}", bin.display(), placement.pin_args().join(" ")))?;
     serde_json::from_str(&out).with_context(|| format!("status --json printed {out:?}"))
 }

@@ -4,7 +4,10 @@
 pub mod agent;
 pub mod client;
 pub mod netns;
+pub mod poll;
 pub mod swarm;
+pub mod swarm_config;
+pub mod swarm_lb;
 pub mod topology;
 pub mod frames;
 pub mod testrun;

@@ -251,6 +251,10 @@ impl Swarm {
         let index = self.tasks.iter().position(|t| t.name == name).with_context(|| format!("no task {name}"))?;
         let task = self.tasks.remove(index);
         let vni = self.networks[task.network].vni;
+        // Interfaces first: a namespace is torn down asynchronously and the names must be free.
+        let host = task.ip.octets()[3];
+        self.overlays[task.node][task.network].exec(&format!("ip link del t{host}"))?;
+        self.nodes[task.node].exec(&format!("ip link del gw{}-{host}", self.networks[task.network].subnet))?;
         for node in (0..self.nodes.len()).filter(|&n| n != task.node) {
             let ov = &self.overlays[node][task.network];
             let _ = ov.exec(&format!("ip neigh del {} dev vx-{vni}", task.ip));

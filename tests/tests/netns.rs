@@ -7,12 +7,13 @@ use std::{
     path::PathBuf,
     sync::Mutex,
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use tests::{
+    poll::wait_until,
     agent::{self, Agent},
     client::{EchoConn, http_get, udp_ask},
     netns::sh,
@@ -49,17 +50,6 @@ fn active_backends(service_name: &str) -> Result<Vec<String>> {
         .filter(|b| b["weight"].as_u64().unwrap_or(0) > 0)
         .filter_map(|b| b["name"].as_str().map(String::from))
         .collect())
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !done()? {
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what}");
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-    Ok(())
 }
 
 /// Opens `count` HTTP connections to `port` from the client and counts answers per backend.
