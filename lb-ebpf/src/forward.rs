@@ -2,18 +2,18 @@
 //! rewrite, and XDP_TX / XDP_REDIRECT / XDP_PASS.
 //!
 //! MTU rule: the egress MTU is checked *before* translating. A packet bigger than the egress
-//! MTU (possible only when the egress link has a smaller MTU than the ingress one) is passed to
-//! the kernel untranslated and counted as `PassNoRoute`: the datapath never fragments, and an
+//! MTU (possible only when the egress link has a smaller MTU than the ingress one, e.g. an
+//! overlay endpoint) is passed to the kernel untranslated and counted as `PassTooBig`: the datapath never fragments, and an
 //! ICMP "fragmentation needed" built by the kernel from a translated packet would go to the
 //! wrong party (the SNAT address, i.e. this node). Clients behind such paths rely on the
-//! backend's MSS (or the MSS clamping of the encapsulation path).
+//! backend's MSS, or on the service's MSS clamp (`mss`).
 
 use core::mem::size_of;
 
 use aya_ebpf::{
     EbpfContext,
     bindings::{
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
         xdp_action::{XDP_PASS, XDP_TX},
     },
     helpers::generated::{bpf_check_mtu, bpf_fib_lookup},
@@ -37,8 +37,10 @@ pub enum Route {
     Via(NextHop),
     /// Routable, but no neighbour entry yet: translate and let the kernel resolve and send it.
     Kernel,
-    /// No route, or too big for the egress MTU: pass untranslated.
+    /// No route: pass untranslated.
     NoRoute,
+    /// Too big for the egress MTU: pass untranslated.
+    TooBig,
 }
 
 /// The next hop of the flow's translated packets: the cached one while it is fresh, else a
@@ -67,8 +69,11 @@ pub fn resolve_next_hop(ctx: &XdpContext, flow: &mut Flow, pkt: &Packet, now: u6
     if ret == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         return Route::Kernel;
     }
+    if ret == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
+        // Too big for the route's MTU: untranslated, see the module doc.
+        return Route::TooBig;
+    }
     if ret != BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        // Includes FRAG_NEEDED (too big for the route's MTU): untranslated, see the module doc.
         return Route::NoRoute;
     }
     // The FIB only reports the MTU when the packet does not fit; ask the device for it so the
@@ -93,7 +98,7 @@ pub fn resolve_next_hop(ctx: &XdpContext, flow: &mut Flow, pkt: &Packet, now: u6
 
 #[inline(always)]
 fn fit_mtu(hop: NextHop, pkt: &Packet) -> Route {
-    if pkt.ip_len > hop.mtu { Route::NoRoute } else { Route::Via(hop) }
+    if pkt.ip_len > hop.mtu { Route::TooBig } else { Route::Via(hop) }
 }
 
 /// Translates the packet per `flow` and sends it along `route`.
@@ -101,6 +106,7 @@ fn fit_mtu(hop: NextHop, pkt: &Packet) -> Route {
 pub fn deliver(ctx: &XdpContext, pkt: &Packet, flow: &Flow, route: Route) -> Verdict {
     let hop = match route {
         Route::NoRoute => return Verdict::pass(Reason::PassNoRoute),
+        Route::TooBig => return Verdict::pass(Reason::PassTooBig),
         Route::Kernel => return to_kernel(ctx, pkt, flow),
         Route::Via(hop) => hop,
     };
@@ -109,7 +115,7 @@ pub fn deliver(ctx: &XdpContext, pkt: &Packet, flow: &Flow, route: Route) -> Ver
     if TX_PORTS_MAP.get_ifindex(hop.ifindex).is_none() {
         return to_kernel(ctx, pkt, flow);
     }
-    if !nat::translate(ctx, pkt, flow) || !set_macs(ctx, &hop) {
+    if !nat::rewrite(ctx, pkt, flow) || !set_macs(ctx, &hop) {
         return Verdict::pass(Reason::PassNoRoute);
     }
     stats::count_traffic(flow, pkt.frame_len as u64);
@@ -126,7 +132,7 @@ pub fn deliver(ctx: &XdpContext, pkt: &Packet, flow: &Flow, route: Route) -> Ver
 
 #[inline(always)]
 fn to_kernel(ctx: &XdpContext, pkt: &Packet, flow: &Flow) -> Verdict {
-    if !nat::translate(ctx, pkt, flow) {
+    if !nat::rewrite(ctx, pkt, flow) {
         return Verdict::pass(Reason::PassNoRoute);
     }
     stats::count_traffic(flow, pkt.frame_len as u64);

@@ -5,12 +5,15 @@
 
 mod conntrack;
 mod forward;
+mod l4csum;
 mod maps;
+mod mss;
 mod nat;
 mod parse;
 mod select;
 mod stats;
 mod verdict;
+mod vxlan;
 
 use aya_ebpf::{
     bindings::xdp_action::XDP_PASS, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext,
@@ -51,14 +54,14 @@ fn balance(ctx: &XdpContext) -> Verdict {
     }
     // Unrelated traffic leaves here after one array lookup.
     if !select::port_has_frontend(&pkt.key) {
-        return Verdict::pass(Reason::PassNoFrontend);
+        return not_for_a_frontend(ctx, &pkt, &settings);
     }
     // An established connection keeps its backend, even if its frontend or backend is gone.
     if let Some(flow) = conntrack::find_flow(&pkt.key, now) {
         return forward_tracked(ctx, &pkt, flow, now);
     }
     let Some(service_id) = select::find_service(&pkt.key) else {
-        return Verdict::pass(Reason::PassNoFrontend);
+        return not_for_a_frontend(ctx, &pkt, &settings);
     };
     if pkt.key.proto == PROTO_TCP && !pkt.is_syn_without_ack() {
         return Verdict::pass(Reason::PassNoConnection);
@@ -67,6 +70,17 @@ fn balance(ctx: &XdpContext) -> Verdict {
         return Verdict::pass(Reason::PassTtlExpired);
     }
     forward_new(ctx, &pkt, &settings, service_id, now)
+}
+
+/// Traffic no frontend claims: VXLAN on the data-path port is inspected and counted, the rest
+/// passes untouched.
+#[inline(always)]
+fn not_for_a_frontend(ctx: &XdpContext, pkt: &Packet, settings: &Settings) -> Verdict {
+    if vxlan::is_vxlan(pkt, settings) {
+        vxlan::inspect(ctx, pkt)
+    } else {
+        Verdict::pass(Reason::PassNoFrontend)
+    }
 }
 
 #[inline(always)]

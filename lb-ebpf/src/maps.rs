@@ -46,6 +46,10 @@ pub static BE_STATS_MAP: PerCpuArray<Traffic, { MAX_BACKENDS as usize }> = PerCp
 #[btf_map(name = "slb_reasons")]
 pub static REASONS_MAP: PerCpuArray<u64, { Reason::COUNT as usize }> = PerCpuArray::new();
 
+/// VXLAN networks of this swarm: VNI (host order, as bpftool prints it) -> 1.
+#[btf_map(name = "slb_overlays")]
+pub static OVERLAYS_MAP: HashMap<u32, u32, { MAX_OVERLAYS as usize }> = HashMap::new();
+
 /// Devmap keyed by ifindex: the interfaces swarmlb may XDP_TX / XDP_REDIRECT to.
 #[btf_map(name = "slb_tx_ports")]
 pub static TX_PORTS_MAP: DevMapHash<{ MAX_TX_PORTS as usize }> = DevMapHash::new();
@@ -79,6 +83,7 @@ const _: () = {
     assert!(same("slb_be_stats", names::BE_STATS));
     assert!(same("slb_reasons", names::REASONS));
     assert!(same("slb_tx_ports", names::TX_PORTS));
+    assert!(same("slb_overlays", names::OVERLAYS));
 };
 
 /// The node's settings record (all zero, i.e. defaults, if the agent has not written it).

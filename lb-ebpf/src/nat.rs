@@ -1,26 +1,33 @@
 //! Rewrites a packet's addresses and ports to what its flow entry says, decrements the TTL, and
 //! updates the IPv4, TCP and UDP checksums incrementally (RFC 1624, `lb_common::csum`).
+//! [`rewrite`] adds what a flow's service asks for: MSS clamping on SYN and SYN-ACK, and
+//! checksums from scratch on overlay replies.
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    Flow, PROTO_TCP,
+    DIR_TO_CLIENT, Flow, PROTO_TCP, SERVICE_OVERLAY,
     csum::{replace2, replace4, udp_nonzero},
 };
 
-use crate::parse::{ETH_LEN, IPV4_LEN, L4_OFF, Packet, TCP_LEN, UDP_LEN, ptr_at};
+use crate::{
+    l4csum, mss,
+    parse::{self, ETH_LEN, IPV4_LEN, L4_OFF, Packet, TCP_LEN, UDP_LEN, ptr_at},
+    select,
+};
 
 /// Offset of the checksum inside the TCP and UDP headers.
-const TCP_CSUM_OFF: usize = 16;
-const UDP_CSUM_OFF: usize = 6;
+pub const TCP_CSUM_OFF: usize = 16;
+pub const UDP_CSUM_OFF: usize = 6;
 
+/// Reads a 16-bit word in wire byte order (see `lb_common::csum`).
 #[inline(always)]
-unsafe fn load16(p: *mut u8) -> u16 {
+pub unsafe fn load16(p: *mut u8) -> u16 {
     // SAFETY: caller checked bounds; bytes kept in wire order (see lb_common::csum).
     u16::from_ne_bytes(unsafe { (p as *const [u8; 2]).read_unaligned() })
 }
 
 #[inline(always)]
-unsafe fn store16(p: *mut u8, v: u16) {
+pub unsafe fn store16(p: *mut u8, v: u16) {
     // SAFETY: caller checked bounds.
     unsafe { (p as *mut [u8; 2]).write_unaligned(v.to_ne_bytes()) }
 }
@@ -40,6 +47,29 @@ fn wire16(port: u16) -> u16 {
 #[inline(always)]
 fn wire32(addr: [u8; 4]) -> u32 {
     u32::from_ne_bytes(addr)
+}
+
+/// Everything done to a packet of `flow` on its way through: the MSS of a SYN or SYN-ACK clamped
+/// to the service's, the NAT rewrite, and for replies of overlay services the L4 checksum from
+/// scratch. Only SYNs and replies look the service up. Returns false as [`translate`] does.
+#[inline(always)]
+pub fn rewrite(ctx: &XdpContext, pkt: &Packet, flow: &Flow) -> bool {
+    let syn = pkt.tcp_flags & parse::TCP_SYN != 0;
+    let reply = flow.direction == DIR_TO_CLIENT;
+    if !syn && !reply {
+        return translate(ctx, pkt, flow);
+    }
+    let service = select::service(flow.service_id).unwrap_or_default();
+    if syn && service.mss != 0 {
+        mss::clamp_mss(ctx, service.mss);
+    }
+    if !translate(ctx, pkt, flow) {
+        return false;
+    }
+    if reply && service.flags & SERVICE_OVERLAY != 0 {
+        return l4csum::recompute_l4_checksum(ctx, pkt);
+    }
+    true
 }
 
 /// Applies `flow`'s rewrite to the packet. Returns false only if the frame shrank under us,

@@ -534,7 +534,7 @@ fn packet_too_big_for_egress_mtu_is_passed_untranslated() {
     let mut e = env();
     sh("ip link set dc mtu 1000").unwrap();
     e.service(SVC, (VIP, FE_PORT, PROTO_TCP), LB_DC, 0, &[(1, BACKEND_DC, BE_PORT)]);
-    // A new flow whose first packet is too big (SYN with data, as TFO does).
+    // A new flow whose first packet is too big (SYN with data, as TFO does): the FIB says so.
     let big_syn = client_syn(49500).payload(&[0x5a; 1100]).build();
     let out = e.run(&big_syn);
     assert_eq!((out.action, &out.frame), (XDP_PASS, &big_syn));
@@ -545,8 +545,8 @@ fn packet_too_big_for_egress_mtu_is_passed_untranslated() {
     assert_eq!((f.next_hop.ifindex, f.next_hop.mtu), (e.net.dc.ifindex, 1000));
     let big = Spec::tcp(CLIENT, 49500, VIP, FE_PORT, ACK).macs(CLIENT_MAC_50, LAN_MAC).payload(&[0x5a; 1100]).build();
     let out = e.run(&big);
-    assert_eq!((out.action, &out.frame), (XDP_PASS, &big));
-    e.assert_reasons(&[(Reason::PassNoRoute, 2), (Reason::ToBackend, 1)]);
+    assert_eq!((out.action, &out.frame), (XDP_PASS, &big), "the cached next hop's MTU says so");
+    e.assert_reasons(&[(Reason::PassTooBig, 2), (Reason::ToBackend, 1)]);
 }
 
 #[test]
