@@ -31,6 +31,8 @@ pub struct Spec {
     pub flags: u8,
     /// UDP only: false sends checksum 0 ("none").
     pub udp_checksum: bool,
+    /// TCP options (a multiple of 4 bytes, at most 40).
+    pub tcp_options: Vec<u8>,
     pub payload: Vec<u8>,
 }
 
@@ -47,6 +49,7 @@ impl Spec {
             ttl: 64,
             flags,
             udp_checksum: true,
+            tcp_options: Vec::new(),
             payload: b"swarmlb test payload".to_vec(),
         }
     }
@@ -71,6 +74,12 @@ impl Spec {
         self
     }
 
+    pub fn tcp_options(mut self, options: &[u8]) -> Self {
+        assert!(options.len() % 4 == 0 && options.len() <= 40, "tcp options must fill 32-bit words");
+        self.tcp_options = options.to_vec();
+        self
+    }
+
     pub fn payload(mut self, payload: &[u8]) -> Self {
         self.payload = payload.to_vec();
         self
@@ -78,7 +87,8 @@ impl Spec {
 
     /// The frame, with correct checksums.
     pub fn build(&self) -> Vec<u8> {
-        let l4_len = if self.proto == 6 { 20 } else { 8 } + self.payload.len();
+        let tcp_len = 20 + self.tcp_options.len();
+        let l4_len = if self.proto == 6 { tcp_len } else { 8 } + self.payload.len();
         let mut f = Vec::with_capacity(34 + l4_len);
         f.extend_from_slice(&self.dst_mac);
         f.extend_from_slice(&self.src_mac);
@@ -97,9 +107,10 @@ impl Spec {
             f.extend_from_slice(&0x1000_0001u32.to_be_bytes()); // seq
             let ack = if self.flags & ACK != 0 { 0x2000_0001u32 } else { 0 };
             f.extend_from_slice(&ack.to_be_bytes());
-            f.extend_from_slice(&[5 << 4, self.flags, 0xfa, 0xf0, 0, 0, 0, 0]);
+            f.extend_from_slice(&[((tcp_len / 4) as u8) << 4, self.flags, 0xfa, 0xf0, 0, 0, 0, 0]);
+            f.extend_from_slice(&self.tcp_options);
             f.extend_from_slice(&self.payload);
-            let tcp = TcpHeader::from_slice(&f[34..54]).expect("own tcp header").0;
+            let tcp = TcpHeader::from_slice(&f[34..34 + tcp_len]).expect("own tcp header").0;
             let c = tcp.calc_checksum_ipv4_raw(self.src, self.dst, &self.payload).expect("tcp csum");
             f[50..52].copy_from_slice(&c.to_be_bytes());
         } else {
@@ -129,6 +140,7 @@ pub struct Parsed {
     pub ttl: u8,
     pub flags: u8,
     pub udp_checksum: u16,
+    pub tcp_options: Vec<u8>,
     pub payload: Vec<u8>,
 }
 
@@ -157,6 +169,7 @@ pub fn parse_and_verify(frame: &[u8]) -> Result<Parsed> {
         ttl: ip.time_to_live,
         flags: 0,
         udp_checksum: 0,
+        tcp_options: Vec::new(),
         payload: Vec::new(),
     };
     match ip.protocol.0 {
@@ -167,6 +180,7 @@ pub fn parse_and_verify(frame: &[u8]) -> Result<Parsed> {
             p.sport = tcp.source_port;
             p.dport = tcp.destination_port;
             p.flags = l4[13];
+            p.tcp_options = tcp.options.as_slice().to_vec();
             p.payload = payload.to_vec();
         }
         17 => {
@@ -214,4 +228,78 @@ pub fn fix_ipv4_checksum(f: &mut [u8]) {
         let c = ip.calc_header_checksum();
         f[24..26].copy_from_slice(&c.to_be_bytes());
     }
+}
+
+/// Offset of the TCP/UDP checksum in a frame built by [`Spec`].
+fn l4_checksum_offset(f: &[u8]) -> usize {
+    if f[23] == 6 { 34 + 16 } else { 34 + 6 }
+}
+
+/// Overwrites the TCP/UDP checksum of a frame built by [`Spec`].
+pub fn set_l4_checksum(f: &mut [u8], check: u16) {
+    let at = l4_checksum_offset(f);
+    f[at..at + 2].copy_from_slice(&check.to_be_bytes());
+}
+
+/// The TCP/UDP checksum field of a frame built by [`Spec`].
+pub fn l4_checksum(f: &[u8]) -> u16 {
+    let at = l4_checksum_offset(f);
+    u16::from_be_bytes([f[at], f[at + 1]])
+}
+
+/// The TCP/UDP checksum of a frame computed from scratch by etherparse (IPv4 total length
+/// respected, Ethernet padding ignored), whatever the frame's checksum field says.
+pub fn l4_checksum_from_scratch(f: &[u8]) -> u16 {
+    let (ip, rest) = Ipv4Header::from_slice(&f[14..]).expect("ipv4");
+    let l4 = &rest[..ip.total_len as usize - ip.header_len()];
+    if ip.protocol.0 == 6 {
+        let (tcp, payload) = TcpHeader::from_slice(l4).expect("tcp");
+        tcp.calc_checksum_ipv4_raw(ip.source, ip.destination, payload).expect("tcp csum")
+    } else {
+        let (udp, payload) = UdpHeader::from_slice(l4).expect("udp");
+        udp.calc_checksum_ipv4_raw(ip.source, ip.destination, payload).expect("udp csum")
+    }
+}
+
+/// How far the frame's L4 checksum is from the correct one, as a one's-complement difference
+/// (0 = correct). Incremental updates (RFC 1624) carry this difference over unchanged; a
+/// checksum computed from scratch resets it to 0.
+pub fn l4_checksum_error(f: &[u8]) -> u16 {
+    let sum = (!l4_checksum(f)) as u32 + l4_checksum_from_scratch(f) as u32;
+    let folded = ((sum & 0xffff) + (sum >> 16)) as u16;
+    if folded == 0xffff { 0 } else { folded }
+}
+
+/// The TCP MSS option.
+pub fn mss_option(mss: u16) -> [u8; 4] {
+    let [hi, lo] = mss.to_be_bytes();
+    [2, 4, hi, lo]
+}
+
+/// The value of the first well-formed MSS option in `options`, if any.
+pub fn mss_of(options: &[u8]) -> Option<u16> {
+    let mut at = 0;
+    while at < options.len() {
+        match options[at] {
+            0 => return None,
+            1 => at += 1,
+            kind => {
+                let len = *options.get(at + 1)? as usize;
+                if kind == 2 && len == 4 {
+                    return Some(u16::from_be_bytes([*options.get(at + 2)?, *options.get(at + 3)?]));
+                }
+                if len < 2 {
+                    return None;
+                }
+                at += len;
+            }
+        }
+    }
+    None
+}
+
+/// A VXLAN header: `flags` (0x08 = VNI present) and a 24-bit VNI.
+pub fn vxlan_header(flags: u8, vni: u32) -> [u8; 8] {
+    let v = vni.to_be_bytes();
+    [flags, 0, 0, 0, v[1], v[2], v[3], 0]
 }

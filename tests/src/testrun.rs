@@ -156,6 +156,11 @@ impl Datapath {
         Ok(())
     }
 
+    /// Marks `vni` as one of this swarm's overlays.
+    pub fn add_overlay(&mut self, vni: u32) -> Result<()> {
+        Ok(self.hash::<u32, u32>(maps::OVERLAYS)?.insert(vni, 1, 0)?)
+    }
+
     /// Lets the datapath transmit on `ifindex` (XDP_TX / redirect).
     pub fn add_tx_port(&mut self, ifindex: u32) -> Result<()> {
         let mut ports =
