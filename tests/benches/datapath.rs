@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use lb_common::{MALFORMED_PASS, PROTO_BIT_TCP, PROTO_TCP, Reason, Service, Settings, maps};
+use lb_common::{MALFORMED_PASS, PROTO_BIT_TCP, PROTO_TCP, Reason, SERVICE_OVERLAY, Service, Settings, maps};
 use tests::{frames::*, testrun::*};
 
 /// Samples per case; new flows are fewer so they stay well inside the default SNAT port range
@@ -40,6 +40,14 @@ fn main() -> anyhow::Result<()> {
     dp.set_service(1, Service { snat_addr: LB_LAN, flags: 0, active_backends: 1, mss: 0, _pad: 0 })?;
     dp.set_backend(1, BACKEND_LAN, 8080)?;
     dp.set_maglev(1, &[1])?;
+    // The same backend behind an overlay service: replies get their L4 checksum from scratch.
+    dp.set_fe_port(81, PROTO_BIT_TCP)?;
+    dp.set_frontend(VIP, 81, PROTO_TCP, 2)?;
+    dp.set_service(2, Service { snat_addr: LB_LAN, flags: SERVICE_OVERLAY, active_backends: 1, mss: 0, _pad: 0 })?;
+    dp.set_backend(2, BACKEND_LAN, 8080)?;
+    dp.set_maglev(2, &[2])?;
+    const VNI: u32 = 4096;
+    dp.add_overlay(VNI)?;
     let ifindex = net.lan.ifindex;
     let started = Instant::now();
 
@@ -51,6 +59,22 @@ fn main() -> anyhow::Result<()> {
     let established = Spec::tcp(CLIENT, 1000, VIP, 80, ACK | PSH).macs(CLIENT_MAC, LAN_MAC).build();
     let reply = Spec::tcp(BACKEND_LAN, 8080, LB_LAN, snat_port, ACK | PSH).macs(BACKEND_LAN_MAC, LAN_MAC).build();
     let passed = Spec::tcp(CLIENT, 1000, LB_LAN, 22, SYN).macs(CLIENT_MAC, LAN_MAC).build();
+    let payload_1400 = [0x5a; 1400];
+    let reply_1400 = Spec::tcp(BACKEND_LAN, 8080, LB_LAN, snat_port, ACK | PSH)
+        .macs(BACKEND_LAN_MAC, LAN_MAC)
+        .payload(&payload_1400)
+        .build();
+    let overlay_first = dp.run(&Spec::tcp(CLIENT, 1001, VIP, 81, SYN).macs(CLIENT_MAC, LAN_MAC).build(), ifindex)?;
+    anyhow::ensure!(overlay_first.action == XDP_TX, "overlay setup SYN not translated");
+    let overlay_port = parse_and_verify(&overlay_first.frame)?.sport;
+    let overlay_reply_1400 = Spec::tcp(BACKEND_LAN, 8080, LB_LAN, overlay_port, ACK | PSH)
+        .macs(BACKEND_LAN_MAC, LAN_MAC)
+        .payload(&payload_1400)
+        .build();
+    let vxlan = Spec::udp([198, 18, 0, 60], 51000, LB_LAN, 4789)
+        .macs(CLIENT_MAC, LAN_MAC)
+        .payload(&[&vxlan_header(0x08, VNI)[..], &Spec::tcp([198, 19, 10, 2], 1, [198, 19, 10, 3], 2, ACK).build()].concat())
+        .build();
 
     let mut rows: Vec<(&str, Stats, &str)> = Vec::new();
     let mut measure = |name: &'static str,
@@ -86,8 +110,19 @@ fn main() -> anyhow::Result<()> {
     )?;
     measure("established flow", maps::PROG_LB, &mut |_| established.clone(), XDP_TX, SAMPLES, "1 lookup, cached next hop")?;
     measure("reply to client", maps::PROG_LB, &mut |_| reply.clone(), XDP_TX, SAMPLES, "1 lookup, cached next hop")?;
+    measure("reply, 1400 B payload", maps::PROG_LB, &mut |_| reply_1400.clone(), XDP_TX, SAMPLES, "incremental csum (same as above)")?;
+    measure(
+        "overlay reply, 1400 B",
+        maps::PROG_LB,
+        &mut |_| overlay_reply_1400.clone(),
+        XDP_TX,
+        SAMPLES,
+        "+ L4 checksum from scratch",
+    )?;
+    measure("VXLAN, known VNI", maps::PROG_LB, &mut |_| vxlan.clone(), XDP_PASS, SAMPLES, "parse + vxlan header + overlays lookup")?;
     let to_backend = dp.reason(Reason::ToBackend)? - before_new;
     let to_client = dp.reason(Reason::ToClient)?;
+    let vxlan_passed = dp.reason(Reason::PassVxlan)?;
 
     let floor = rows[0].1.median.max(1) as f64;
     println!();
@@ -108,7 +143,7 @@ fn main() -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "check: to_backend +{to_backend} (new + established), to_client {to_client}; {} connections in the table; {} ms",
+        "check: to_backend +{to_backend} (new + established), to_client {to_client}, pass_vxlan {vxlan_passed}; {} connections in the table; {} ms",
         dp.flows()?.len() / 2,
         started.elapsed().as_millis()
     );
