@@ -92,17 +92,17 @@ fn print_node_counters(lb: &SwarmLb) -> Result<()> {
     println!("  {:<8} {:>10} {:>10} {:>10} {:>11} {:>9} {:>10}", "node", "new flows", "to task", "to client", "to kernel", "vxlan", "conntrack");
     for node in 0..3 {
         let status = lb.status(node)?;
-        let reasons = &status["reasons"];
+        let reason = |name: &str| status["reasons"][name].as_u64().unwrap_or(0);
         let flows: u64 = status["services"].as_array().context("services")?.iter().filter_map(|s| s["new_flows"].as_u64()).sum();
         println!(
             "  {:<8} {:>10} {:>10} {:>10} {:>11} {:>9} {:>10}",
             node_name(node),
             flows,
-            reasons["to_backend"],
-            reasons["to_client"],
-            reasons["translated_to_kernel"],
-            reasons["pass_vxlan"],
-            status["conntrack_entries"]
+            reason("to_backend"),
+            reason("to_client"),
+            reason("translated_to_kernel"),
+            reason("pass_vxlan"),
+            status["conntrack_entries"].as_u64().unwrap_or(0)
         );
     }
     Ok(())
