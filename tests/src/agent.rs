@@ -78,20 +78,38 @@ impl Agent {
         services: usize,
     ) -> Result<Agent> {
         let bin = swarmlb_binary()?;
-        let log = std::env::temp_dir().join(format!("{}-swarmlb.log", ns.name));
-        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
-        let placement_args = placement.args();
-        let mut args = vec!["run", "--config", config];
-        args.extend(placement_args.iter().map(String::as_str));
+        let mut args = vec!["run".to_string(), "--config".to_string(), config.to_string()];
+        args.extend(placement.args());
+        args.extend(ifaces.iter().flat_map(|iface| ["--iface".to_string(), iface.to_string()]));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let cmd = ns.command(bin.to_str().context("path")?, &args);
+        Agent::launch(cmd, &ns.name, placement, services)
+    }
+
+    /// Starts `swarmlb run --source docker` in the host's namespaces, following this machine's
+    /// Engine (or the one at `docker_host`), and waits until it programs `services` services.
+    pub fn start_docker(
+        placement: &Placement,
+        ifaces: &[&str],
+        docker_host: Option<&str>,
+        services: usize,
+    ) -> Result<Agent> {
+        let mut cmd = std::process::Command::new(swarmlb_binary()?);
+        cmd.args(["run", "--source", "docker"]).args(placement.args());
         for iface in ifaces {
-            args.extend(["--iface", iface]);
+            cmd.args(["--iface", iface]);
         }
-        let child = ns
-            .command(bin.to_str().context("path")?, &args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()?;
+        if let Some(host) = docker_host {
+            cmd.args(["--docker-host", host]);
+        }
+        let name = placement.pin_dir.as_deref().and_then(|d| d.rsplit('/').next()).unwrap_or("swarmlb");
+        Agent::launch(cmd, name, placement, services)
+    }
+
+    fn launch(mut cmd: std::process::Command, name: &str, placement: &Placement, services: usize) -> Result<Agent> {
+        let log = std::env::temp_dir().join(format!("{name}-swarmlb.log"));
+        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let child = cmd.env("RUST_LOG", "info").stdout(Stdio::null()).stderr(log_file).spawn()?;
         let mut agent = Agent { child: Some(child), log, pin_dir: placement.pin_dir.clone() };
         agent.wait_for_services(services)?;
         Ok(agent)

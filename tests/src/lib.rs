@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod client;
+pub mod docker;
 pub mod netns;
 pub mod poll;
 pub mod swarm;

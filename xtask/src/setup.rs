@@ -20,6 +20,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "ethtool",
     "iptables",
     "iputils-ping",
+    "socat",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

@@ -1,0 +1,142 @@
+//! This machine's Docker Engine as a one-node swarm for tests against the real thing: swarm mode
+//! with every Docker-made address inside 198.18.0.0/15, services that clean up after themselves,
+//! and a client namespace wired to the host the way a client reaches a node.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::netns::{Netns, sh, unique_prefix};
+
+/// The swarm's advertise address, on a host-only bridge: swarm traffic never leaves the machine.
+pub const ADVERTISE_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 254, 1);
+const ADVERTISE_IFACE: &str = "slbswarm0";
+/// Overlay networks (ingress included) are carved from here.
+const ADDRESS_POOL: &str = "198.19.128.0/17";
+const GWBRIDGE_SUBNET: &str = "198.18.253.0/24";
+/// The node's address towards the test client.
+pub const HOST_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 252, 1);
+pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 252, 2);
+/// Host side of the client's veth: the interface clients arrive on (swarmlb's `--iface`).
+pub const HOST_IFACE: &str = "slbcl0";
+
+pub fn docker(args: &str) -> Result<String> {
+    Ok(sh(&format!("docker {args}"))?.trim().to_string())
+}
+
+/// Swarm mode on the local Engine: joined as found, or initialised here and left on drop.
+pub struct DockerSwarm {
+    initialised_here: bool,
+}
+
+impl DockerSwarm {
+    pub fn ensure() -> Result<DockerSwarm> {
+        let state = docker("info --format '{{.Swarm.LocalNodeState}}'")
+            .context("the Docker Engine must be running for these tests")?;
+        let initialised_here = state != "active";
+        if initialised_here {
+            let _ = sh(&format!("ip link del {ADVERTISE_IFACE} 2>/dev/null"));
+            sh(&format!(
+                "ip link add {ADVERTISE_IFACE} type bridge && ip addr add {ADVERTISE_ADDR}/32 dev {ADVERTISE_IFACE} \
+                 && ip link set {ADVERTISE_IFACE} up"
+            ))?;
+            // docker_gwbridge must exist before `swarm init`, or Docker picks a private range.
+            if docker("network inspect docker_gwbridge --format '{{.Name}}'").is_err() {
+                docker(&format!(
+                    "network create --driver bridge --subnet {GWBRIDGE_SUBNET} \
+                     --opt com.docker.network.bridge.name=docker_gwbridge \
+                     --opt com.docker.network.bridge.enable_icc=false \
+                     --opt com.docker.network.bridge.enable_ip_masquerade=true docker_gwbridge"
+                ))?;
+            }
+            docker(&format!(
+                "swarm init --advertise-addr {ADVERTISE_ADDR} --listen-addr {ADVERTISE_ADDR}:2377 \
+                 --default-addr-pool {ADDRESS_POOL} --default-addr-pool-mask-length 24"
+            ))?;
+        }
+        let ingress = docker("network inspect ingress --format '{{range .IPAM.Config}}{{.Subnet}}{{end}}'")?;
+        if !ingress.starts_with("198.18.") && !ingress.starts_with("198.19.") {
+            bail!("the Engine's swarm uses {ingress} for ingress; these tests only use 198.18.0.0/15 — leave that swarm first");
+        }
+        Ok(DockerSwarm { initialised_here })
+    }
+}
+
+impl Drop for DockerSwarm {
+    fn drop(&mut self) {
+        if self.initialised_here {
+            let _ = docker("swarm leave --force");
+            let _ = docker("network rm docker_gwbridge");
+            let _ = sh(&format!("ip link del {ADVERTISE_IFACE}"));
+        }
+    }
+}
+
+/// A swarm service (or network) removed on drop.
+pub struct Removable {
+    pub name: String,
+    kind: &'static str,
+}
+
+impl Drop for Removable {
+    fn drop(&mut self) {
+        let _ = docker(&format!("{} rm {}", self.kind, self.name));
+    }
+}
+
+/// `docker service create --name NAME ARGS`; the test image runs with its task name.
+pub fn create_service(name: &str, args: &str) -> Result<Removable> {
+    docker(&format!(
+        "service create --quiet --detach --name {name} {args} slb-testsrv:latest --name '{{{{.Task.Name}}}}'"
+    ))?;
+    Ok(Removable { name: name.to_string(), kind: "service" })
+}
+
+pub fn create_overlay(name: &str, subnet: &str) -> Result<Removable> {
+    docker(&format!("network create --driver overlay --subnet {subnet} {name}"))?;
+    Ok(Removable { name: name.to_string(), kind: "network" })
+}
+
+/// Waits until `service` has exactly `replicas` tasks running.
+pub fn wait_running(service: &str, replicas: usize) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let states = docker(&format!("service ps {service} --filter desired-state=running --format '{{{{.CurrentState}}}}'"))?;
+        let running = states.lines().filter(|l| l.starts_with("Running")).count();
+        if running == replicas && states.lines().count() == replicas {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{service}: {running} of {replicas} tasks running after 60 s:\n{states}");
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// A client namespace with a veth to the host (`HOST_IFACE`), as a client reaches a node.
+pub struct HostClient {
+    pub ns: Netns,
+}
+
+impl HostClient {
+    pub fn new() -> Result<HostClient> {
+        let ns = Netns::new(&format!("{}-client", unique_prefix("d")))?;
+        let _ = sh(&format!("ip link del {HOST_IFACE} 2>/dev/null"));
+        sh(&format!("ip link add {HOST_IFACE} type veth peer name eth0 netns {}", ns.name))?;
+        sh(&format!("ip addr add {HOST_ADDR}/24 dev {HOST_IFACE} && ip link set {HOST_IFACE} up"))?;
+        ns.exec(&format!(
+            "ip addr add {CLIENT_ADDR}/24 dev eth0 && ip link set eth0 up && ip route add default via {HOST_ADDR} \
+             && ethtool -K eth0 tx off >/dev/null && ethtool -K eth0 gro on >/dev/null"
+        ))?;
+        Ok(HostClient { ns })
+    }
+
+    /// The published port as this client reaches it on the node.
+    pub fn published(&self, port: u16) -> SocketAddr {
+        SocketAddr::from((HOST_ADDR, port))
+    }
+}
