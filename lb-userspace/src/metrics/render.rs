@@ -1,0 +1,224 @@
+//! The Prometheus text (OpenMetrics) page, rendered from a [`Snapshot`]: a fresh registry per
+//! scrape, filled from counters read at scrape time, so nothing is cached between scrapes.
+
+use std::{sync::atomic::AtomicU64, time::UNIX_EPOCH};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use super::sync::SyncState;
+use crate::status::Report;
+
+/// What one scrape saw.
+pub struct Snapshot {
+    /// The datapath's counters joined with `state.json`; `None` if no datapath is pinned.
+    pub report: Option<Report>,
+    pub sync: SyncState,
+}
+
+/// `Content-Type` of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    service: String,
+    node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabels {
+    service: String,
+    backend: String,
+    node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+    node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabels {
+    node: String,
+}
+
+type Counters<L> = Family<L, Counter>;
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+fn counter<L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug + Send + Sync + 'static>(
+    r: &mut Registry,
+    name: &str,
+    help: &str,
+) -> Counters<L> {
+    let f = Counters::<L>::default();
+    r.register(name, help, f.clone());
+    f
+}
+
+pub fn render(s: &Snapshot) -> String {
+    let mut r = Registry::with_prefix("swarmlb");
+    let node = s.report.as_ref().and_then(|r| r.node.clone()).unwrap_or_default();
+    let nl = NodeLabels { node: node.clone() };
+
+    let up = Family::<NodeLabels, Gauge>::default();
+    r.register("datapath_up", "1 if the pinned maps could be read at this scrape", up.clone());
+    up.get_or_create(&nl).set(i64::from(s.report.is_some()));
+
+    if let Some(report) = &s.report {
+        let sp = counter::<ServiceLabels>(&mut r, "service_packets", "Packets translated for a service");
+        let sb = counter::<ServiceLabels>(&mut r, "service_bytes", "Bytes translated for a service");
+        let sf = counter::<ServiceLabels>(&mut r, "service_new_flows", "New flows of a service");
+        let bp = counter::<BackendLabels>(&mut r, "backend_packets", "Packets translated to or from a backend");
+        let bb = counter::<BackendLabels>(&mut r, "backend_bytes", "Bytes translated to or from a backend");
+        let bf = counter::<BackendLabels>(&mut r, "backend_new_flows", "New flows sent to a backend");
+        let rs = counter::<ReasonLabels>(&mut r, "reason_packets", "Packets by the datapath's decision");
+        for svc in &report.services {
+            let l = ServiceLabels { service: svc.name.clone(), node: node.clone() };
+            sp.get_or_create(&l).inc_by(svc.packets);
+            sb.get_or_create(&l).inc_by(svc.bytes);
+            sf.get_or_create(&l).inc_by(svc.new_flows);
+            for be in &svc.backends {
+                let l = BackendLabels { service: svc.name.clone(), backend: be.name.clone(), node: node.clone() };
+                bp.get_or_create(&l).inc_by(be.packets);
+                bb.get_or_create(&l).inc_by(be.bytes);
+                bf.get_or_create(&l).inc_by(be.new_flows);
+            }
+        }
+        for (reason, n) in &report.reasons {
+            rs.get_or_create(&ReasonLabels { reason: (*reason).to_string(), node: node.clone() }).inc_by(*n);
+        }
+        let ct = Family::<NodeLabels, Gauge>::default();
+        r.register("conntrack_entries", "Entries in the connection table (two per connection)", ct.clone());
+        ct.get_or_create(&nl).set(report.conntrack_entries as i64);
+    }
+
+    let sync = &s.sync;
+    let ok = Family::<NodeLabels, Gauge>::default();
+    r.register("sync_ok", "1 if the last sync of the swarm into the maps succeeded", ok.clone());
+    ok.get_or_create(&nl).set(i64::from(sync.ok));
+    let failures = counter::<NodeLabels>(&mut r, "sync_failures", "Failed syncs since the agent started");
+    failures.get_or_create(&nl).inc_by(sync.failures);
+    let problems = Family::<NodeLabels, Gauge>::default();
+    r.register("sync_problems", "Non-fatal problems of the last sync (see /healthz)", problems.clone());
+    problems.get_or_create(&nl).set(sync.problems.len() as i64);
+    if let Some(t) = sync.last_success {
+        let g = Family::<NodeLabels, FloatGauge>::default();
+        r.register("sync_last_success_timestamp_seconds", "Unix time of the last successful sync", g.clone());
+        g.get_or_create(&nl).set(t.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0));
+    }
+    if let Some(lag) = sync.last_lag {
+        let g = Family::<NodeLabels, FloatGauge>::default();
+        r.register("sync_lag_seconds", "Event to maps written, of the last successful sync", g.clone());
+        g.get_or_create(&nl).set(lag.as_secs_f64());
+    }
+
+    let mut out = String::new();
+    encode(&mut out, &r).expect("writing to a String cannot fail");
+    out
+}
+
+/// `/healthz`: status code and body.
+pub fn health(sync: &SyncState) -> (u16, String) {
+    let mut body = match (sync.attempted, sync.ok) {
+        (false, _) => return (503, "starting: no sync yet\n".into()),
+        (true, true) => "ok\n".to_string(),
+        (true, false) => format!("sync failing: {}\n", sync.message),
+    };
+    for p in &sync.problems {
+        body.push_str(&format!("problem: {p}\n"));
+    }
+    (if sync.ok { 200 } else { 503 }, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::BTreeMap,
+        time::{Duration, UNIX_EPOCH},
+    };
+
+    use super::*;
+    use crate::status::{BackendReport, Report, ServiceReport};
+
+    fn snapshot() -> Snapshot {
+        let be = |id, name: &str, p, b, f| BackendReport {
+            id,
+            name: name.into(),
+            addr: "198.19.128.4:8080".into(),
+            weight: 1,
+            node: Some("node-2".into()),
+            packets: p,
+            bytes: b,
+            new_flows: f,
+        };
+        let report = Report {
+            node: Some("node-1".into()),
+            services: vec![ServiceReport {
+                id: 1,
+                name: "web".into(),
+                frontends: vec!["0.0.0.0:8080/tcp".into()],
+                sticky: false,
+                network: Some("ingress".into()),
+                nat_addr: "198.19.128.2".into(),
+                packets: 30,
+                bytes: 3000,
+                new_flows: 3,
+                backends: vec![be(1, "web.1", 10, 1000, 1), be(2, "web.2", 20, 2000, 2)],
+            }],
+            reasons: BTreeMap::from([("pass", 7), ("no_backend", 0)]),
+            conntrack_entries: 6,
+        };
+        let mut sync = SyncState { attempted: true, ok: true, failures: 2, ..Default::default() };
+        sync.last_success = Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+        sync.last_lag = Some(Duration::from_millis(250));
+        Snapshot { report: Some(report), sync }
+    }
+
+    #[test]
+    fn renders_every_family() {
+        let text = render(&snapshot());
+        for line in [
+            "# TYPE swarmlb_service_packets counter",
+            r#"swarmlb_service_packets_total{service="web",node="node-1"} 30"#,
+            r#"swarmlb_service_bytes_total{service="web",node="node-1"} 3000"#,
+            r#"swarmlb_service_new_flows_total{service="web",node="node-1"} 3"#,
+            r#"swarmlb_backend_packets_total{service="web",backend="web.2",node="node-1"} 20"#,
+            r#"swarmlb_backend_bytes_total{service="web",backend="web.1",node="node-1"} 1000"#,
+            r#"swarmlb_backend_new_flows_total{service="web",backend="web.2",node="node-1"} 2"#,
+            r#"swarmlb_reason_packets_total{reason="pass",node="node-1"} 7"#,
+            r#"swarmlb_reason_packets_total{reason="no_backend",node="node-1"} 0"#,
+            r#"swarmlb_conntrack_entries{node="node-1"} 6"#,
+            r#"swarmlb_datapath_up{node="node-1"} 1"#,
+            r#"swarmlb_sync_ok{node="node-1"} 1"#,
+            r#"swarmlb_sync_failures_total{node="node-1"} 2"#,
+            r#"swarmlb_sync_problems{node="node-1"} 0"#,
+            r#"swarmlb_sync_last_success_timestamp_seconds{node="node-1"} 1700000000.0"#,
+            r#"swarmlb_sync_lag_seconds{node="node-1"} 0.25"#,
+            "# EOF",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn without_a_datapath() {
+        let text = render(&Snapshot { report: None, sync: SyncState::default() });
+        assert!(text.contains(r#"swarmlb_datapath_up{node=""} 0"#), "{text}");
+        assert!(text.contains(r#"swarmlb_sync_ok{node=""} 0"#), "{text}");
+        assert!(!text.contains("swarmlb_service_packets_total"), "{text}");
+        assert!(!text.contains("sync_lag_seconds{"), "{text}");
+    }
+
+    #[test]
+    fn health_codes() {
+        assert_eq!(health(&SyncState::default()).0, 503);
+        let s = snapshot().sync;
+        assert_eq!(health(&s), (200, "ok\n".into()));
+        let bad = SyncState { attempted: true, ok: false, message: "boom".into(), problems: vec!["x".into()], ..s };
+        assert_eq!(health(&bad), (503, "sync failing: boom\nproblem: x\n".into()));
+    }
+}
