@@ -1,46 +1,134 @@
-//! `swarmlb run`: the agent's life. Validates the config, loads and attaches the datapath, makes
-//! the maps match the plan (a full sync, since the maps may hold anything a previous run left),
-//! then keeps them in step: a SIGHUP or a change of the file re-reads it and writes only the
-//! diff. A bad file on reload is logged and the last good state keeps serving. SIGINT/SIGTERM
-//! end the agent, leaving maps and links pinned so the datapath keeps serving.
+//! `swarmlb run`: the agent's life. Gets a first desired state from its source (a file, or the
+//! Docker Engine), loads and attaches the datapath, makes the maps match the plan (a full sync,
+//! since the maps may hold anything a previous run left), then keeps them in step: every later
+//! [`Update`] from the source is planned and only the diff written — one code path for both
+//! sources. A bad update (a file with errors, an Engine that does not answer) is logged and the
+//! last good state keeps serving. SIGINT/SIGTERM end the agent, leaving maps and links pinned so
+//! the datapath keeps serving.
+//!
+//! Sources: `file` re-reads the config on SIGHUP or when its mtime changes;
+//! `docker` ([`crate::source::docker`]) runs as its own task and sends updates through a watch
+//! channel. With the Docker source, every overlay network a service uses has its load-balancer
+//! endpoint taken over ([`takeover::ensure`]) before each apply, and the XDP program attached to
+//! the interface that gives (pinned `link_<ifname>`, added to `slb_tx_ports`).
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
     path::{Path, PathBuf},
-    time::{Duration, SystemTime},
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
 };
 
-use anyhow::{Context, Result};
-use tokio::signal::unix::{SignalKind, signal};
-use tracing::{error, info, warn};
+use anyhow::{Context, Result, bail};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::watch,
+};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     EBPF_OBJECT,
-    cli::RunArgs,
-    datapath::{pins, writer::Writer},
+    cli::{RunArgs, SourceKind},
+    datapath::{
+        pins::{self, Loaded},
+        writer::Writer,
+    },
     host,
+    model::Cluster,
     planner::{self, Plan},
-    source::file,
-    state,
+    metrics::{self, SyncStatus},
+    source::{docker, file},
+    state, takeover,
 };
 
 /// How often the config file's mtime and the node's addresses are checked.
 const POLL: Duration = Duration::from_secs(1);
 
+/// A desired state from a source.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Update {
+    pub cluster: Cluster,
+    /// Which swarm node of `cluster` this agent is (`None`: single-node).
+    pub local: Option<String>,
+    /// The first event this update answers (Docker source): "synced in N ms after event".
+    pub trigger: Option<Instant>,
+    /// When the source started reading this state (the lag of an update no event triggered).
+    pub read_at: Instant,
+    /// What the source left out and why (for `/metrics` and `/healthz`).
+    pub notes: Vec<String>,
+}
+
+impl Update {
+    fn from_file(cluster: Cluster, local: Option<String>, read_at: Instant) -> Update {
+        Update { cluster, local, trigger: None, read_at, notes: Vec::new() }
+    }
+}
+
+enum Source {
+    File { config: PathBuf, node: Option<String>, seen: Option<SystemTime> },
+    Docker { rx: watch::Receiver<Option<Update>> },
+}
+
 pub async fn run(args: RunArgs) -> Result<()> {
-    // Nothing touches the kernel before the config is known to be good.
-    let local = args.node.as_deref();
-    let cluster = file::load(&args.config, local)?;
     let state_dir = args.dirs.state_dir();
     let pin_dir = args.dirs.pin_dir.clone();
+    let status = Arc::new(SyncStatus::new());
+    if let Some(addr) = args.metrics_addr {
+        let (pin_dir, state_dir, status) = (pin_dir.clone(), state_dir.clone(), status.clone());
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(addr, pin_dir, state_dir, status).await {
+                error!("metrics server stopped: {e:#}");
+            }
+        });
+    }
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+
+    // Nothing touches the kernel before the source has given a good state.
+    let (source, first) = match args.source {
+        SourceKind::File => {
+            let Some(config) = args.config.clone() else { bail!("--source file needs --config FILE") };
+            let local = args.node.clone();
+            let read_at = Instant::now();
+            let cluster = file::load(&config, local.as_deref())?;
+            let seen = mtime(&config);
+            (Source::File { config, node: local.clone(), seen }, Update::from_file(cluster, local, read_at))
+        }
+        SourceKind::Docker => {
+            if args.node.is_some() {
+                bail!("--node is for --source file; the Docker source asks the Engine which node this is");
+            }
+            let host = args.docker_host.clone();
+            docker::engine::socket_path(&host)?;
+            let (tx, mut rx) = watch::channel(None);
+            tokio::spawn(docker::run(host.clone(), tx, status.clone()));
+            info!("waiting for the Docker Engine at {host}");
+            let first = loop {
+                tokio::select! {
+                    changed = rx.changed() => {
+                        changed.context("the Docker source stopped")?;
+                        if let Some(u) = rx.borrow_and_update().clone() {
+                            break u;
+                        }
+                    }
+                    _ = int.recv() => return Ok(()),
+                    _ = term.recv() => return Ok(()),
+                }
+            };
+            (Source::Docker { rx }, first)
+        }
+    };
+    let local = first.local.as_deref();
     let saved = state::load(&state_dir).unwrap_or_else(|e| {
         warn!(error = format!("{e:#}"), "ignoring unreadable state file; ids start afresh");
         None
     });
-    let plan = planner::plan(&cluster, local, &saved.unwrap_or_default()).context("planning")?;
-    match local.and_then(|name| cluster.node(name)) {
+    let plan = planner::plan(&first.cluster, local, &saved.unwrap_or_default()).context("planning")?;
+    match local.and_then(|name| first.cluster.node(name)) {
         Some(node) => info!(
-            nodes = cluster.nodes.len(),
-            networks = cluster.networks.len(),
+            nodes = first.cluster.nodes.len(),
+            networks = first.cluster.networks.len(),
             "this agent is swarm node {:?} ({})",
             node.name,
             node.addr
@@ -52,7 +140,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     host::prepare_sysctls(&args.ifaces);
     host::check_snat_range(plan.node.snat_ports);
     let ifindexes = args.ifaces.iter().map(|i| host::ifindex(i)).collect::<Result<Vec<_>>>()?;
-    pins::load_and_attach(EBPF_OBJECT, &pin_dir, &args.ifaces, args.xdp_mode.into())?;
+    let loaded = pins::load_and_attach(EBPF_OBJECT, &pin_dir, &args.ifaces, args.xdp_mode.into())?;
 
     let mut writer = Writer::open(&pin_dir)?;
     writer.add_tx_ports(&ifindexes)?;
@@ -60,41 +148,84 @@ pub async fn run(args: RunArgs) -> Result<()> {
     writer.sync_local_addrs(&addrs)?;
     info!(count = addrs.len(), "local addresses programmed");
 
-    let mut agent = Agent { writer, applied: None, config: args.config.clone(), node: args.node.clone(), state_dir };
-    agent.apply(plan)?;
-    agent.serve().await
+    // The file source describes overlays someone else wired (the tests' virtual swarm); the
+    // Docker source takes Docker's endpoints over.
+    let takeover = matches!(source, Source::Docker { .. });
+    let mut agent = Agent {
+        writer,
+        loaded,
+        applied: None,
+        state_dir,
+        takeover,
+        attached: args.ifaces.iter().cloned().zip(ifindexes).collect(),
+        takeover_errors: BTreeMap::new(),
+        status,
+    };
+    agent.take_over(&first.cluster, local).await;
+    let result = agent.apply(plan);
+    agent.record(&result, &first);
+    result?;
+    agent.serve(source, int, term).await
 }
 
 struct Agent {
     writer: Writer,
+    loaded: Loaded,
     /// What the maps hold; `None` if a write failed and the next apply must be a full sync.
     applied: Option<Plan>,
-    config: PathBuf,
-    /// `--node`: which swarm node this agent is.
-    node: Option<String>,
     state_dir: PathBuf,
+    /// Whether overlay endpoints are taken over before each apply (Docker source).
+    takeover: bool,
+    /// Interfaces the program is attached to (by this run), with their ifindex.
+    attached: BTreeMap<String, u32>,
+    /// The last takeover error per network, to log each once.
+    takeover_errors: BTreeMap<String, String>,
+    status: Arc<SyncStatus>,
 }
 
 impl Agent {
-    async fn serve(&mut self) -> Result<()> {
+    async fn serve(
+        &mut self,
+        mut source: Source,
+        mut int: tokio::signal::unix::Signal,
+        mut term: tokio::signal::unix::Signal,
+    ) -> Result<()> {
         let mut hup = signal(SignalKind::hangup())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut term = signal(SignalKind::terminate())?;
         let mut ticks = tokio::time::interval(POLL);
-        let mut seen = mtime(&self.config);
         loop {
+            let docker_update = async {
+                match &mut source {
+                    Source::Docker { rx } => rx.changed().await.map(|()| rx.borrow_and_update().clone()),
+                    Source::File { .. } => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                update = docker_update => match update {
+                    Ok(Some(update)) => self.update(Ok(update)).await,
+                    Ok(None) => {}
+                    Err(_) => bail!("the Docker source stopped"),
+                },
                 _ = hup.recv() => {
-                    info!("SIGHUP: reloading {}", self.config.display());
-                    seen = mtime(&self.config);
-                    self.reload();
+                    if let Source::File { config, node, seen } = &mut source {
+                        info!("SIGHUP: reloading {}", config.display());
+                        *seen = mtime(config);
+                        let read_at = Instant::now();
+                        let loaded = file::load(config, node.as_deref()).map_err(anyhow::Error::from);
+                        self.update(loaded.map(|cluster| Update::from_file(cluster, node.clone(), read_at))).await;
+                    } else {
+                        info!("SIGHUP ignored: the Docker source follows the Engine's events");
+                    }
                 }
                 _ = ticks.tick() => {
-                    let now = mtime(&self.config);
-                    if now != seen {
-                        seen = now;
-                        info!("{} changed: reloading", self.config.display());
-                        self.reload();
+                    if let Source::File { config, node, seen } = &mut source {
+                        let now = mtime(config);
+                        if now != *seen {
+                            *seen = now;
+                            info!("{} changed: reloading", config.display());
+                            let read_at = Instant::now();
+                            let loaded = file::load(config, node.as_deref()).map_err(anyhow::Error::from);
+                            self.update(loaded.map(|cluster| Update::from_file(cluster, node.clone(), read_at))).await;
+                        }
                     }
                     self.refresh_addrs();
                 }
@@ -106,18 +237,92 @@ impl Agent {
         Ok(())
     }
 
-    /// Re-reads the config; on any error the last good state keeps serving.
-    fn reload(&mut self) {
-        let local = self.node.as_deref();
-        let result = file::load(&self.config, local)
-            .map_err(anyhow::Error::from)
-            .and_then(|cluster| {
-                let prev = self.applied.clone().or_else(|| state::load(&self.state_dir).ok().flatten()).unwrap_or_default();
-                Ok(planner::plan(&cluster, local, &prev)?)
-            })
-            .and_then(|plan| self.apply(plan));
-        if let Err(e) = result {
-            error!("reload rejected, still serving the last good configuration: {e:#}");
+    /// Plans and applies a new desired state; on any error the last good state keeps serving.
+    async fn update(&mut self, update: Result<Update>) {
+        let update = match update {
+            Ok(u) => u,
+            Err(e) => {
+                error!("update rejected, still serving the last good state: {e:#}");
+                self.status.record_err(format!("{e:#}"));
+                return;
+            }
+        };
+        let local = update.local.as_deref();
+        let prev = self.applied.clone().or_else(|| state::load(&self.state_dir).ok().flatten()).unwrap_or_default();
+        let result = match planner::plan(&update.cluster, local, &prev) {
+            Ok(plan) => {
+                self.take_over(&update.cluster, local).await;
+                self.apply(plan)
+            }
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = &result {
+            error!("update rejected, still serving the last good state: {e:#}");
+        }
+        self.record(&result, &update);
+    }
+
+    fn record(&self, result: &Result<()>, update: &Update) {
+        match result {
+            Ok(()) => {
+                if let Some(t) = update.trigger {
+                    info!("synced in {} ms after event", t.elapsed().as_millis());
+                }
+                // An update no event triggered (start, periodic resync, file) counts from its read.
+                self.status.record_ok(update.trigger.unwrap_or(update.read_at).elapsed());
+                let mut problems = update.notes.clone();
+                problems.extend(self.takeover_errors.iter().map(|(net, e)| format!("network {net:?}: takeover: {e}")));
+                self.status.set_problems(problems);
+            }
+            Err(e) => self.status.record_err(format!("{e:#}")),
+        }
+    }
+
+    /// Before an apply: every overlay network a service uses gets its endpoint taken over, and
+    /// the program attached to the interface that gives (and that interface put in
+    /// `slb_tx_ports`). A network whose takeover fails is logged (once per distinct error) and
+    /// its services are still programmed: the maps stay true to the swarm, and the next apply
+    /// retries.
+    async fn take_over(&mut self, cluster: &Cluster, local: Option<&str>) {
+        if !self.takeover {
+            return;
+        }
+        let used: BTreeSet<&str> = cluster.services.iter().filter_map(|s| s.network.as_deref()).collect();
+        for name in used {
+            let Some(network) = cluster.network(name) else { continue };
+            let Some(endpoint) = local.and_then(|l| network.endpoint(l)) else { continue };
+            let tasks: Vec<Ipv4Addr> = cluster
+                .services
+                .iter()
+                .filter(|s| s.network.as_deref() == Some(name))
+                .flat_map(|s| s.backends.iter().map(|b| *b.addr.ip()))
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let attached = takeover::ensure(network, endpoint, &tasks).await.and_then(|a| {
+                if self.attached.get(&a.iface) != Some(&a.ifindex) {
+                    host::prepare_sysctls(std::slice::from_ref(&a.iface));
+                    self.loaded.attach(&a.iface)?;
+                    self.writer.add_tx_ports(&[a.ifindex])?;
+                    info!(network = name, iface = a.iface, ifindex = a.ifindex, "overlay endpoint taken over; XDP attached");
+                    self.attached.insert(a.iface.clone(), a.ifindex);
+                }
+                Ok(a)
+            });
+            match attached {
+                Ok(_) => {
+                    if self.takeover_errors.remove(name).is_some() {
+                        info!(network = name, "overlay endpoint takeover works again");
+                    }
+                }
+                Err(e) => {
+                    let e = format!("{e:#}");
+                    if self.takeover_errors.get(name) != Some(&e) {
+                        warn!(network = name, "overlay endpoint takeover failed: {e}");
+                        self.takeover_errors.insert(name.to_owned(), e);
+                    }
+                }
+            }
         }
     }
 
@@ -131,7 +336,7 @@ impl Agent {
                 self.applied = Some(plan);
                 info!("applied: no map changes (names only)");
             } else {
-                info!("config unchanged");
+                debug!("desired state unchanged");
             }
             return Ok(());
         }

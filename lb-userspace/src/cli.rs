@@ -59,20 +59,37 @@ pub fn default_state_dir(pin_dir: &Path) -> PathBuf {
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Interface to load-balance on (repeat for several).
+    /// Interface to load-balance on (repeat for several): the underlay interface(s).
     #[arg(long = "iface", required = true)]
     pub ifaces: Vec<String>,
-    /// TOML file describing the services (see config/example.toml).
+    /// Where the desired state comes from.
+    #[arg(long, value_enum, default_value_t = SourceKind::File)]
+    pub source: SourceKind,
+    /// TOML file describing the services (see config/example.toml); `--source file` only.
     #[arg(long)]
-    pub config: PathBuf,
+    pub config: Option<PathBuf>,
     /// Which `[[swarm.node]]` of the config this agent is (required when the config lists
-    /// swarm nodes).
+    /// swarm nodes); `--source file` only.
     #[arg(long)]
     pub node: Option<String>,
+    /// The Docker Engine's unix socket (`unix:///path` or `/path`); `--source docker` only.
+    #[arg(long, env = "DOCKER_HOST", default_value = "/var/run/docker.sock")]
+    pub docker_host: String,
     #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
     pub xdp_mode: XdpModeArg,
+    /// Serve Prometheus `/metrics` and `/healthz` on this address (e.g. 127.0.0.1:9720).
+    #[arg(long)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub dirs: Dirs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SourceKind {
+    /// A TOML file (`--config`), re-read on SIGHUP or when it changes.
+    File,
+    /// The local Docker Engine in swarm mode (`--docker-host`), followed through its events.
+    Docker,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -111,5 +128,20 @@ mod tests {
         assert_eq!(d.state_dir(), PathBuf::from("/run/slb-node2"));
         let d = parse(&["swarmlb", "run", "--iface", "eth0", "--config", "c.toml", "--node", "node-1", "--pin-dir", "/sys/fs/bpf/x", "--state-dir", "/tmp/s"]);
         assert_eq!(d.state_dir(), PathBuf::from("/tmp/s"));
+    }
+
+    #[test]
+    fn docker_source_needs_no_config_and_file_source_does() {
+        let run = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.command) {
+            Ok(Command::Run(run)) => Ok(run),
+            Ok(_) => unreachable!(),
+            Err(e) => Err(e.kind()),
+        };
+        let r = run(&["swarmlb", "run", "--iface", "eth0", "--source", "docker", "--docker-host", "unix:///tmp/d.sock"]).unwrap();
+        assert_eq!((r.source, r.config, r.docker_host.as_str()), (SourceKind::Docker, None, "unix:///tmp/d.sock"));
+        // `run` refuses the file source without --config (clap ignores defaults in required_if).
+        assert_eq!(run(&["swarmlb", "run", "--iface", "eth0"]).unwrap().config, None);
+        let r = run(&["swarmlb", "run", "--iface", "eth0", "--config", "c.toml"]).unwrap();
+        assert_eq!(r.source, SourceKind::File);
     }
 }

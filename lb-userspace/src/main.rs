@@ -7,7 +7,7 @@ use clap::Parser;
 use swarmlb::{
     agent,
     cli::{Cli, Command},
-    datapath, state, status,
+    datapath, state, status, takeover,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -43,7 +43,18 @@ fn run() -> Result<()> {
             Ok(())
         }
         Command::Unload { dirs } => {
+            // An agent of the Docker source attached to the overlay endpoints it took over
+            // (`link_slb-<vni>`); only then are Docker's endpoints given back, so unloading a
+            // file-source datapath never touches Docker's namespaces.
+            let took_over = std::fs::read_dir(&dirs.pin_dir).is_ok_and(|d| {
+                d.filter_map(|e| e.ok())
+                    .any(|e| e.file_name().to_string_lossy().starts_with(&format!("link_{}", takeover::IFACE_PREFIX)))
+            });
             datapath::pins::unload(&dirs.pin_dir)?;
+            if took_over {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                runtime.block_on(takeover::release_all())?;
+            }
             state::remove(&dirs.state_dir())
         }
     }

@@ -11,7 +11,7 @@ use std::{io::ErrorKind, path::Path};
 
 use anyhow::{Context, Result, bail};
 use aya::{
-    EbpfLoader,
+    Ebpf, EbpfLoader,
     maps::MapData,
     programs::{
         Xdp, XdpMode,
@@ -24,9 +24,30 @@ use tracing::{info, warn};
 
 use super::{LINK_PREFIX, MAP_PREFIX, MAPS, link_pin_path, pin_path};
 
+/// The loaded program, kept by the agent so interfaces can be attached after start (the
+/// overlay endpoints the Docker source takes over).
+pub struct Loaded {
+    ebpf: Ebpf,
+    pin_dir: std::path::PathBuf,
+    mode: XdpMode,
+}
+
+impl Loaded {
+    /// Attaches the program to one more interface, pinned as `link_<ifname>` like the others.
+    pub fn attach(&mut self, iface: &str) -> Result<()> {
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(PROG_LB)
+            .with_context(|| format!("the XDP object has no program {PROG_LB:?}"))?
+            .try_into()
+            .context("program is not XDP")?;
+        attach(program, &self.pin_dir, iface, self.mode)
+    }
+}
+
 /// Loads the object, creating or reusing the maps pinned in `pin_dir`, and attaches it to
 /// `ifaces`.
-pub fn load_and_attach(object: &[u8], pin_dir: &Path, ifaces: &[String], mode: XdpMode) -> Result<()> {
+pub fn load_and_attach(object: &[u8], pin_dir: &Path, ifaces: &[String], mode: XdpMode) -> Result<Loaded> {
     ensure_bpffs(pin_dir)?;
     drop_incompatible_pins(pin_dir)?;
     let mut loader = EbpfLoader::new();
@@ -44,7 +65,7 @@ pub fn load_and_attach(object: &[u8], pin_dir: &Path, ifaces: &[String], mode: X
         attach(program, pin_dir, iface, mode)?;
     }
     // Dropping `ebpf` closes our descriptors only: links and maps stay pinned and attached.
-    Ok(())
+    Ok(Loaded { ebpf, pin_dir: pin_dir.to_owned(), mode })
 }
 
 /// `/sys/fs/bpf` must be a bpffs; mount one if it is not (fresh containers often lack it). The

@@ -1,0 +1,96 @@
+//! Every call to the Docker Engine lives here (bollard over the unix socket, API version
+//! negotiated). [`Engine::snapshot`] reads what [`super::translate`] needs; nothing here
+//! interprets it.
+
+use std::{collections::HashMap, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use bollard::{
+    API_DEFAULT_VERSION, Docker,
+    models::EventMessage,
+    query_parameters::{
+        EventsOptions, InspectNetworkOptions, ListContainersOptions, ListNetworksOptions, ListNodesOptions,
+        ListServicesOptions, ListTasksOptions,
+    },
+};
+use futures_util::{Stream, StreamExt};
+
+use super::translate::Snapshot;
+
+/// Seconds an Engine request may take to answer (headers; the event stream then stays open).
+const TIMEOUT_SECS: u64 = 10;
+
+/// The Engine's socket: `--docker-host`, else `DOCKER_HOST`, else `/var/run/docker.sock`.
+/// Only unix sockets (`unix:///path` or a plain path) are supported.
+pub fn socket_path(host: &str) -> Result<String> {
+    if let Some(path) = host.strip_prefix("unix://") {
+        return Ok(path.to_owned());
+    }
+    if host.contains("://") {
+        bail!("--docker-host {host:?}: only unix sockets are supported (unix:///path or /path)");
+    }
+    Ok(host.to_owned())
+}
+
+pub struct Engine {
+    docker: Docker,
+}
+
+impl Engine {
+    /// Connects and negotiates the API version (the Engine's if older than bollard's).
+    pub async fn connect(host: &str) -> Result<Engine> {
+        let path = socket_path(host)?;
+        let docker = Docker::connect_with_unix(&path, TIMEOUT_SECS, API_DEFAULT_VERSION)
+            .with_context(|| format!("connecting to the Docker Engine at {path}"))?;
+        let docker = docker.negotiate_version().await.with_context(|| format!("negotiating the API version with {path}"))?;
+        Ok(Engine { docker })
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.docker.timeout()
+    }
+
+    /// Reads everything one sync needs. On a worker (`control_available` false) `/services`,
+    /// `/tasks` and `/nodes` are not asked: the Engine refuses them there.
+    pub async fn snapshot(&self) -> Result<Snapshot> {
+        let d = &self.docker;
+        let info = d.info().await.context("GET /info")?;
+        let manager = info.swarm.as_ref().and_then(|s| s.control_available).unwrap_or(false);
+        let (nodes, services, tasks) = if manager {
+            let nodes = d.list_nodes(None::<ListNodesOptions>).await.context("GET /nodes")?;
+            let services = d.list_services(None::<ListServicesOptions>).await.context("GET /services")?;
+            let tasks = d.list_tasks(None::<ListTasksOptions>).await.context("GET /tasks")?;
+            (Some(nodes), Some(services), Some(tasks))
+        } else {
+            (None, None, None)
+        };
+        let filters = HashMap::from([("driver".to_owned(), vec!["overlay".to_owned()])]);
+        let list = d.list_networks(Some(ListNetworksOptions { filters: Some(filters) })).await.context("GET /networks")?;
+        let mut networks = Vec::with_capacity(list.len());
+        for n in list {
+            let Some(id) = n.id else { continue };
+            let options = InspectNetworkOptions { verbose: true, scope: None };
+            match d.inspect_network(&id, Some(options)).await {
+                Ok(inspect) => networks.push(inspect),
+                // Removed between the list and the inspect.
+                Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
+                Err(e) => return Err(e).with_context(|| format!("GET /networks/{id}?verbose=true")),
+            }
+        }
+        let filters = HashMap::from([("label".to_owned(), vec!["com.docker.swarm.service.name".to_owned()])]);
+        let containers = d
+            .list_containers(Some(ListContainersOptions { filters: Some(filters), ..Default::default() }))
+            .await
+            .context("GET /containers/json")?;
+        Ok(Snapshot { info, nodes, services, tasks, networks, containers })
+    }
+
+    /// Container, network, service and node events (the last two only on managers).
+    pub fn events(&self) -> impl Stream<Item = Result<EventMessage>> + use<> {
+        let filters = HashMap::from([(
+            "type".to_owned(),
+            ["container", "network", "service", "node"].map(str::to_owned).to_vec(),
+        )]);
+        self.docker.events(Some(EventsOptions { filters: Some(filters), ..Default::default() })).map(|r| r.context("event stream"))
+    }
+}

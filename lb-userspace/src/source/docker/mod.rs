@@ -1,0 +1,140 @@
+//! `--source docker`: the swarm as the local Docker Engine sees it.
+//!
+//! [`engine`] makes the Engine calls, [`translate`] turns their answers into a
+//! [`crate::model::Cluster`] (pure, unit-tested with fixtures), and [`run`] keeps it in step:
+//! a full read at start, then one after every burst of container/network/service/node events
+//! (debounced 100 ms), and every 30 s anyway. Each result goes to the agent through a watch
+//! channel (only the newest matters). When the Engine is unreachable or answers garbage nothing
+//! is sent, so the datapath keeps the last good state; the failure is logged once, retried with
+//! exponential backoff (0.5 s .. 30 s), and the recovery logged once.
+
+pub mod backoff;
+pub mod engine;
+pub mod translate;
+
+#[cfg(test)]
+mod tests;
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use futures_util::StreamExt;
+use tokio::sync::watch;
+use tracing::{debug, error, info, warn};
+
+use crate::{agent::Update, metrics::SyncStatus};
+use backoff::{Backoff, Health, Transition};
+use engine::Engine;
+
+/// Events closer together than this are one burst: one read of the Engine.
+pub const DEBOUNCE: Duration = Duration::from_millis(100);
+/// A burst that never pauses is still read this long after its first event.
+pub const DEBOUNCE_MAX: Duration = Duration::from_secs(1);
+/// Full read even without events: the safety net for missed events.
+pub const RESYNC: Duration = Duration::from_secs(30);
+pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Runs forever: reads the Engine at `host` and sends each new desired state to `tx`.
+/// Records only failures in `status`: successes are recorded by the agent once the maps are
+/// written.
+pub async fn run(host: String, tx: watch::Sender<Option<Update>>, status: Arc<SyncStatus>) {
+    let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+    let mut health = Health::default();
+    let mut sync = Syncer { tx, status, health: &mut health, last_notes: Vec::new(), backoff: &mut backoff };
+    loop {
+        let result = sync.session(&host).await;
+        let e = match result {
+            Ok(()) => continue,
+            Err(e) => format!("{e:#}"),
+        };
+        sync.status.record_err(format!("Docker Engine: {e}"));
+        let delay = sync.backoff.next_delay();
+        match sync.health.failed(&e) {
+            Transition::Failed => error!(
+                "Docker Engine at {host}: {e}; keeping the last good state in the datapath, retrying (backoff {BACKOFF_MIN:?}..{BACKOFF_MAX:?})"
+            ),
+            _ => debug!("Docker Engine still failing: {e}; next retry in {delay:?}"),
+        }
+        tokio::time::sleep(delay).await;
+    }
+}
+
+struct Syncer<'a> {
+    tx: watch::Sender<Option<Update>>,
+    status: Arc<SyncStatus>,
+    health: &'a mut Health,
+    backoff: &'a mut Backoff,
+    last_notes: Vec<String>,
+}
+
+impl Syncer<'_> {
+    /// One connection: full read, then events until something fails.
+    async fn session(&mut self, host: &str) -> Result<()> {
+        let engine = Engine::connect(host).await?;
+        // Subscribe before reading, so nothing between the read and the stream is missed.
+        let mut events = Box::pin(engine.events());
+        self.read(&engine, None).await?;
+        let mut resync = tokio::time::interval_at(tokio::time::Instant::now() + RESYNC, RESYNC);
+        // First event of the pending burst, and when to read.
+        let mut pending: Option<(Instant, tokio::time::Instant)> = None;
+        loop {
+            let deadline = pending.map(|(_, d)| d);
+            tokio::select! {
+                ev = events.next() => {
+                    let ev = ev.context("the event stream ended")??;
+                    let now = Instant::now();
+                    debug!(kind = ?ev.typ, action = ?ev.action, actor = ?ev.actor.as_ref().and_then(|a| a.id.as_deref()), "event");
+                    let first = pending.map_or(now, |(f, _)| f);
+                    let by = tokio::time::Instant::from_std(now + DEBOUNCE).min(tokio::time::Instant::from_std(first + DEBOUNCE_MAX));
+                    pending = Some((first, by));
+                }
+                _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => {
+                    let (first, _) = pending.take().unwrap();
+                    self.read(&engine, Some(first)).await?;
+                }
+                _ = resync.tick() => {
+                    debug!("periodic resync");
+                    let first = pending.take().map(|(f, _)| f);
+                    self.read(&engine, first).await?;
+                }
+            }
+        }
+    }
+
+    /// Reads and translates; sends the result if it differs from the last one sent.
+    async fn read(&mut self, engine: &Engine, trigger: Option<Instant>) -> Result<()> {
+        let started = Instant::now();
+        let snapshot = engine.snapshot().await?;
+        let t = translate::translate(&snapshot).context("translating the Engine's state")?;
+        if t.notes != self.last_notes {
+            for note in t.notes.iter().filter(|n| !self.last_notes.contains(n)) {
+                warn!("docker source: {note}");
+            }
+            self.last_notes = t.notes.clone();
+        }
+        if let Transition::Recovered(n) = self.health.succeeded() {
+            info!("Docker Engine answers again (after {n} failed attempts); syncing");
+        }
+        self.backoff.reset();
+        debug!(took_ms = started.elapsed().as_millis() as u64, "Engine read");
+        let update = Update { cluster: t.cluster, local: Some(t.local_node), trigger, read_at: started, notes: t.notes };
+        // Events send only changes; the periodic read always sends, so an apply that failed
+        // (the agent then does a full sync) is retried even if the swarm did not change.
+        let periodic = trigger.is_none();
+        let changed = self.tx.send_if_modified(|cur| match cur {
+            Some(c) if !periodic && c.cluster == update.cluster && c.local == update.local && c.notes == update.notes => false,
+            _ => {
+                *cur = Some(update);
+                true
+            }
+        });
+        if !changed {
+            debug!("events changed nothing swarmlb serves");
+        }
+        Ok(())
+    }
+}
