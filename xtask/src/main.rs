@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's own commands, so a newcomer needs nothing but cargo.
 
 mod commands;
+mod image;
 mod setup;
 
 use clap::{Parser, Subcommand};
@@ -38,6 +39,9 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// Build the container images swarmlb:latest and slb-testsrv:latest (FROM scratch, from the
+    /// release binaries and the libraries they link) and print their ids.
+    Image,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,5 +52,6 @@ fn main() -> anyhow::Result<()> {
         Command::Test => commands::test(),
         Command::Bench => commands::bench(),
         Command::Demo { keep } => commands::demo(keep),
+        Command::Image => image::run(),
     }
 }
