@@ -84,19 +84,35 @@ pub struct Removable {
 
 impl Drop for Removable {
     fn drop(&mut self) {
-        let _ = docker(&format!("{} rm {}", self.kind, self.name));
+        remove(self.kind, &self.name);
     }
 }
 
-/// `docker service create --name NAME ARGS`; the test image runs with its task name.
+/// Removes a service or network if it exists. A network is refused while the tasks of a
+/// just-removed service still hold endpoints on it, so this retries for a while.
+fn remove(kind: &str, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while docker(&format!("{kind} inspect {name} --format '{{{{.ID}}}}'")).is_ok()
+        && docker(&format!("{kind} rm {name}")).is_err()
+        && Instant::now() < deadline
+    {
+        thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// `docker service create --name NAME ARGS`; each task of the test image answers with its
+/// `<service>.<slot>` name.
 pub fn create_service(name: &str, args: &str) -> Result<Removable> {
+    remove("service", name);
     docker(&format!(
-        "service create --quiet --detach --name {name} {args} slb-testsrv:latest --name '{{{{.Task.Name}}}}'"
+        "service create --quiet --detach --name {name} --env 'SLB_TASK_NAME={{{{.Service.Name}}}}.{{{{.Task.Slot}}}}' \
+         {args} slb-testsrv:latest"
     ))?;
     Ok(Removable { name: name.to_string(), kind: "service" })
 }
 
 pub fn create_overlay(name: &str, subnet: &str) -> Result<Removable> {
+    remove("network", name);
     docker(&format!("network create --driver overlay --subnet {subnet} {name}"))?;
     Ok(Removable { name: name.to_string(), kind: "network" })
 }

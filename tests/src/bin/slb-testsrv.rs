@@ -1,6 +1,6 @@
 //! A test backend that names itself: TCP answers HTTP requests with its name, and echoes lines
 //! (prefixed with its name) on connections that start with `ECHO`; UDP answers each datagram with
-//! its name followed by the datagram.
+//! its name followed by the datagram. The name comes from `--name` or `SLB_TASK_NAME`.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -39,7 +39,8 @@ fn serve_tcp(stream: TcpStream, name: &str) -> std::io::Result<()> {
 fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let arg = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
-    let name = arg("--name").expect("--name NAME");
+    // Swarm expands templates in environment variables, not in arguments.
+    let name = arg("--name").or_else(|| std::env::var("SLB_TASK_NAME").ok()).expect("--name NAME or SLB_TASK_NAME");
     let tcp_port = arg("--tcp").unwrap_or_else(|| "8080".into());
     let udp_port = arg("--udp").unwrap_or_else(|| "5353".into());
 

@@ -1,0 +1,217 @@
+//! Tests against this machine's real Docker Engine in swarm mode: swarmlb follows services,
+//! tasks and overlays through the Engine API and serves their published ports in XDP. Needs root
+//! and a running Engine; every address Docker hands out here is inside 198.18.0.0/15.
+
+use std::{collections::BTreeMap, net::SocketAddr, sync::Mutex};
+
+use anyhow::{Context, Result, ensure};
+use serde_json::Value;
+use tests::{
+    agent::{Agent, Placement, unload_at},
+    client::{EchoConn, http_get, udp_ask},
+    docker::{DockerSwarm, HOST_IFACE, HostClient, create_overlay, create_service, docker, wait_running},
+    netns::Netns,
+    poll::wait_until,
+};
+
+/// One Engine: one test at a time.
+static ENGINE: Mutex<()> = Mutex::new(());
+
+fn placement(tag: &str) -> Placement {
+    Placement { node: None, pin_dir: Some(format!("/sys/fs/bpf/slbt-{tag}")) }
+}
+
+/// Backends `agent` has programmed for `service` with a weight above 0, as name -> addr.
+fn active_backends(agent: &Agent, service: &str) -> Result<BTreeMap<String, String>> {
+    let status = agent.status()?;
+    let Some(service) = status["services"].as_array().and_then(|s| s.iter().find(|s| s["name"] == service)) else {
+        return Ok(BTreeMap::new());
+    };
+    Ok(service["backends"]
+        .as_array()
+        .context("backends")?
+        .iter()
+        .filter(|b| b["weight"].as_u64().unwrap_or(0) > 0)
+        .map(|b| (b["name"].as_str().unwrap_or("").to_string(), b["addr"].as_str().unwrap_or("").to_string()))
+        .collect())
+}
+
+fn wait_for_backends(agent: &Agent, service: &str, count: usize) -> Result<()> {
+    wait_until(&format!("{service} to have {count} backends"), || Ok(active_backends(agent, service)?.len() == count))
+}
+
+fn http_spread(ns: &Netns, frontend: SocketAddr, count: usize) -> Result<BTreeMap<String, usize>> {
+    ns.run(move || -> Result<BTreeMap<String, usize>> {
+        let mut answers = BTreeMap::new();
+        for i in 0..count {
+            let name = http_get(frontend).with_context(|| format!("connection {i} to {frontend}"))?;
+            *answers.entry(name).or_default() += 1;
+        }
+        Ok(answers)
+    })?
+}
+
+fn xdp_forwarded(status: &Value) -> u64 {
+    status["reasons"]["to_backend"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn published_udp_and_label_opted_dnsrr_services_answer_through_xdp() -> Result<()> {
+    let _engine = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
+    let _swarm = DockerSwarm::ensure()?;
+    let _net = create_overlay("slbt-net", "198.19.200.0/24")?;
+    let _web = create_service("slbt-web", "--replicas 3 --publish published=18080,target=8080,protocol=tcp")?;
+    let _udp = create_service("slbt-udp", "--replicas 2 --publish published=18053,target=5353,protocol=udp")?;
+    let _rr = create_service(
+        "slbt-rr",
+        "--replicas 2 --endpoint-mode dnsrr --network slbt-net --label swarmlb.publish=18081:8080/tcp",
+    )?;
+    for (service, replicas) in [("slbt-web", 3), ("slbt-udp", 2), ("slbt-rr", 2)] {
+        wait_running(service, replicas)?;
+    }
+    let client = HostClient::new()?;
+    let placement = placement("published");
+    unload_at(&placement)?;
+    let agent = Agent::start_docker(&placement, &[HOST_IFACE], None, 3)?;
+    for (service, replicas) in [("slbt-web", 3), ("slbt-udp", 2), ("slbt-rr", 2)] {
+        wait_for_backends(&agent, service, replicas)?;
+    }
+
+    let web = http_spread(&client.ns, client.published(18080), 120)?;
+    eprintln!("120 connections to the published TCP port: {web:?}");
+    ensure!(web.len() == 3 && web.keys().all(|k| k.starts_with("slbt-web.")), "web answers: {web:?}");
+
+    let rr = http_spread(&client.ns, client.published(18081), 60)?;
+    eprintln!("60 connections to the label-published dnsrr service: {rr:?}");
+    ensure!(rr.len() == 2 && rr.keys().all(|k| k.starts_with("slbt-rr.")), "dnsrr answers: {rr:?}");
+
+    let frontend = client.published(18053);
+    let udp = client.ns.run(move || -> Result<BTreeMap<String, usize>> {
+        let mut answers = BTreeMap::new();
+        for i in 0..40 {
+            *answers.entry(udp_ask(frontend, &format!("q{i}"))?).or_default() += 1;
+        }
+        Ok(answers)
+    })??;
+    eprintln!("40 UDP requests: {udp:?}");
+    ensure!(udp.len() == 2, "UDP answers: {udp:?}");
+
+    let status = agent.status()?;
+    ensure!(xdp_forwarded(&status) >= 180 * 3, "XDP forwarded too little: {}", status["reasons"]);
+    drop(agent);
+    unload_at(&placement)
+}
+
+/// Task names currently running for `service`, with their container ids.
+fn running_containers(service: &str) -> Result<BTreeMap<String, String>> {
+    let out = docker(&format!(
+        "ps --filter label=com.docker.swarm.service.name={service} \
+         --format '{{{{.Label \"com.docker.swarm.task.name\"}}}} {{{{.ID}}}}'"
+    ))?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(task, id)| (task.split('.').take(2).collect::<Vec<_>>().join("."), id.to_string()))
+        .collect())
+}
+
+#[test]
+fn maps_follow_scaling_a_killed_task_and_a_rolling_update() -> Result<()> {
+    let _engine = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
+    let _swarm = DockerSwarm::ensure()?;
+    let _web = create_service("slbt-scale", "--replicas 3 --publish published=18090,target=8080,protocol=tcp")?;
+    wait_running("slbt-scale", 3)?;
+    let client = HostClient::new()?;
+    let placement = placement("scale");
+    unload_at(&placement)?;
+    let agent = Agent::start_docker(&placement, &[HOST_IFACE], None, 1)?;
+    wait_for_backends(&agent, "slbt-scale", 3)?;
+    let frontend = client.published(18090);
+    let mut conn = client.ns.run(move || EchoConn::open(frontend))??;
+    conn.exchange("hello")?;
+
+    docker("service scale --detach slbt-scale=5")?;
+    wait_running("slbt-scale", 5)?;
+    wait_for_backends(&agent, "slbt-scale", 5)?;
+    let answers = http_spread(&client.ns, frontend, 100)?;
+    ensure!(answers.len() == 5, "after scaling to 5: {answers:?}");
+    conn.exchange("after scale up")?;
+
+    docker("service scale --detach slbt-scale=2")?;
+    wait_running("slbt-scale", 2)?;
+    wait_for_backends(&agent, "slbt-scale", 2)?;
+    let alive = running_containers("slbt-scale")?;
+    let answers = http_spread(&client.ns, frontend, 60)?;
+    ensure!(answers.keys().all(|k| alive.contains_key(k)), "after scaling to 2: {answers:?}, running {alive:?}");
+    if alive.contains_key(&conn.backend) {
+        conn.exchange("after scale down")?;
+    } else {
+        eprintln!("the long-lived connection's task {} was scaled away; it ends with it", conn.backend);
+    }
+
+    // Kill a task's container (not the long-lived connection's); swarm replaces it.
+    let victim = alive.iter().find(|(task, _)| **task != conn.backend).context("a task to kill")?;
+    let killed_addr = active_backends(&agent, "slbt-scale")?.get(victim.0).cloned().context("victim addr")?;
+    docker(&format!("kill {}", victim.1))?;
+    wait_until("the killed task to leave the maps", || {
+        Ok(active_backends(&agent, "slbt-scale")?.values().all(|addr| *addr != killed_addr))
+    })?;
+    let answers = http_spread(&client.ns, frontend, 60)?;
+    ensure!(answers.values().sum::<usize>() == 60, "after a kill: {answers:?}");
+    if alive.contains_key(&conn.backend) {
+        conn.exchange("after a kill")?;
+    }
+
+    // Rolling update: every task replaced, one at a time.
+    docker("service update --detach --force --update-parallelism 1 --update-delay 1s slbt-scale")?;
+    let before = active_backends(&agent, "slbt-scale")?;
+    wait_until("the rolling update to reach the maps", || {
+        let now = active_backends(&agent, "slbt-scale")?;
+        Ok(now.len() == 2 && now.values().all(|addr| !before.values().any(|old| old == addr)))
+    })?;
+    let answers = http_spread(&client.ns, frontend, 60)?;
+    ensure!(answers.values().sum::<usize>() == 60, "after the rolling update: {answers:?}");
+    drop(agent);
+    unload_at(&placement)
+}
+
+#[test]
+fn the_datapath_keeps_serving_when_the_engine_stops_answering() -> Result<()> {
+    let _engine = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
+    let _swarm = DockerSwarm::ensure()?;
+    let _web = create_service("slbt-frozen", "--replicas 2 --publish published=18070,target=8080,protocol=tcp")?;
+    wait_running("slbt-frozen", 2)?;
+    let client = HostClient::new()?;
+    // The agent reaches the Engine through a relay that the test can freeze.
+    let socket = std::env::temp_dir().join("slbt-frozen-docker.sock");
+    let _ = std::fs::remove_file(&socket);
+    let mut relay = std::process::Command::new("socat")
+        .arg(format!("UNIX-LISTEN:{},fork", socket.display()))
+        .arg("UNIX-CONNECT:/var/run/docker.sock")
+        .spawn()
+        .context("socat (cargo xtask setup installs it)")?;
+    wait_until("the relay socket", || Ok(socket.exists()))?;
+    let placement = placement("frozen");
+    unload_at(&placement)?;
+    let agent = Agent::start_docker(&placement, &[HOST_IFACE], Some(&format!("unix://{}", socket.display())), 1);
+    let result = (|| -> Result<()> {
+        let agent = agent?;
+        wait_for_backends(&agent, "slbt-frozen", 2)?;
+        tests::netns::sh(&format!("kill -STOP {}", relay.id()))?;
+        // Frozen for longer than the agent's resync interval would let it notice and retry.
+        let frontend = client.published(18070);
+        for round in 0..5 {
+            let answers = http_spread(&client.ns, frontend, 20)?;
+            ensure!(answers.len() == 2, "round {round} with the Engine frozen: {answers:?}");
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        ensure!(active_backends(&agent, "slbt-frozen")?.len() == 2, "the agent dropped its last good state");
+        Ok(())
+    })();
+    let _ = tests::netns::sh(&format!("kill -CONT {}", relay.id()));
+    let _ = relay.kill();
+    let _ = relay.wait();
+    let _ = std::fs::remove_file(&socket);
+    unload_at(&placement)?;
+    result
+}
