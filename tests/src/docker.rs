@@ -156,3 +156,60 @@ impl HostClient {
         SocketAddr::from((HOST_ADDR, port))
     }
 }
+
+/// `/` as a shared mount, as systemd leaves it at boot, for the stack file's `rslave` bind of
+/// Docker's namespaces; made so here if it was private, and put back on drop.
+pub struct SharedRoot {
+    was_private: bool,
+}
+
+impl SharedRoot {
+    pub fn ensure() -> Result<SharedRoot> {
+        let propagation = sh("findmnt -n -o PROPAGATION /")?;
+        let was_private = propagation.trim() == "private";
+        if was_private {
+            sh("mount --make-rshared /")?;
+        }
+        Ok(SharedRoot { was_private })
+    }
+}
+
+impl Drop for SharedRoot {
+    fn drop(&mut self) {
+        if self.was_private {
+            let _ = sh("mount --make-rprivate /");
+        }
+    }
+}
+
+/// A stack deployed from a compose file, removed on drop.
+pub struct Stack {
+    pub name: String,
+}
+
+impl Stack {
+    /// `docker stack deploy -c FILE NAME` with `env` set for variable substitution.
+    pub fn deploy(file: &std::path::Path, name: &str, env: &[(&str, &str)]) -> Result<Stack> {
+        let vars: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        sh(&format!("{} docker stack deploy -c {} {name}", vars.join(" "), file.display()))?;
+        Ok(Stack { name: name.to_string() })
+    }
+
+    /// The logs of the stack's services, for a failure message.
+    pub fn logs(&self, service: &str) -> String {
+        docker(&format!("service logs --raw {}_{service} 2>&1 | tail -n 30", self.name)).unwrap_or_default()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = docker(&format!("stack rm {}", self.name));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while docker(&format!("ps -q --filter label=com.docker.stack.namespace={}", self.name))
+            .is_ok_and(|ids| !ids.is_empty())
+            && Instant::now() < deadline
+        {
+            thread::sleep(Duration::from_millis(250));
+        }
+    }
+}

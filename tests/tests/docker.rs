@@ -9,7 +9,7 @@ use serde_json::Value;
 use tests::{
     agent::{Agent, Placement, unload_at},
     client::{EchoConn, http_get, udp_ask},
-    docker::{DockerSwarm, HOST_IFACE, HostClient, create_overlay, create_service, docker, wait_running},
+    docker::{DockerSwarm, HOST_IFACE, HostClient, SharedRoot, Stack, create_overlay, create_service, docker, wait_running},
     netns::Netns,
     poll::wait_until,
 };
@@ -213,5 +213,41 @@ fn the_datapath_keeps_serving_when_the_engine_stops_answering() -> Result<()> {
     let _ = relay.wait();
     let _ = std::fs::remove_file(&socket);
     unload_at(&placement)?;
+    result
+}
+
+#[test]
+fn the_stack_file_runs_swarmlb_as_a_global_service_that_serves_published_ports() -> Result<()> {
+    let _engine = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
+    let _swarm = DockerSwarm::ensure()?;
+    let _shared = SharedRoot::ensure()?;
+    let _web = create_service("slbt-stack-web", "--replicas 2 --publish published=18060,target=8080,protocol=tcp")?;
+    wait_running("slbt-stack-web", 2)?;
+    let client = HostClient::new()?;
+    // The stack's agent pins where an agent does by default.
+    let default = Placement::default();
+    unload_at(&default)?;
+    let stack_file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/swarmlb.yml");
+    let stack = Stack::deploy(&stack_file, "slbt-lb", &[("SWARMLB_IFACE", HOST_IFACE)])?;
+    let result = (|| -> Result<()> {
+        wait_until("the stack's agent to program slbt-stack-web", || {
+            Ok(tests::agent::status_at(&default)
+                .map(|s| {
+                    s["services"].as_array().is_some_and(|services| {
+                        services.iter().any(|s| s["name"] == "slbt-stack-web" && s["backends"].as_array().map(Vec::len) == Some(2))
+                    })
+                })
+                .unwrap_or(false))
+        })?;
+        let answers = http_spread(&client.ns, client.published(18060), 40)?;
+        eprintln!("40 connections through the stack-deployed agent: {answers:?}");
+        ensure!(answers.len() == 2, "answers: {answers:?}");
+        let status = tests::agent::status_at(&default)?;
+        ensure!(xdp_forwarded(&status) >= 40 * 3, "XDP forwarded too little: {}", status["reasons"]);
+        Ok(())
+    })()
+    .with_context(|| format!("swarmlb service logs:\n{}", stack.logs("swarmlb")));
+    drop(stack);
+    unload_at(&default)?;
     result
 }

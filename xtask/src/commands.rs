@@ -38,8 +38,9 @@ pub fn build_and_load(ifaces: &[String], config: &str) -> Result<()> {
 
 pub fn test() -> Result<()> {
     ensure_setup()?;
-    // The namespace tests run the real `swarmlb` binary.
+    // The namespace tests run the real `swarmlb` binary; the Docker tests run both images.
     run_cmd(cargo().args(["build", "--package", "lb-userspace", "--bins"]))?;
+    crate::image::run()?;
     run_cmd(cargo().args(["test", "--workspace", "--exclude", "lb-ebpf", "--no-fail-fast"]).args(["--", "--test-threads=1"]))
 }
 
