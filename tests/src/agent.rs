@@ -25,6 +25,8 @@ pub struct Agent {
 pub struct Placement {
     pub node: Option<String>,
     pub pin_dir: Option<String>,
+    /// `--metrics-addr` for `run`.
+    pub metrics_addr: Option<String>,
 }
 
 impl Placement {
@@ -32,6 +34,9 @@ impl Placement {
         let mut args = Vec::new();
         if let Some(node) = &self.node {
             args.extend(["--node".to_string(), node.clone()]);
+        }
+        if let Some(addr) = &self.metrics_addr {
+            args.extend(["--metrics-addr".to_string(), addr.clone()]);
         }
         args.extend(self.pin_args());
         args
@@ -138,7 +143,7 @@ impl Agent {
 
     /// `swarmlb status --json` of this agent's datapath.
     pub fn status(&self) -> Result<Value> {
-        status_at(&Placement { node: None, pin_dir: self.pin_dir.clone() })
+        status_at(&Placement { pin_dir: self.pin_dir.clone(), ..Placement::default() })
     }
 
     pub fn log_text(&self) -> String {

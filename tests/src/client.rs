@@ -13,9 +13,14 @@ pub const TIMEOUT: Duration = Duration::from_secs(3);
 
 /// One HTTP/1.0 request on a new connection; returns the answering backend's name.
 pub fn http_get(addr: SocketAddr) -> Result<String> {
+    http_get_path(addr, "/")
+}
+
+/// One HTTP/1.0 GET of `path`; returns the body, trimmed.
+pub fn http_get_path(addr: SocketAddr, path: &str) -> Result<String> {
     let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT).with_context(|| format!("connect {addr}"))?;
     stream.set_read_timeout(Some(TIMEOUT))?;
-    stream.write_all(b"GET / HTTP/1.0\r\nHost: swarmlb\r\n\r\n")?;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: swarmlb\r\n\r\n").as_bytes())?;
     let mut response = String::new();
     stream.read_to_string(&mut response).with_context(|| format!("read from {addr}"))?;
     let body = response.split("\r\n\r\n").nth(1).with_context(|| format!("no HTTP body: {response:?}"))?;

@@ -9,11 +9,16 @@ use std::{
 use anyhow::{Result, bail};
 
 /// Polls `done` every 100 ms until it holds, for at most 15 s.
-pub fn wait_until(what: &str, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(15);
+pub fn wait_until(what: &str, done: impl FnMut() -> Result<bool>) -> Result<()> {
+    wait_up_to(Duration::from_secs(15), what, done)
+}
+
+/// Polls `done` every 100 ms until it holds, for at most `limit`.
+pub fn wait_up_to(limit: Duration, what: &str, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + limit;
     while !done()? {
         if Instant::now() > deadline {
-            bail!("timed out waiting for {what}");
+            bail!("timed out after {limit:?} waiting for {what}");
         }
         thread::sleep(Duration::from_millis(100));
     }

@@ -2,23 +2,33 @@
 //! tasks and overlays through the Engine API and serves their published ports in XDP. Needs root
 //! and a running Engine; every address Docker hands out here is inside 198.18.0.0/15.
 
-use std::{collections::BTreeMap, net::SocketAddr, sync::Mutex};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Mutex, time::Duration};
 
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use tests::{
     agent::{Agent, Placement, unload_at},
-    client::{EchoConn, http_get, udp_ask},
+    client::{EchoConn, http_get, http_get_path, udp_ask},
     docker::{DockerSwarm, HOST_IFACE, HostClient, SharedRoot, Stack, create_overlay, create_service, docker, wait_running},
     netns::Netns,
-    poll::wait_until,
+    poll::{wait_until, wait_up_to},
 };
 
 /// One Engine: one test at a time.
 static ENGINE: Mutex<()> = Mutex::new(());
 
 fn placement(tag: &str) -> Placement {
-    Placement { node: None, pin_dir: Some(format!("/sys/fs/bpf/slbt-{tag}")) }
+    Placement { pin_dir: Some(format!("/sys/fs/bpf/slbt-{tag}")), ..Placement::default() }
+}
+
+const METRICS_ADDR: &str = "127.0.0.1:19720";
+
+/// The sum of every sample of `metric` whose labels contain `label`, from a Prometheus text page.
+fn metric_sum(page: &str, metric: &str, label: &str) -> f64 {
+    page.lines()
+        .filter(|l| l.starts_with(metric) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// Backends `agent` has programmed for `service` with a weight above 0, as name -> addr.
@@ -70,7 +80,7 @@ fn published_udp_and_label_opted_dnsrr_services_answer_through_xdp() -> Result<(
         wait_running(service, replicas)?;
     }
     let client = HostClient::new()?;
-    let placement = placement("published");
+    let placement = Placement { metrics_addr: Some(METRICS_ADDR.into()), ..placement("published") };
     unload_at(&placement)?;
     let agent = Agent::start_docker(&placement, &[HOST_IFACE], None, 3)?;
     for (service, replicas) in [("slbt-web", 3), ("slbt-udp", 2), ("slbt-rr", 2)] {
@@ -98,6 +108,13 @@ fn published_udp_and_label_opted_dnsrr_services_answer_through_xdp() -> Result<(
 
     let status = agent.status()?;
     ensure!(xdp_forwarded(&status) >= 180 * 3, "XDP forwarded too little: {}", status["reasons"]);
+
+    let metrics_addr: SocketAddr = METRICS_ADDR.parse()?;
+    let page = http_get_path(metrics_addr, "/metrics")?;
+    let web_flows = metric_sum(&page, "swarmlb_backend_new_flows_total", "service=\"slbt-web\"");
+    ensure!(web_flows == 120.0, "/metrics counts {web_flows} new web connections, the client made 120:\n{page}");
+    ensure!(metric_sum(&page, "swarmlb_sync_ok", "") == 1.0, "/metrics says the last sync failed:\n{page}");
+    ensure!(http_get_path(metrics_addr, "/healthz")?.starts_with("ok"), "/healthz is not ok");
     drop(agent);
     unload_at(&placement)
 }
@@ -119,7 +136,12 @@ fn running_containers(service: &str) -> Result<BTreeMap<String, String>> {
 fn maps_follow_scaling_a_killed_task_and_a_rolling_update() -> Result<()> {
     let _engine = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
     let _swarm = DockerSwarm::ensure()?;
-    let _web = create_service("slbt-scale", "--replicas 3 --publish published=18090,target=8080,protocol=tcp")?;
+    // The test server is PID 1 of a scratch container and ignores SIGTERM: a short grace period
+    // keeps stops quick (a stopping task drains for that long).
+    let _web = create_service(
+        "slbt-scale",
+        "--replicas 3 --stop-grace-period 2s --publish published=18090,target=8080,protocol=tcp",
+    )?;
     wait_running("slbt-scale", 3)?;
     let client = HostClient::new()?;
     let placement = placement("scale");
@@ -165,7 +187,7 @@ fn maps_follow_scaling_a_killed_task_and_a_rolling_update() -> Result<()> {
     // Rolling update: every task replaced, one at a time.
     docker("service update --detach --force --update-parallelism 1 --update-delay 1s slbt-scale")?;
     let before = active_backends(&agent, "slbt-scale")?;
-    wait_until("the rolling update to reach the maps", || {
+    wait_up_to(Duration::from_secs(90), "the rolling update to reach the maps", || {
         let now = active_backends(&agent, "slbt-scale")?;
         Ok(now.len() == 2 && now.values().all(|addr| !before.values().any(|old| old == addr)))
     })?;
