@@ -12,3 +12,4 @@ pub mod swarm_lb;
 pub mod topology;
 pub mod frames;
 pub mod testrun;
+pub mod dind;

@@ -1,0 +1,104 @@
+//! The cross-node case on a real multi-node swarm: three Docker Engines, each in a node container
+//! built from this host's binaries (`tests::dind`), swarmlb following its own node's Engine on
+//! every node (the manager and two workers). Connections entering any node's published port
+//! reach tasks on all three nodes, translated in XDP. Needs root and a running Engine; every
+//! address is inside 198.18.0.0/15.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, ensure};
+use tests::{
+    agent::swarmlb_binary,
+    client::http_get,
+    dind::{DindSwarm, NodeImage, wait_for},
+};
+
+const SERVICE: &str = "slbd-web";
+const PORT: u16 = 18080;
+const TASKS: usize = 6;
+const CONNECTIONS: usize = 90;
+
+#[test]
+fn connections_entering_any_node_reach_tasks_on_every_node_through_xdp() -> Result<()> {
+    let started = Instant::now();
+    let image = NodeImage::build(&swarmlb_binary()?)?;
+    let swarm = DindSwarm::start(&image, 3, &["slb-testsrv:latest"])?;
+    eprintln!("3-node swarm up in {:?}", started.elapsed());
+    swarm.manager().docker(&format!(
+        "service create --quiet --detach --name {SERVICE} --replicas {TASKS} --replicas-max-per-node 2 \
+         --env 'SLB_TASK_NAME={{{{.Service.Name}}}}.{{{{.Task.Slot}}}}' \
+         --publish published={PORT},target=8080,protocol=tcp slb-testsrv:latest 2>/dev/null"
+    ))?;
+    wait_for(&format!("{TASKS} running tasks of {SERVICE}"), Duration::from_secs(90), || {
+        Ok(swarm.task_nodes(SERVICE)?.len() == TASKS)
+    })?;
+    let task_node: BTreeMap<String, String> = swarm.task_nodes(SERVICE)?.into_iter().collect();
+    let all_nodes: BTreeSet<String> = swarm.nodes.iter().map(|n| n.name.clone()).collect();
+    ensure!(
+        task_node.values().cloned().collect::<BTreeSet<_>>() == all_nodes,
+        "tasks are not spread over every node: {task_node:?}"
+    );
+    eprintln!("tasks: {task_node:?}");
+
+    swarm.start_swarmlb()?;
+    for node in &swarm.nodes {
+        wait_for(&format!("{}'s agent to program {TASKS} backends", node.name), Duration::from_secs(30), || {
+            let status = node.swarmlb_status()?;
+            Ok(status["services"].as_array().is_some_and(|services| {
+                services.iter().any(|s| {
+                    s["name"] == SERVICE
+                        && s["backends"]
+                            .as_array()
+                            .is_some_and(|b| b.len() == TASKS && b.iter().all(|b| b["weight"].as_u64() == Some(1)))
+                })
+            }))
+        })
+        .with_context(|| format!("{} agent log:\n{}", node.name, node.swarmlb_log()))?;
+    }
+
+    for (i, node) in swarm.nodes.iter().enumerate() {
+        let frontend = swarm.published(i, PORT);
+        let answers = swarm.client.run(move || -> Result<BTreeMap<String, usize>> {
+            let mut answers = BTreeMap::new();
+            for c in 0..CONNECTIONS {
+                let name = http_get(frontend).with_context(|| format!("connection {c} to {frontend}"))?;
+                *answers.entry(name).or_default() += 1;
+            }
+            Ok(answers)
+        })?;
+        let answers = answers.with_context(|| format!("{} agent log:\n{}", node.name, node.swarmlb_log()))?;
+        let mut by_node: BTreeMap<String, usize> = BTreeMap::new();
+        for (task, count) in &answers {
+            let on = task_node.get(task).with_context(|| format!("answer from unknown task {task:?}: {answers:?}"))?;
+            *by_node.entry(on.clone()).or_default() += count;
+        }
+        eprintln!(
+            "{CONNECTIONS} connections entering {} ({frontend}): tasks {answers:?}, by node {by_node:?}",
+            node.name
+        );
+        ensure!(
+            by_node.keys().cloned().collect::<BTreeSet<_>>() == all_nodes,
+            "connections entering {} did not reach tasks on every node: {by_node:?}",
+            node.name
+        );
+    }
+
+    for node in &swarm.nodes {
+        let status = node.swarmlb_status()?;
+        let reasons = &status["reasons"];
+        let to_backend = reasons["to_backend"].as_u64().unwrap_or(0);
+        let to_client = reasons["to_client"].as_u64().unwrap_or(0);
+        eprintln!("{}: to_backend {to_backend}, to_client {to_client}", node.name);
+        // At least SYN, request and ACK of the close per connection each way.
+        ensure!(
+            to_backend >= 3 * CONNECTIONS as u64 && to_client >= 2 * CONNECTIONS as u64,
+            "{}: XDP forwarded too little: {reasons}",
+            node.name
+        );
+    }
+    eprintln!("done in {:?}", started.elapsed());
+    Ok(())
+}
