@@ -1,13 +1,17 @@
-//! Test clients: HTTP and UDP requests that return the name of the backend that answered, and a
-//! long-lived echo connection. Call them on a thread inside the client namespace (`Netns::run`).
+//! Test clients: HTTP and UDP requests that return the name of the backend that answered, spreads
+//! of many of them counted per backend, and a long-lived echo connection. The single requests run
+//! on a thread inside the client namespace (`Netns::run`); the spreads enter it themselves.
 
 use std::{
+    collections::BTreeMap,
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpStream, UdpSocket},
     time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
+
+use crate::netns::Netns;
 
 pub const TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -75,4 +79,29 @@ impl EchoConn {
         }
         Ok(())
     }
+}
+
+/// Opens `count` HTTP connections to `frontend` from inside `ns` and counts answers per backend;
+/// the first failed connection fails the whole spread.
+pub fn http_spread(ns: &Netns, frontend: SocketAddr, count: usize) -> Result<BTreeMap<String, usize>> {
+    ns.run(move || -> Result<BTreeMap<String, usize>> {
+        let mut answers = BTreeMap::new();
+        for i in 0..count {
+            let name = http_get(frontend).with_context(|| format!("connection {i} to {frontend}"))?;
+            *answers.entry(name).or_default() += 1;
+        }
+        Ok(answers)
+    })?
+}
+
+/// Sends `count` UDP requests to `frontend` from inside `ns` and counts answers per backend.
+pub fn udp_spread(ns: &Netns, frontend: SocketAddr, count: usize) -> Result<BTreeMap<String, usize>> {
+    ns.run(move || -> Result<BTreeMap<String, usize>> {
+        let mut answers = BTreeMap::new();
+        for i in 0..count {
+            let name = udp_ask(frontend, &format!("question-{i}")).with_context(|| format!("request {i} to {frontend}"))?;
+            *answers.entry(name).or_default() += 1;
+        }
+        Ok(answers)
+    })?
 }

@@ -8,9 +8,8 @@ use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use tests::{
     agent::{Agent, Placement, unload_at},
-    client::{EchoConn, http_get, http_get_path, udp_ask},
+    client::{EchoConn, http_get_path, http_spread, udp_spread},
     docker::{DockerSwarm, HOST_IFACE, HostClient, SharedRoot, Stack, create_overlay, create_service, docker, wait_running},
-    netns::Netns,
     poll::{wait_until, wait_up_to},
 };
 
@@ -50,17 +49,6 @@ fn wait_for_backends(agent: &Agent, service: &str, count: usize) -> Result<()> {
     wait_until(&format!("{service} to have {count} backends"), || Ok(active_backends(agent, service)?.len() == count))
 }
 
-fn http_spread(ns: &Netns, frontend: SocketAddr, count: usize) -> Result<BTreeMap<String, usize>> {
-    ns.run(move || -> Result<BTreeMap<String, usize>> {
-        let mut answers = BTreeMap::new();
-        for i in 0..count {
-            let name = http_get(frontend).with_context(|| format!("connection {i} to {frontend}"))?;
-            *answers.entry(name).or_default() += 1;
-        }
-        Ok(answers)
-    })?
-}
-
 fn xdp_forwarded(status: &Value) -> u64 {
     status["reasons"]["to_backend"].as_u64().unwrap_or(0)
 }
@@ -95,14 +83,7 @@ fn published_udp_and_label_opted_dnsrr_services_answer_through_xdp() -> Result<(
     eprintln!("60 connections to the label-published dnsrr service: {rr:?}");
     ensure!(rr.len() == 2 && rr.keys().all(|k| k.starts_with("slbt-rr.")), "dnsrr answers: {rr:?}");
 
-    let frontend = client.published(18053);
-    let udp = client.ns.run(move || -> Result<BTreeMap<String, usize>> {
-        let mut answers = BTreeMap::new();
-        for i in 0..40 {
-            *answers.entry(udp_ask(frontend, &format!("q{i}"))?).or_default() += 1;
-        }
-        Ok(answers)
-    })??;
+    let udp = udp_spread(&client.ns, client.published(18053), 40)?;
     eprintln!("40 UDP requests: {udp:?}");
     ensure!(udp.len() == 2, "UDP answers: {udp:?}");
 
@@ -193,6 +174,13 @@ fn maps_follow_scaling_a_killed_task_and_a_rolling_update() -> Result<()> {
     })?;
     let answers = http_spread(&client.ns, frontend, 60)?;
     ensure!(answers.values().sum::<usize>() == 60, "after the rolling update: {answers:?}");
+    // Reported, never asserted: how long after each Engine event the maps were written.
+    let lags: Vec<String> = agent
+        .log_text()
+        .lines()
+        .filter_map(|l| l.split("synced in ").nth(1).map(|rest| rest.split(' ').next().unwrap_or("").to_string()))
+        .collect();
+    eprintln!("event -> maps written, ms: {}", lags.join(" "));
     drop(agent);
     unload_at(&placement)
 }

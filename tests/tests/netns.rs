@@ -15,7 +15,7 @@ use serde_json::Value;
 use tests::{
     poll::wait_until,
     agent::{self, Agent},
-    client::{EchoConn, http_get, udp_ask},
+    client::{EchoConn, http_spread, udp_spread},
     netns::sh,
     topology::{self, LB_FRONT_ADDR, SingleNode, backend_name},
 };
@@ -52,17 +52,9 @@ fn active_backends(service_name: &str) -> Result<Vec<String>> {
         .collect())
 }
 
-/// Opens `count` HTTP connections to `port` from the client and counts answers per backend.
+/// Opens `count` HTTP connections to `port` of the load balancer and counts answers per backend.
 fn spread(topo: &SingleNode, port: u16, count: usize) -> Result<BTreeMap<String, usize>> {
-    let frontend = topo.frontend(port);
-    topo.client.run(move || -> Result<BTreeMap<String, usize>> {
-        let mut answers = BTreeMap::new();
-        for i in 0..count {
-            let name = http_get(frontend).with_context(|| format!("connection {i} to {frontend}"))?;
-            *answers.entry(name).or_default() += 1;
-        }
-        Ok(answers)
-    })?
+    http_spread(&topo.client, topo.frontend(port), count)
 }
 
 #[test]
@@ -83,14 +75,7 @@ fn spreads_tcp_connections_answers_udp_and_counts_what_it_did() -> Result<()> {
     let published = spread(&topo, 8080, 30)?;
     ensure!(published.values().sum::<usize>() == 30, "published port answers: {published:?}");
 
-    let frontend = topo.frontend(53);
-    let udp_answers = topo.client.run(move || -> Result<BTreeMap<String, usize>> {
-        let mut answers = BTreeMap::new();
-        for i in 0..30 {
-            *answers.entry(udp_ask(frontend, &format!("question-{i}"))?).or_default() += 1;
-        }
-        Ok(answers)
-    })??;
+    let udp_answers = udp_spread(&topo.client, topo.frontend(53), 30)?;
     eprintln!("30 UDP requests: {udp_answers:?}");
     ensure!(udp_answers.len() >= 2, "UDP went to one backend only: {udp_answers:?}");
 

@@ -8,7 +8,7 @@ use aya::maps::{Array, Map, MapData};
 use lb_common::maps::MAGLEV_SIZE;
 use tests::{
     poll::wait_until,
-    client::{EchoConn, http_get, udp_ask},
+    client::{EchoConn, http_get, http_spread, udp_spread},
     swarm::{Network, Swarm},
     swarm_config::ServiceSpec,
     swarm_lb::SwarmLb,
@@ -46,16 +46,8 @@ fn swarm_with_tasks() -> Result<SwarmLb> {
     SwarmLb::start(swarm, services())
 }
 
-fn http_spread(lb: &SwarmLb, node: usize, count: usize) -> Result<BTreeMap<String, usize>> {
-    let frontend = lb.published(node, WEB_PORT);
-    lb.swarm.clients[0].run(move || -> Result<BTreeMap<String, usize>> {
-        let mut answers = BTreeMap::new();
-        for i in 0..count {
-            let name = http_get(frontend).with_context(|| format!("connection {i} to {frontend}"))?;
-            *answers.entry(name).or_default() += 1;
-        }
-        Ok(answers)
-    })?
+fn web_spread(lb: &SwarmLb, node: usize, count: usize) -> Result<BTreeMap<String, usize>> {
+    http_spread(&lb.swarm.clients[0], lb.published(node, WEB_PORT), count)
 }
 
 /// The builder itself: every node's load-balancer endpoint reaches tasks on every node over
@@ -83,7 +75,7 @@ fn connections_entering_any_node_reach_tasks_on_every_node() -> Result<()> {
     let lb = swarm_with_tasks()?;
     let mut total: BTreeMap<String, usize> = BTreeMap::new();
     for node in 0..3 {
-        let answers = http_spread(&lb, node, 600)?;
+        let answers = web_spread(&lb, node, 600)?;
         eprintln!("600 connections entering node-{}: {answers:?}", node + 1);
         ensure!(answers.len() == 6, "entering node-{}, not every task answered: {answers:?}", node + 1);
         for (task, count) in answers {
@@ -107,14 +99,7 @@ fn udp_requests_reach_remote_tasks() -> Result<()> {
     let _one = SWARM.lock().unwrap_or_else(|e| e.into_inner());
     let lb = swarm_with_tasks()?;
     for node in 0..3 {
-        let frontend = lb.published(node, DNS_PORT);
-        let answers = lb.swarm.clients[0].run(move || -> Result<BTreeMap<String, usize>> {
-            let mut answers = BTreeMap::new();
-            for i in 0..60 {
-                *answers.entry(udp_ask(frontend, &format!("q{i}"))?).or_default() += 1;
-            }
-            Ok(answers)
-        })??;
+        let answers = udp_spread(&lb.swarm.clients[0], lb.published(node, DNS_PORT), 60)?;
         eprintln!("60 UDP requests entering node-{}: {answers:?}", node + 1);
         ensure!(answers.len() == 3, "entering node-{}, not every dns task answered: {answers:?}", node + 1);
     }
@@ -213,7 +198,7 @@ fn a_removed_task_gets_no_new_connections_and_none_fail() -> Result<()> {
         (0..3).try_fold(true, |all, node| Ok(all && !lb.active_backends(node, "web")?.contains(&"web.2".to_string())))
     })?;
     for node in 0..3 {
-        let answers = http_spread(&lb, node, 100)?;
+        let answers = web_spread(&lb, node, 100)?;
         ensure!(!answers.contains_key("web.2"), "entering node-{}: removed task answered: {answers:?}", node + 1);
         ensure!(answers.len() == 5, "entering node-{}: {answers:?}", node + 1);
     }
