@@ -204,6 +204,15 @@ impl Datapath {
         Ok(out)
     }
 
+    /// Asserts the complete set of non-zero reason counters.
+    pub fn assert_reasons(&self, expected: &[(Reason, u64)]) {
+        let mut want: Vec<(&str, u64)> = expected.iter().map(|(r, n)| (r.name(), *n)).collect();
+        want.sort();
+        let mut got = self.reasons().expect("reading slb_reasons");
+        got.sort();
+        assert_eq!(got, want, "reason counters");
+    }
+
     fn traffic(&self, map: &str, id: u32) -> Result<Traffic> {
         let values = self.per_cpu::<Traffic>(map)?.get(&id, 0)?;
         Ok(values.iter().fold(Traffic::default(), |a, t| Traffic {

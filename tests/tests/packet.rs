@@ -64,15 +64,6 @@ impl Env {
     fn count(&self, r: Reason) -> u64 {
         self.dp.reason(r).unwrap()
     }
-
-    /// Asserts the complete set of non-zero reason counters.
-    fn assert_reasons(&self, expected: &[(Reason, u64)]) {
-        let mut want: Vec<(&str, u64)> = expected.iter().map(|(r, n)| (r.name(), *n)).collect();
-        want.sort();
-        let mut got = self.dp.reasons().unwrap();
-        got.sort();
-        assert_eq!(got, want, "reason counters");
-    }
 }
 
 fn client_syn(sport: u16) -> Spec {
@@ -132,7 +123,7 @@ fn tcp_syn_is_translated_to_backend_and_reply_back_to_client() {
     assert_eq!((r.src_mac, r.dst_mac), (LAN_MAC, CLIENT_MAC_50));
     assert_eq!(r.flags, SYN | ACK);
 
-    e.assert_reasons(&[(Reason::ToBackend, 2), (Reason::ToClient, 1)]);
+    e.dp.assert_reasons(&[(Reason::ToBackend, 2), (Reason::ToClient, 1)]);
     let bytes = (syn.len() + ack.build().len() + reply.build().len()) as u64;
     let svc = e.dp.service_traffic(SVC).unwrap();
     assert_eq!((svc.packets, svc.bytes, svc.new_flows), (3, bytes, 1));
@@ -155,7 +146,7 @@ fn backend_on_another_managed_link_is_redirected() {
     assert_eq!(out.action, XDP_REDIRECT);
     let r = translated(&out);
     assert_eq!((r.src, r.sport, r.dst, r.dport, r.dst_mac), (VIP, FE_PORT, CLIENT, 40001, CLIENT_MAC_50));
-    e.assert_reasons(&[(Reason::ToBackend, 1), (Reason::ToClient, 1)]);
+    e.dp.assert_reasons(&[(Reason::ToBackend, 1), (Reason::ToClient, 1)]);
     assert_eq!(e.dp.backend_traffic(7).unwrap().packets, 2);
 }
 
@@ -186,7 +177,7 @@ fn established_flow_keeps_its_backend_after_backend_and_frontend_removal() {
     // ... while a new connection to it is no longer balanced.
     let out = e.run(&client_syn(40004).build());
     assert_eq!((out.action, out.frame), (XDP_PASS, client_syn(40004).build()));
-    e.assert_reasons(&[(Reason::ToBackend, 4), (Reason::PassNoFrontend, 1)]);
+    e.dp.assert_reasons(&[(Reason::ToBackend, 4), (Reason::PassNoFrontend, 1)]);
 }
 
 #[test]
@@ -212,7 +203,7 @@ fn udp_with_and_without_checksum() {
     let reply = Spec::udp(BACKEND_LAN, 5353, LB_LAN, q.sport).macs(BACKEND_LAN_MAC, LAN_MAC).no_udp_checksum().build();
     let r = translated(&e.run(&reply));
     assert_eq!((r.src, r.sport, r.dst, r.dport, r.udp_checksum), (VIP, 53, CLIENT, 50001, 0));
-    e.assert_reasons(&[(Reason::ToBackend, 2), (Reason::ToClient, 2)]);
+    e.dp.assert_reasons(&[(Reason::ToBackend, 2), (Reason::ToClient, 2)]);
     assert_eq!(e.dp.service_traffic(SVC).unwrap().new_flows, 2);
 }
 
@@ -253,7 +244,7 @@ fn any_local_address_frontend() {
     let stray = Spec::tcp(CLIENT, 41001, [198, 18, 0, 77], 8443, SYN).macs(CLIENT_MAC_50, LAN_MAC).build();
     let out = e.run(&stray);
     assert_eq!((out.action, &out.frame), (XDP_PASS, &stray));
-    e.assert_reasons(&[(Reason::ToBackend, 1), (Reason::ToClient, 1), (Reason::PassNoFrontend, 1)]);
+    e.dp.assert_reasons(&[(Reason::ToBackend, 1), (Reason::ToClient, 1), (Reason::PassNoFrontend, 1)]);
 }
 
 #[test]
@@ -285,7 +276,7 @@ fn service_without_backend_drops_new_connections() {
     // Active backends but an empty Maglev table (slot 0): dropped as well.
     e.dp.set_service(SVC, Service { snat_addr: LB_LAN, flags: 0, active_backends: 1, mss: 0, _pad: 0 }).unwrap();
     assert_eq!(e.run(&client_syn(43001).build()).action, XDP_DROP);
-    e.assert_reasons(&[(Reason::DropNoBackend, 2)]);
+    e.dp.assert_reasons(&[(Reason::DropNoBackend, 2)]);
     assert!(e.dp.flows().unwrap().is_empty(), "no connection created");
 }
 
@@ -316,7 +307,7 @@ fn unrelated_traffic_passes_byte_for_byte() {
         assert_eq!(&out.frame, frame, "frame {i} unchanged");
         assert_eq!(e.count(*reason), before + 1, "frame {i} counted as {}", reason.name());
     }
-    e.assert_reasons(&[(Reason::PassNoFrontend, 5), (Reason::PassNotIpv4, 2), (Reason::PassNotTcpUdp, 1), (Reason::PassNoConnection, 2)]);
+    e.dp.assert_reasons(&[(Reason::PassNoFrontend, 5), (Reason::PassNotIpv4, 2), (Reason::PassNotTcpUdp, 1), (Reason::PassNoConnection, 2)]);
     assert!(e.dp.flows().unwrap().is_empty());
 }
 
@@ -383,7 +374,7 @@ fn malformed_headers_are_counted_and_follow_the_policy() {
             }
             assert_eq!(e.count(*reason), before + 1, "{what} counted as {}", reason.name());
         }
-        e.assert_reasons(&[(Reason::MalformedIpv4, 5), (Reason::MalformedTcp, 4), (Reason::MalformedUdp, 2)]);
+        e.dp.assert_reasons(&[(Reason::MalformedIpv4, 5), (Reason::MalformedTcp, 4), (Reason::MalformedUdp, 2)]);
         assert!(e.dp.flows().unwrap().is_empty());
     }
 }
@@ -431,7 +422,7 @@ fn fragments_ip_options_and_ttl_expiry_are_passed_untouched() {
     let ack1 = Spec::tcp(CLIENT, 46002, VIP, FE_PORT, ACK).macs(CLIENT_MAC_50, LAN_MAC).ttl(1).build();
     let out = e.run(&ack1);
     assert_eq!((out.action, &out.frame), (XDP_PASS, &ack1));
-    e.assert_reasons(&[(Reason::PassFragment, 2), (Reason::PassIpOptions, 1), (Reason::PassTtlExpired, 2), (Reason::ToBackend, 1)]);
+    e.dp.assert_reasons(&[(Reason::PassFragment, 2), (Reason::PassIpOptions, 1), (Reason::PassTtlExpired, 2), (Reason::ToBackend, 1)]);
 }
 
 #[test]
@@ -477,7 +468,7 @@ fn fin_and_rst_age_out_the_connection() {
     let rev2 = key(BACKEND_LAN, BE_PORT, LB_LAN, p2.sport, PROTO_TCP);
     assert_eq!(e.dp.flow(&rev2).unwrap().unwrap().tcp_state, TCP_RST);
 
-    e.assert_reasons(&[(Reason::ToBackend, 4), (Reason::ToClient, 1), (Reason::PassNoConnection, 1), (Reason::PassNoFrontend, 1)]);
+    e.dp.assert_reasons(&[(Reason::ToBackend, 4), (Reason::ToClient, 1), (Reason::PassNoConnection, 1), (Reason::PassNoFrontend, 1)]);
     assert_eq!(e.dp.service_traffic(SVC).unwrap().new_flows, 2);
 }
 
@@ -504,7 +495,7 @@ fn snat_port_exhaustion_drops_and_idle_ports_are_reused() {
     e.dp.set_flow(rev, f).unwrap();
     let c = translated(&e.run(&client_syn(48002).build()));
     assert_eq!(c.sport, a.sport);
-    e.assert_reasons(&[(Reason::ToBackend, 3), (Reason::DropPortsExhausted, 1)]);
+    e.dp.assert_reasons(&[(Reason::ToBackend, 3), (Reason::DropPortsExhausted, 1)]);
 }
 
 #[test]
@@ -524,7 +515,7 @@ fn unmanaged_egress_and_missing_neighbour_go_to_the_kernel_translated() {
     let syn = Spec::tcp(CLIENT, 49000, VIP, 82, SYN).macs(CLIENT_MAC_50, LAN_MAC).build();
     let out = e.run(&syn);
     assert_eq!((out.action, &out.frame), (XDP_PASS, &syn), "no route: untranslated");
-    e.assert_reasons(&[(Reason::TranslatedToKernel, 2), (Reason::PassNoRoute, 1)]);
+    e.dp.assert_reasons(&[(Reason::TranslatedToKernel, 2), (Reason::PassNoRoute, 1)]);
     assert_eq!(e.dp.service_traffic(SVC).unwrap().packets, 1);
     assert_eq!(e.dp.service_traffic(3).unwrap().packets, 0);
 }
@@ -546,7 +537,7 @@ fn packet_too_big_for_egress_mtu_is_passed_untranslated() {
     let big = Spec::tcp(CLIENT, 49500, VIP, FE_PORT, ACK).macs(CLIENT_MAC_50, LAN_MAC).payload(&[0x5a; 1100]).build();
     let out = e.run(&big);
     assert_eq!((out.action, &out.frame), (XDP_PASS, &big), "the cached next hop's MTU says so");
-    e.assert_reasons(&[(Reason::PassTooBig, 2), (Reason::ToBackend, 1)]);
+    e.dp.assert_reasons(&[(Reason::PassTooBig, 2), (Reason::ToBackend, 1)]);
 }
 
 #[test]
@@ -556,7 +547,7 @@ fn pass_program_passes_everything() {
         let out = e.dp.run_prog(lb_common::maps::PROG_PASS, &frame, e.net.lan.ifindex, 1).unwrap();
         assert_eq!((out.action, &out.frame), (XDP_PASS, &frame));
     }
-    e.assert_reasons(&[]);
+    e.dp.assert_reasons(&[]);
 }
 
 #[test]
