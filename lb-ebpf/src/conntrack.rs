@@ -114,6 +114,28 @@ pub fn touch_flow(flow: *mut Flow, pkt: &Packet, now: u64) {
     }
 }
 
+/// Whether `pkt` opens a new connection on the tuple of `flow`, a client-side entry whose
+/// connection has seen FIN or RST: a SYN there means the client reuses its port (a NAT in front
+/// of it, or a busy client), and the old backend may be gone or have moved on.
+#[inline(always)]
+pub fn is_reopened_by(flow: *mut Flow, pkt: &Packet) -> bool {
+    // SAFETY: map value pointer from find_flow.
+    let f = unsafe { &*flow };
+    pkt.key.proto == PROTO_TCP
+        && pkt.is_syn_without_ack()
+        && f.direction == DIR_TO_BACKEND
+        && f.tcp_state != TCP_OPEN
+}
+
+/// Removes both entries of the connection `flow` (found under `key`), freeing its SNAT port.
+#[inline(always)]
+pub fn retire_flow(key: &FlowKey, flow: *mut Flow) {
+    // SAFETY: map value pointer from find_flow; read before the entries are removed.
+    let peer = peer_key(unsafe { &*flow }, key.proto);
+    let _ = CONNTRACK_MAP.remove(&peer);
+    let _ = CONNTRACK_MAP.remove(key);
+}
+
 /// A connection about to be created: both entries' values, before insertion.
 pub struct NewFlow {
     pub forward: Flow,

@@ -56,9 +56,13 @@ fn balance(ctx: &XdpContext) -> Verdict {
     if !select::port_has_frontend(&pkt.key) {
         return not_for_a_frontend(ctx, &pkt, &settings);
     }
-    // An established connection keeps its backend, even if its frontend or backend is gone.
+    // An established connection keeps its backend, even if its frontend or backend is gone. A
+    // SYN on a closing one is the client reusing its port: a new connection, balanced afresh.
     if let Some(flow) = conntrack::find_flow(&pkt.key, now) {
-        return forward_tracked(ctx, &pkt, flow, now);
+        if !conntrack::is_reopened_by(flow, &pkt) {
+            return forward_tracked(ctx, &pkt, flow, now);
+        }
+        conntrack::retire_flow(&pkt.key, flow);
     }
     let Some(service_id) = select::find_service(&pkt.key) else {
         return not_for_a_frontend(ctx, &pkt, &settings);

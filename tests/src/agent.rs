@@ -16,6 +16,8 @@ use crate::netns::{Netns, sh, sibling_binary};
 pub struct Agent {
     child: Option<Child>,
     pub log: PathBuf,
+    /// Where this process's lines start in `log`, which earlier runs may have appended to.
+    log_start: usize,
     /// Where its datapath is pinned; `None` for the default directory.
     pub pin_dir: Option<String>,
 }
@@ -114,8 +116,9 @@ impl Agent {
     fn launch(mut cmd: std::process::Command, name: &str, placement: &Placement, services: usize) -> Result<Agent> {
         let log = std::env::temp_dir().join(format!("{name}-swarmlb.log"));
         let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let log_start = log_file.metadata()?.len() as usize;
         let child = cmd.env("RUST_LOG", "info").stdout(Stdio::null()).stderr(log_file).spawn()?;
-        let mut agent = Agent { child: Some(child), log, pin_dir: placement.pin_dir.clone() };
+        let mut agent = Agent { child: Some(child), log, log_start, pin_dir: placement.pin_dir.clone() };
         agent.wait_for_services(services)?;
         Ok(agent)
     }
@@ -146,8 +149,22 @@ impl Agent {
         status_at(&Placement { pin_dir: self.pin_dir.clone(), ..Placement::default() })
     }
 
+    /// What this agent process has logged so far.
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        let text = std::fs::read(&self.log).unwrap_or_default();
+        String::from_utf8_lossy(text.get(self.log_start..).unwrap_or_default()).into_owned()
+    }
+
+    /// What to look at when traffic through this agent failed: its last log lines, the reason
+    /// counters and what it has programmed.
+    pub fn diagnosis(&self) -> String {
+        let log = self.log_text();
+        let lines: Vec<&str> = log.lines().collect();
+        let status = match self.status() {
+            Ok(status) => format!("reasons: {}\nservices: {}", status["reasons"], status["services"]),
+            Err(e) => format!("no status: {e:#}"),
+        };
+        format!("{status}\nswarmlb log (last 40 lines):\n{}", lines[lines.len().saturating_sub(40)..].join("\n"))
     }
 
     /// Sends a signal to the agent (e.g. `HUP` to reload).

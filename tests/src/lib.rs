@@ -11,5 +11,6 @@ pub mod swarm_config;
 pub mod swarm_lb;
 pub mod topology;
 pub mod frames;
+pub mod lan;
 pub mod testrun;
 pub mod dind;

@@ -49,6 +49,20 @@ fn wait_for_backends(agent: &Agent, service: &str, count: usize) -> Result<()> {
     wait_until(&format!("{service} to have {count} backends"), || Ok(active_backends(agent, service)?.len() == count))
 }
 
+/// `count` HTTP connections to the published `port`; a failure says what the agent and the
+/// node's overlay plumbing looked like at that moment.
+fn spread(agent: &Agent, client: &HostClient, port: u16, count: usize) -> Result<BTreeMap<String, usize>> {
+    http_spread(&client.ns, client.published(port), count).with_context(|| {
+        let host = |cmd: &str| tests::netns::sh(cmd).unwrap_or_else(|e| format!("{e:#}"));
+        format!(
+            "{}\nslb links:\n{}\npermanent neighbours:\n{}",
+            agent.diagnosis(),
+            host("ip -br link show | grep slb- || true"),
+            host("ip neigh show nud permanent | grep slb- || true"),
+        )
+    })
+}
+
 fn xdp_forwarded(status: &Value) -> u64 {
     status["reasons"]["to_backend"].as_u64().unwrap_or(0)
 }
@@ -75,11 +89,11 @@ fn published_udp_and_label_opted_dnsrr_services_answer_through_xdp() -> Result<(
         wait_for_backends(&agent, service, replicas)?;
     }
 
-    let web = http_spread(&client.ns, client.published(18080), 120)?;
+    let web = spread(&agent, &client, 18080, 120)?;
     eprintln!("120 connections to the published TCP port: {web:?}");
     ensure!(web.len() == 3 && web.keys().all(|k| k.starts_with("slbt-web.")), "web answers: {web:?}");
 
-    let rr = http_spread(&client.ns, client.published(18081), 60)?;
+    let rr = spread(&agent, &client, 18081, 60)?;
     eprintln!("60 connections to the label-published dnsrr service: {rr:?}");
     ensure!(rr.len() == 2 && rr.keys().all(|k| k.starts_with("slbt-rr.")), "dnsrr answers: {rr:?}");
 
@@ -136,7 +150,7 @@ fn maps_follow_scaling_a_killed_task_and_a_rolling_update() -> Result<()> {
     docker("service scale --detach slbt-scale=5")?;
     wait_running("slbt-scale", 5)?;
     wait_for_backends(&agent, "slbt-scale", 5)?;
-    let answers = http_spread(&client.ns, frontend, 100)?;
+    let answers = spread(&agent, &client, 18090, 100)?;
     ensure!(answers.len() == 5, "after scaling to 5: {answers:?}");
     conn.exchange("after scale up")?;
 
@@ -144,7 +158,7 @@ fn maps_follow_scaling_a_killed_task_and_a_rolling_update() -> Result<()> {
     wait_running("slbt-scale", 2)?;
     wait_for_backends(&agent, "slbt-scale", 2)?;
     let alive = running_containers("slbt-scale")?;
-    let answers = http_spread(&client.ns, frontend, 60)?;
+    let answers = spread(&agent, &client, 18090, 60)?;
     ensure!(answers.keys().all(|k| alive.contains_key(k)), "after scaling to 2: {answers:?}, running {alive:?}");
     if alive.contains_key(&conn.backend) {
         conn.exchange("after scale down")?;
@@ -159,7 +173,7 @@ fn maps_follow_scaling_a_killed_task_and_a_rolling_update() -> Result<()> {
     wait_until("the killed task to leave the maps", || {
         Ok(active_backends(&agent, "slbt-scale")?.values().all(|addr| *addr != killed_addr))
     })?;
-    let answers = http_spread(&client.ns, frontend, 60)?;
+    let answers = spread(&agent, &client, 18090, 60)?;
     ensure!(answers.values().sum::<usize>() == 60, "after a kill: {answers:?}");
     if alive.contains_key(&conn.backend) {
         conn.exchange("after a kill")?;
@@ -172,7 +186,7 @@ fn maps_follow_scaling_a_killed_task_and_a_rolling_update() -> Result<()> {
         let now = active_backends(&agent, "slbt-scale")?;
         Ok(now.len() == 2 && now.values().all(|addr| !before.values().any(|old| old == addr)))
     })?;
-    let answers = http_spread(&client.ns, frontend, 60)?;
+    let answers = spread(&agent, &client, 18090, 60)?;
     ensure!(answers.values().sum::<usize>() == 60, "after the rolling update: {answers:?}");
     // Reported, never asserted: how long after each Engine event the maps were written.
     let lags: Vec<String> = agent
@@ -209,9 +223,8 @@ fn the_datapath_keeps_serving_when_the_engine_stops_answering() -> Result<()> {
         wait_for_backends(&agent, "slbt-frozen", 2)?;
         tests::netns::sh(&format!("kill -STOP {}", relay.id()))?;
         // Frozen for longer than the agent's resync interval would let it notice and retry.
-        let frontend = client.published(18070);
         for round in 0..5 {
-            let answers = http_spread(&client.ns, frontend, 20)?;
+            let answers = spread(&agent, &client, 18070, 20)?;
             ensure!(answers.len() == 2, "round {round} with the Engine frozen: {answers:?}");
             std::thread::sleep(std::time::Duration::from_millis(500));
         }

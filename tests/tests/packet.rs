@@ -4,81 +4,12 @@
 //! `TestNet`) so FIB lookups resolve deterministically. Needs root; fails (never skips) without.
 
 use lb_common::{
-    DIR_TO_BACKEND, DIR_TO_CLIENT, Flow, FlowKey, IDLE_TCP_FIN_S, MALFORMED_DROP, MALFORMED_PASS,
-    PROTO_BIT_TCP, PROTO_BIT_UDP, PROTO_TCP, PROTO_UDP, Reason, SERVICE_STICKY, Service, Settings,
-    TCP_FIN, TCP_OPEN, TCP_RST,
+    DIR_TO_BACKEND, DIR_TO_CLIENT, MALFORMED_DROP, MALFORMED_PASS, PROTO_TCP, PROTO_UDP, Reason,
+    SERVICE_STICKY, Service, Settings, TCP_OPEN,
     hash::{client_hash, flow_hash},
     maps::MAGLEV_SIZE,
 };
-use tests::{frames::*, testrun::*};
-
-const VIP: [u8; 4] = [198, 18, 0, 10];
-const FE_PORT: u16 = 80;
-const BE_PORT: u16 = 8080;
-const SVC: u32 = 1;
-const SNAT_MIN: u16 = 20000;
-const SNAT_MAX: u16 = 20999;
-
-struct Env {
-    net: TestNet,
-    dp: Datapath,
-}
-
-/// A fresh namespace and datapath with the default settings, both test interfaces managed.
-fn env() -> Env {
-    let net = TestNet::enter().expect("test network namespace (run as root)");
-    let mut dp = Datapath::load().expect("load the datapath (run as root with BPF)");
-    dp.add_tx_port(net.lan.ifindex).unwrap();
-    dp.add_tx_port(net.dc.ifindex).unwrap();
-    dp.set_settings(Settings { malformed_policy: MALFORMED_PASS, snat_port_min: SNAT_MIN, snat_port_max: SNAT_MAX, vxlan_port: 0, _pad: 0 })
-        .unwrap();
-    Env { net, dp }
-}
-
-impl Env {
-    /// A service with one frontend and backends `(id, addr, port)`, Maglev slots cycling over them.
-    fn service(&mut self, id: u32, fe: ([u8; 4], u16, u8), snat: [u8; 4], flags: u32, backends: &[(u32, [u8; 4], u16)]) {
-        let (addr, port, proto) = fe;
-        let bit = if proto == PROTO_TCP { PROTO_BIT_TCP } else { PROTO_BIT_UDP };
-        self.dp.set_fe_port(port, bit).unwrap();
-        self.dp.set_frontend(addr, port, proto, id).unwrap();
-        self.dp
-            .set_service(id, Service { snat_addr: snat, flags, active_backends: backends.len() as u32, mss: 0, _pad: 0 })
-            .unwrap();
-        for (bid, baddr, bport) in backends {
-            self.dp.set_backend(*bid, *baddr, *bport).unwrap();
-        }
-        let ids: Vec<u32> = backends.iter().map(|b| b.0).collect();
-        self.dp.set_maglev(id, &ids).unwrap();
-    }
-
-    /// The usual TCP service: VIP:80 -> backend 1 on the LAN, SNAT to the LB's LAN address.
-    fn web(&mut self) {
-        self.service(SVC, (VIP, FE_PORT, PROTO_TCP), LB_LAN, 0, &[(1, BACKEND_LAN, BE_PORT)]);
-    }
-
-    fn run(&self, frame: &[u8]) -> Outcome {
-        self.dp.run(frame, self.net.lan.ifindex).expect("test run")
-    }
-
-    fn count(&self, r: Reason) -> u64 {
-        self.dp.reason(r).unwrap()
-    }
-}
-
-fn client_syn(sport: u16) -> Spec {
-    Spec::tcp(CLIENT, sport, VIP, FE_PORT, SYN).macs(CLIENT_MAC_50, LAN_MAC)
-}
-
-const CLIENT_MAC_50: [u8; 6] = [0x02, 0, 0, 0, 0, 50];
-
-fn key(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, proto: u8) -> FlowKey {
-    FlowKey { src_addr: src, dst_addr: dst, src_port: sport, dst_port: dport, proto, _pad: [0; 3] }
-}
-
-fn translated(out: &Outcome) -> Parsed {
-    parse_and_verify(&out.frame).expect("output frame with valid checksums")
-}
+use tests::{frames::*, lan::*, testrun::*};
 
 #[test]
 fn tcp_syn_is_translated_to_backend_and_reply_back_to_client() {
@@ -423,79 +354,6 @@ fn fragments_ip_options_and_ttl_expiry_are_passed_untouched() {
     let out = e.run(&ack1);
     assert_eq!((out.action, &out.frame), (XDP_PASS, &ack1));
     e.dp.assert_reasons(&[(Reason::PassFragment, 2), (Reason::PassIpOptions, 1), (Reason::PassTtlExpired, 2), (Reason::ToBackend, 1)]);
-}
-
-#[test]
-fn fin_and_rst_age_out_the_connection() {
-    let mut e = env();
-    e.web();
-    let fwd_key = key(CLIENT, 47000, VIP, FE_PORT, PROTO_TCP);
-    let p = translated(&e.run(&client_syn(47000).build()));
-    let rev_key = key(BACKEND_LAN, BE_PORT, LB_LAN, p.sport, PROTO_TCP);
-
-    let fin = Spec::tcp(CLIENT, 47000, VIP, FE_PORT, FIN | ACK).macs(CLIENT_MAC_50, LAN_MAC).build();
-    assert_eq!(translated(&e.run(&fin)).flags, FIN | ACK);
-    assert_eq!(e.dp.flow(&fwd_key).unwrap().unwrap().tcp_state, TCP_FIN);
-    assert_eq!(e.dp.flow(&rev_key).unwrap().unwrap().tcp_state, TCP_FIN, "peer entry learns the FIN too");
-
-    // Still within IDLE_TCP_FIN_S: the backend's FIN goes through.
-    let fin_back = Spec::tcp(BACKEND_LAN, BE_PORT, LB_LAN, p.sport, FIN | ACK).macs(BACKEND_LAN_MAC, LAN_MAC).build();
-    assert_eq!(translated(&e.run(&fin_back)).dst, CLIENT);
-
-    // Age both entries past the FIN timeout: the connection is gone.
-    let old = monotonic_ns() - (IDLE_TCP_FIN_S + 1) * 1_000_000_000;
-    for k in [fwd_key, rev_key] {
-        let mut f: Flow = e.dp.flow(&k).unwrap().unwrap();
-        f.last_seen_ns = old;
-        e.dp.set_flow(k, f).unwrap();
-    }
-    let ack = Spec::tcp(CLIENT, 47000, VIP, FE_PORT, ACK).macs(CLIENT_MAC_50, LAN_MAC).build();
-    let out = e.run(&ack);
-    assert_eq!((out.action, &out.frame), (XDP_PASS, &ack));
-    let out = e.run(&fin_back);
-    assert_eq!((out.action, &out.frame), (XDP_PASS, &fin_back), "expired reply is not translated");
-
-    // A new SYN on the same tuple makes a new connection.
-    let p2 = translated(&e.run(&client_syn(47000).build()));
-    assert_eq!(p2.dst, BACKEND_LAN);
-    let f = e.dp.flow(&fwd_key).unwrap().unwrap();
-    assert_eq!((f.tcp_state, f.new_src_port), (TCP_OPEN, p2.sport));
-
-    // RST moves both entries to the RST state.
-    let rst = Spec::tcp(CLIENT, 47000, VIP, FE_PORT, RST).macs(CLIENT_MAC_50, LAN_MAC).build();
-    translated(&e.run(&rst));
-    assert_eq!(e.dp.flow(&fwd_key).unwrap().unwrap().tcp_state, TCP_RST);
-    let rev2 = key(BACKEND_LAN, BE_PORT, LB_LAN, p2.sport, PROTO_TCP);
-    assert_eq!(e.dp.flow(&rev2).unwrap().unwrap().tcp_state, TCP_RST);
-
-    e.dp.assert_reasons(&[(Reason::ToBackend, 4), (Reason::ToClient, 1), (Reason::PassNoConnection, 1), (Reason::PassNoFrontend, 1)]);
-    assert_eq!(e.dp.service_traffic(SVC).unwrap().new_flows, 2);
-}
-
-#[test]
-fn snat_port_exhaustion_drops_and_idle_ports_are_reused() {
-    let mut e = env();
-    e.web();
-    e.dp.set_settings(Settings { malformed_policy: MALFORMED_PASS, snat_port_min: 30000, snat_port_max: 30001, vxlan_port: 0, _pad: 0 }).unwrap();
-    let a = translated(&e.run(&client_syn(48000).build()));
-    let b = translated(&e.run(&client_syn(48001).build()));
-    let mut ports = [a.sport, b.sport];
-    ports.sort();
-    assert_eq!(ports, [30000, 30001], "two flows, two distinct ports");
-    let out = e.run(&client_syn(48002).build());
-    assert_eq!(out.action, XDP_DROP);
-    assert_eq!(e.count(Reason::DropPortsExhausted), 1);
-    assert!(e.dp.flow(&key(CLIENT, 48002, VIP, FE_PORT, PROTO_TCP)).unwrap().is_none());
-
-    // The first connection is reset and idles out: its port can be taken again.
-    let rev = key(BACKEND_LAN, BE_PORT, LB_LAN, a.sport, PROTO_TCP);
-    let mut f = e.dp.flow(&rev).unwrap().unwrap();
-    f.tcp_state = TCP_RST;
-    f.last_seen_ns = monotonic_ns() - 11_000_000_000;
-    e.dp.set_flow(rev, f).unwrap();
-    let c = translated(&e.run(&client_syn(48002).build()));
-    assert_eq!(c.sport, a.sport);
-    e.dp.assert_reasons(&[(Reason::ToBackend, 3), (Reason::DropPortsExhausted, 1)]);
 }
 
 #[test]
