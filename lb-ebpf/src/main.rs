@@ -46,14 +46,10 @@ fn balance(ctx: &XdpContext) -> Verdict {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
 
-    // A reply from a backend: addressed to a SNAT port this node handed out.
-    if is_snat_port(&settings, pkt.key.dst_port) {
-        if let Some(flow) = conntrack::find_flow(&pkt.key, now) {
-            return forward_tracked(ctx, &pkt, flow, now);
-        }
-    }
-    // Unrelated traffic leaves here after one array lookup.
-    if !select::port_has_frontend(&pkt.key) {
+    // Tracked traffic is a backend's reply to a SNAT port this node handed out or a client's
+    // packet to a frontend port; the two port ranges may overlap. Anything else leaves here.
+    let to_frontend_port = select::port_has_frontend(&pkt.key);
+    if !to_frontend_port && !is_snat_port(&settings, pkt.key.dst_port) {
         return not_for_a_frontend(ctx, &pkt, &settings);
     }
     // An established connection keeps its backend, even if its frontend or backend is gone. A
@@ -63,6 +59,9 @@ fn balance(ctx: &XdpContext) -> Verdict {
             return forward_tracked(ctx, &pkt, flow, now);
         }
         conntrack::retire_flow(&pkt.key, flow);
+    }
+    if !to_frontend_port {
+        return not_for_a_frontend(ctx, &pkt, &settings);
     }
     let Some(service_id) = select::find_service(&pkt.key) else {
         return not_for_a_frontend(ctx, &pkt, &settings);

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use tests::{
     agent::{Agent, Placement, unload_at},
-    client::{EchoConn, http_get_path, http_spread, udp_spread},
+    client::{EchoConn, http_get, http_get_path, http_spread, udp_spread},
     docker::{DockerSwarm, HOST_IFACE, HostClient, SharedRoot, Stack, create_overlay, create_service, docker, wait_running},
     poll::{wait_until, wait_up_to},
 };
@@ -49,16 +49,24 @@ fn wait_for_backends(agent: &Agent, service: &str, count: usize) -> Result<()> {
     wait_until(&format!("{service} to have {count} backends"), || Ok(active_backends(agent, service)?.len() == count))
 }
 
-/// `count` HTTP connections to the published `port`; a failure says what the agent and the
-/// node's overlay plumbing looked like at that moment.
+/// `count` HTTP connections to the published `port`; a failure says what the agent, the node's
+/// links and the client looked like at that moment, and whether the next connection works.
 fn spread(agent: &Agent, client: &HostClient, port: u16, count: usize) -> Result<BTreeMap<String, usize>> {
     http_spread(&client.ns, client.published(port), count).with_context(|| {
         let host = |cmd: &str| tests::netns::sh(cmd).unwrap_or_else(|e| format!("{e:#}"));
+        let in_client = |cmd: &str| client.ns.exec(cmd).unwrap_or_else(|e| format!("{e:#}"));
+        let frontend = client.published(port);
+        let retry = client.ns.run(move || http_get(frontend)).map(|r| r.map_err(|e| format!("{e:#}")));
         format!(
-            "{}\nslb links:\n{}\npermanent neighbours:\n{}",
+            "{}\nslb links:\n{}\npermanent neighbours:\n{}\nhost side of the client link:\n{}{}\n\
+             client side:\n{}{}\na new connection right after the failure: {retry:?}",
             agent.diagnosis(),
             host("ip -br link show | grep slb- || true"),
             host("ip neigh show nud permanent | grep slb- || true"),
+            host(&format!("ip -s link show {HOST_IFACE}")),
+            host(&format!("ethtool -S {HOST_IFACE}")),
+            in_client("ip -s link show eth0"),
+            in_client("tc -s qdisc show dev eth0"),
         )
     })
 }

@@ -55,10 +55,22 @@ fn fin_and_rst_age_out_the_connection() {
 
 #[test]
 fn syn_on_a_closed_connection_is_balanced_afresh() {
+    syn_reopens_a_closed_connection(FE_PORT);
+}
+
+/// A published port inside the SNAT port range: the client's packets to it look like replies by
+/// port, and must get the same treatment.
+#[test]
+fn syn_on_a_closed_connection_is_balanced_afresh_on_a_frontend_port_in_the_snat_range() {
+    syn_reopens_a_closed_connection(SNAT_MIN + 500);
+}
+
+fn syn_reopens_a_closed_connection(fe_port: u16) {
     let mut e = env();
-    e.service(SVC, (VIP, FE_PORT, PROTO_TCP), LB_LAN, 0, &[(1, BACKEND_LAN, BE_PORT), (2, BACKEND_DC, BE_PORT)]);
-    let fwd_key = key(CLIENT, 47100, VIP, FE_PORT, PROTO_TCP);
-    let first = translated(&e.run(&client_syn(47100).build()));
+    e.service(SVC, (VIP, fe_port, PROTO_TCP), LB_LAN, 0, &[(1, BACKEND_LAN, BE_PORT), (2, BACKEND_DC, BE_PORT)]);
+    let syn = || Spec::tcp(CLIENT, 47100, VIP, fe_port, SYN).macs(CLIENT_MAC_50, LAN_MAC).build();
+    let fwd_key = key(CLIENT, 47100, VIP, fe_port, PROTO_TCP);
+    let first = translated(&e.run(&syn()));
     let (other_id, other_addr) = if first.dst == BACKEND_LAN { (2, BACKEND_DC) } else { (1, BACKEND_LAN) };
     let old_rev = key(first.dst, BE_PORT, first.src, first.sport, PROTO_TCP);
 
@@ -66,14 +78,14 @@ fn syn_on_a_closed_connection_is_balanced_afresh() {
     // still goes where the first one went.
     e.dp.set_maglev(SVC, &[other_id]).unwrap();
     e.dp.set_service(SVC, Service { snat_addr: LB_LAN, flags: 0, active_backends: 1, mss: 0, _pad: 0 }).unwrap();
-    assert_eq!(translated(&e.run(&client_syn(47100).build())).dst, first.dst, "SYN retransmission");
+    assert_eq!(translated(&e.run(&syn())).dst, first.dst, "SYN retransmission");
 
     // The connection closes; well within the FIN timeout the client opens a new one from the
     // same port. It is a new connection: balanced by today's table, with its own SNAT port.
-    let fin = Spec::tcp(CLIENT, 47100, VIP, FE_PORT, FIN | ACK).macs(CLIENT_MAC_50, LAN_MAC).build();
+    let fin = Spec::tcp(CLIENT, 47100, VIP, fe_port, FIN | ACK).macs(CLIENT_MAC_50, LAN_MAC).build();
     translated(&e.run(&fin));
     assert_eq!(e.dp.flow(&fwd_key).unwrap().unwrap().tcp_state, TCP_FIN);
-    let again = translated(&e.run(&client_syn(47100).build()));
+    let again = translated(&e.run(&syn()));
     assert_eq!((again.dst, again.flags), (other_addr, SYN));
     assert!(e.dp.flow(&old_rev).unwrap().is_none(), "the old connection's SNAT port is released");
     let f = e.dp.flow(&fwd_key).unwrap().unwrap();
@@ -86,7 +98,7 @@ fn syn_on_a_closed_connection_is_balanced_afresh() {
     let rst = Spec::tcp(other_addr, BE_PORT, again.src, again.sport, RST | ACK).macs(BACKEND_LAN_MAC, LAN_MAC).build();
     assert_eq!(translated(&e.run(&rst)).flags, RST | ACK);
     assert_eq!(e.dp.flow(&fwd_key).unwrap().unwrap().tcp_state, TCP_RST);
-    let third = translated(&e.run(&client_syn(47100).build()));
+    let third = translated(&e.run(&syn()));
     assert_eq!(third.dst, other_addr);
     assert_eq!(e.dp.flow(&fwd_key).unwrap().unwrap().tcp_state, TCP_OPEN);
 
