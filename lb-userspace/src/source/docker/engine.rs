@@ -2,7 +2,10 @@
 //! negotiated). [`Engine::snapshot`] reads what [`super::translate`] needs; nothing here
 //! interprets it.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::HashMap,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use anyhow::{Context, Result, bail};
 use bollard::{
@@ -85,12 +88,33 @@ impl Engine {
         Ok(Snapshot { info, nodes, services, tasks, networks, containers })
     }
 
-    /// Container, network, service and node events (the last two only on managers).
-    pub fn events(&self) -> impl Stream<Item = Result<EventMessage>> + use<> {
+    /// Container, network, service and node events (the last two only on managers) from `since`
+    /// on: the request goes out when the stream is first polled, and the Engine replays what
+    /// happened in between.
+    pub fn events(&self, since: SystemTime) -> impl Stream<Item = Result<EventMessage>> + use<> {
         let filters = HashMap::from([(
             "type".to_owned(),
             ["container", "network", "service", "node"].map(str::to_owned).to_vec(),
         )]);
-        self.docker.events(Some(EventsOptions { filters: Some(filters), ..Default::default() })).map(|r| r.context("event stream"))
+        let options = EventsOptions { filters: Some(filters), since: Some(since_param(since)), ..Default::default() };
+        self.docker.events(Some(options)).map(|r| r.context("event stream"))
+    }
+}
+
+/// The Engine's `since` form of a time: Unix seconds and nanoseconds, `1700000000.000000042`.
+fn since_param(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_is_seconds_dot_nanoseconds() {
+        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 42);
+        assert_eq!(since_param(t), "1700000000.000000042");
+        assert_eq!(since_param(UNIX_EPOCH), "0.000000000");
     }
 }

@@ -17,7 +17,7 @@ mod tests;
 
 use std::{
     sync::Arc,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context, Result};
@@ -37,6 +37,9 @@ pub const DEBOUNCE_MAX: Duration = Duration::from_secs(1);
 pub const RESYNC: Duration = Duration::from_secs(30);
 pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How far before a session's first read its event stream starts (clock granularity, and
+/// the Engine stamping an event just before the read saw its change).
+const EVENTS_OVERLAP: Duration = Duration::from_secs(1);
 
 /// Runs forever: reads the Engine at `host` and sends each new desired state to `tx`.
 /// Records only failures in `status`: successes are recorded by the agent once the maps are
@@ -75,8 +78,9 @@ impl Syncer<'_> {
     /// One connection: full read, then events until something fails.
     async fn session(&mut self, host: &str) -> Result<()> {
         let engine = Engine::connect(host).await?;
-        // Subscribe before reading, so nothing between the read and the stream is missed.
-        let mut events = Box::pin(engine.events());
+        // The stream subscribes when first polled, after the read: it asks for the events since
+        // just before the read, so a change made meanwhile is replayed rather than missed.
+        let mut events = Box::pin(engine.events(SystemTime::now() - EVENTS_OVERLAP));
         self.read(&engine, None).await?;
         let mut resync = tokio::time::interval_at(tokio::time::Instant::now() + RESYNC, RESYNC);
         // First event of the pending burst, and when to read.
