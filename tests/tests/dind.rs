@@ -1,7 +1,8 @@
 //! The cross-node case on a real multi-node swarm: three Docker Engines, each in a node container
 //! built from this host's binaries (`tests::dind`), swarmlb following its own node's Engine on
 //! every node (the manager and two workers). Connections entering any node's published port
-//! reach tasks on all three nodes, translated in XDP. Needs root and a running Engine; every
+//! reach tasks on all three nodes, translated in XDP, and UDP requests are answered through every
+//! node (workers learn ports without their protocol, see the Docker source). Needs root and a running Engine; every
 //! address is inside 198.18.0.0/15.
 
 use std::{
@@ -12,7 +13,7 @@ use std::{
 use anyhow::{Context, Result, ensure};
 use tests::{
     agent::swarmlb_binary,
-    client::http_get,
+    client::{http_get, udp_spread},
     dind::{DindSwarm, NodeImage, wait_for},
 };
 
@@ -20,6 +21,10 @@ const SERVICE: &str = "slbd-web";
 const PORT: u16 = 18080;
 const TASKS: usize = 6;
 const CONNECTIONS: usize = 90;
+const UDP_SERVICE: &str = "slbd-dns";
+const UDP_PORT: u16 = 18053;
+const UDP_TASKS: usize = 3;
+const UDP_REQUESTS: usize = 30;
 
 #[test]
 fn connections_entering_any_node_reach_tasks_on_every_node_through_xdp() -> Result<()> {
@@ -32,9 +37,16 @@ fn connections_entering_any_node_reach_tasks_on_every_node_through_xdp() -> Resu
          --env 'SLB_TASK_NAME={{{{.Service.Name}}}}.{{{{.Task.Slot}}}}' \
          --publish published={PORT},target=8080,protocol=tcp slb-testsrv:latest 2>/dev/null"
     ))?;
-    wait_for(&format!("{TASKS} running tasks of {SERVICE}"), Duration::from_secs(90), || {
-        Ok(swarm.task_nodes(SERVICE)?.len() == TASKS)
-    })?;
+    swarm.manager().docker(&format!(
+        "service create --quiet --detach --name {UDP_SERVICE} --replicas {UDP_TASKS} \
+         --env 'SLB_TASK_NAME={{{{.Service.Name}}}}.{{{{.Task.Slot}}}}' \
+         --publish published={UDP_PORT},target=5353,protocol=udp slb-testsrv:latest 2>/dev/null"
+    ))?;
+    for (service, tasks) in [(SERVICE, TASKS), (UDP_SERVICE, UDP_TASKS)] {
+        wait_for(&format!("{tasks} running tasks of {service}"), Duration::from_secs(90), || {
+            Ok(swarm.task_nodes(service)?.len() == tasks)
+        })?;
+    }
     let task_node: BTreeMap<String, String> = swarm.task_nodes(SERVICE)?.into_iter().collect();
     let all_nodes: BTreeSet<String> = swarm.nodes.iter().map(|n| n.name.clone()).collect();
     ensure!(
@@ -45,16 +57,19 @@ fn connections_entering_any_node_reach_tasks_on_every_node_through_xdp() -> Resu
 
     swarm.start_swarmlb()?;
     for node in &swarm.nodes {
-        wait_for(&format!("{}'s agent to program {TASKS} backends", node.name), Duration::from_secs(30), || {
+        wait_for(&format!("{}'s agent to program both services", node.name), Duration::from_secs(30), || {
             let status = node.swarmlb_status()?;
-            Ok(status["services"].as_array().is_some_and(|services| {
-                services.iter().any(|s| {
-                    s["name"] == SERVICE
-                        && s["backends"]
-                            .as_array()
-                            .is_some_and(|b| b.len() == TASKS && b.iter().all(|b| b["weight"].as_u64() == Some(1)))
+            let programmed = |service: &str, tasks: usize| {
+                status["services"].as_array().is_some_and(|services| {
+                    services.iter().any(|s| {
+                        s["name"] == service
+                            && s["backends"]
+                                .as_array()
+                                .is_some_and(|b| b.len() == tasks && b.iter().all(|b| b["weight"].as_u64() == Some(1)))
+                    })
                 })
-            }))
+            };
+            Ok(programmed(SERVICE, TASKS) && programmed(UDP_SERVICE, UDP_TASKS))
         })
         .with_context(|| format!("{} agent log:\n{}", node.name, node.swarmlb_log()))?;
     }
@@ -82,6 +97,18 @@ fn connections_entering_any_node_reach_tasks_on_every_node_through_xdp() -> Resu
         ensure!(
             by_node.keys().cloned().collect::<BTreeSet<_>>() == all_nodes,
             "connections entering {} did not reach tasks on every node: {by_node:?}",
+            node.name
+        );
+    }
+
+    for (i, node) in swarm.nodes.iter().enumerate() {
+        let frontend = swarm.published(i, UDP_PORT);
+        let answers = udp_spread(&swarm.client, frontend, UDP_REQUESTS)
+            .with_context(|| format!("{} agent log:\n{}", node.name, node.swarmlb_log()))?;
+        eprintln!("{UDP_REQUESTS} UDP requests entering {} ({frontend}): {answers:?}", node.name);
+        ensure!(
+            answers.keys().all(|task| task.starts_with(UDP_SERVICE)) && answers.values().sum::<usize>() == UDP_REQUESTS,
+            "UDP requests entering {}: {answers:?}",
             node.name
         );
     }

@@ -294,7 +294,7 @@ fn publish_label_syntax() {
     for bad in ["", "8080", "8080:0", "70000:80", "a:80", "8080:80/icmp", "8080:80,"] {
         assert!(p(bad).is_err(), "{bad:?} accepted");
     }
-    assert_eq!(parse_inspect_port("Target: 8080, Publish: 80"), Some(PortSpec { published: 80, target: 8080, proto: Proto::Tcp }));
+    assert_eq!(parse_inspect_port("Target: 8080, Publish: 80"), Some((80, 8080)));
     assert_eq!(parse_inspect_port("garbage"), None);
     assert_eq!(split_task_name("web.1.liv0d6hx"), ("web.1", "liv0d6hx"));
 }
@@ -353,8 +353,10 @@ fn worker_falls_back_to_what_the_node_sees() {
     assert_eq!(nodes, [LOCAL, "peer-198.18.254.2"]);
     let names: Vec<&str> = t.cluster.services.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["web", "d-dns"]);
-    // TCP assumed from the inspect's port strings; every listed task is a backend.
-    assert_eq!(t.cluster.services[0].frontends[0].to_string(), "*:8080/tcp");
+    // The inspect's port strings carry no protocol: both are published. Every listed task is a
+    // backend.
+    let frontends: Vec<String> = t.cluster.services[0].frontends.iter().map(|f| f.to_string()).collect();
+    assert_eq!(frontends, ["*:8080/tcp", "*:8080/udp"]);
     assert_eq!(
         backends(&t, "web"),
         [
@@ -364,5 +366,35 @@ fn worker_falls_back_to_what_the_node_sees() {
         ]
     );
     assert_eq!(backends(&t, "d-dns").len(), 2);
+    crate::planner::plan(&t.cluster, Some(LOCAL), &Default::default()).unwrap();
+}
+
+#[test]
+fn worker_publishes_both_protocols_except_on_a_number_two_services_share() {
+    let mut ing = ingress();
+    let services = ing.services.as_mut().unwrap();
+    // web publishes 8080 for TCP and UDP (the inspect lists it twice) and 9000.
+    services.get_mut("web").unwrap()["Ports"] =
+        json!(["Target: 8080, Publish: 8080", "Target: 8080, Publish: 8080", "Target: 9000, Publish: 9000"]);
+    // dns publishes 9000 too (so one of the two is UDP) and 53.
+    let dns_task = json!({"Name": "dns.1.ddd", "EndpointID": "e", "EndpointIP": "198.19.128.7", "Info": {"Host IP": "198.18.254.1"}});
+    services.insert(
+        "dns".into(),
+        json!({"VIP": "<nil>", "Ports": ["Target: 9000, Publish: 9000", "Target: 5353, Publish: 53"], "Tasks": [dns_task]}),
+    );
+    let snap = Snapshot { info: info(false), nodes: None, services: None, tasks: None, networks: vec![ing], containers: vec![] };
+    let t = translate(&snap).unwrap();
+    let frontends = |name: &str| -> Vec<String> {
+        let svc = t.cluster.services.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no service {name}"));
+        svc.frontends.iter().map(|f| f.to_string()).collect()
+    };
+    assert_eq!(frontends("web"), ["*:8080/tcp", "*:8080/udp"]);
+    assert_eq!(frontends("dns"), ["*:53/tcp", "*:53/udp"]);
+    assert_eq!(backends(&t, "dns"), [be("dns.1", "198.19.128.7:5353", 1, LOCAL)]);
+    assert!(
+        t.notes.iter().any(|n| n.contains("port 9000") && n.contains("\"dns\"") && n.contains("\"web\"")),
+        "{:?}",
+        t.notes
+    );
     crate::planner::plan(&t.cluster, Some(LOCAL), &Default::default()).unwrap();
 }

@@ -40,9 +40,9 @@ pub fn parse_publish_label(value: &str) -> Result<Vec<PortSpec>, String> {
     Ok(out)
 }
 
-/// Parses the `Ports` strings of a verbose network inspect (`"Target: 8080, Publish: 8080"`).
-/// The protocol is not in them: TCP is assumed (the worker fallback's known limit).
-pub fn parse_inspect_port(s: &str) -> Option<PortSpec> {
+/// Parses one `Ports` string of a verbose network inspect (`"Target: 8080, Publish: 80"`) into
+/// (published, target). The Engine does not say the protocol there.
+pub fn parse_inspect_port(s: &str) -> Option<(u16, u16)> {
     let mut target = None;
     let mut published = None;
     for part in s.split(',') {
@@ -54,7 +54,7 @@ pub fn parse_inspect_port(s: &str) -> Option<PortSpec> {
             _ => {}
         }
     }
-    Some(PortSpec { published: published?, target: target?, proto: Proto::Tcp })
+    Some((published?, target?))
 }
 
 /// The service's ports published in ingress mode (the API's default), TCP and UDP.

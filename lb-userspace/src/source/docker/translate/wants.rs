@@ -2,14 +2,15 @@
 //! manager (a `swarmlb.publish` label, else its ingress-published ports), from the ingress
 //! network's entries and the local containers' labels on a worker.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bollard::models::{ContainerSummary, Service as DockerService, ServiceSpec};
 
 use super::{
-    networks::Networks,
+    networks::{NetView, Networks},
     ports::{PortSpec, host_ports, ingress_ports, parse_inspect_port, parse_publish_label},
 };
+use crate::model::Proto;
 
 /// Service (or container) label listing the ports swarmlb publishes: `8080:80/tcp,5353:53/udp`.
 pub const LABEL_PUBLISH: &str = "swarmlb.publish";
@@ -39,7 +40,7 @@ pub(super) fn of_services(services: &[DockerService], nets: &Networks, notes: &m
 /// A worker's view: the ingress services this node has entries for, replaced by what a local
 /// container's labels say.
 pub(super) fn seen_by_worker(nets: &Networks, containers: &[ContainerSummary], notes: &mut Vec<String>) -> Vec<Want> {
-    let mut wants = ingress_entries(nets);
+    let mut wants = ingress_entries(nets, notes);
     for want in labelled_containers(containers, nets, notes) {
         wants.retain(|w| w.service != want.service);
         wants.push(want);
@@ -118,17 +119,47 @@ fn ingress_service(s: &DockerService, name: String, sticky: bool, nets: &Network
     Some(Want { service: name, ports, network: ingress.network.name.clone(), sticky, label: false })
 }
 
-/// The services in the ingress network's entries, with the ports its inspect lists.
-fn ingress_entries(nets: &Networks) -> Vec<Want> {
+/// The services in the ingress network's entries, with the ports its inspect lists. Those carry
+/// no protocol, so each port is published for TCP and UDP alike (the one nobody serves is
+/// answered by the task's kernel as the node's would). Swarm lets two services share a port
+/// number only with different protocols; such a number cannot be told apart here and is left
+/// out of both, with a note.
+fn ingress_entries(nets: &Networks, notes: &mut Vec<String>) -> Vec<Want> {
     let Some(ingress) = nets.ingress() else { return Vec::new() };
+    let listed = listed_ports(ingress);
+    let mut owners: BTreeMap<u16, Vec<&str>> = BTreeMap::new();
+    for (svc, ports) in &listed {
+        for (published, _) in ports {
+            owners.entry(*published).or_default().push(svc);
+        }
+    }
+    for (port, svcs) in owners.iter().filter(|(_, svcs)| svcs.len() > 1) {
+        notes.push(format!(
+            "port {port} is published by services {svcs:?} (one TCP, one UDP), which a worker cannot tell apart; not balanced on this node"
+        ));
+    }
     let mut wants = Vec::new();
-    for (svc, info) in ingress.services.iter().filter(|(svc, _)| !svc.is_empty()) {
-        let ports: Vec<PortSpec> = info.ports.iter().flatten().filter_map(|p| parse_inspect_port(p)).collect();
+    for (svc, ports) in &listed {
+        let ports: Vec<PortSpec> = ports
+            .iter()
+            .filter(|(published, _)| owners[published].len() == 1)
+            .flat_map(|&(published, target)| [Proto::Tcp, Proto::Udp].map(|proto| PortSpec { published, target, proto }))
+            .collect();
         if !ports.is_empty() {
-            wants.push(Want { service: svc.clone(), ports, network: ingress.network.name.clone(), sticky: false, label: false });
+            wants.push(Want { service: svc.to_string(), ports, network: ingress.network.name.clone(), sticky: false, label: false });
         }
     }
     wants
+}
+
+/// Each service's (published, target) pairs as the inspect lists them (once per protocol).
+fn listed_ports<'n>(ingress: &'n NetView) -> Vec<(&'n str, BTreeSet<(u16, u16)>)> {
+    ingress
+        .services
+        .iter()
+        .filter(|(svc, _)| !svc.is_empty())
+        .map(|(svc, info)| (svc.as_str(), info.ports.iter().flatten().filter_map(|p| parse_inspect_port(p)).collect()))
+        .collect()
 }
 
 /// Labels on local containers (set with `--container-label`); one container per service is enough.
