@@ -85,6 +85,20 @@ pub const IDLE_TCP_OPEN_S: u64 = 5 * 24 * 3600;
 pub const IDLE_TCP_FIN_S: u64 = 60;
 pub const IDLE_TCP_RST_S: u64 = 10;
 pub const IDLE_UDP_S: u64 = 300;
+/// How long an entry of `proto` in `tcp_state` may stay idle, in ns: the datapath treats an
+/// entry idle for longer as gone.
+pub const fn idle_timeout_ns(proto: u8, tcp_state: u8) -> u64 {
+    const NS_PER_S: u64 = 1_000_000_000;
+    if proto != PROTO_TCP {
+        return IDLE_UDP_S * NS_PER_S;
+    }
+    match tcp_state {
+        TCP_RST => IDLE_TCP_RST_S * NS_PER_S,
+        TCP_FIN => IDLE_TCP_FIN_S * NS_PER_S,
+        _ => IDLE_TCP_OPEN_S * NS_PER_S,
+    }
+}
+
 /// `last_seen_ns` is refreshed at most this often, to keep the hot path free of writes.
 pub const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
 /// A cached next hop is re-resolved with `bpf_fib_lookup` after this long.

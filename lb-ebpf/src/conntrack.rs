@@ -6,9 +6,8 @@ use aya_ebpf::{
     helpers::bpf_get_prandom_u32,
 };
 use lb_common::{
-    DIR_TO_BACKEND, DIR_TO_CLIENT, Flow, FlowKey, IDLE_TCP_FIN_S, IDLE_TCP_OPEN_S, IDLE_TCP_RST_S,
-    IDLE_UDP_S, LAST_SEEN_GRANULARITY_NS, NextHop, PROTO_TCP, Reason, Settings, TCP_FIN, TCP_OPEN,
-    TCP_RST,
+    DIR_TO_BACKEND, DIR_TO_CLIENT, Flow, FlowKey, LAST_SEEN_GRANULARITY_NS, NextHop, PROTO_TCP,
+    Reason, Settings, TCP_FIN, TCP_OPEN, TCP_RST, idle_timeout_ns,
 };
 
 use crate::{
@@ -22,7 +21,6 @@ const DEFAULT_SNAT_MIN: u16 = 16384;
 const DEFAULT_SNAT_MAX: u16 = 32767;
 /// Source ports tried before giving up with `DropPortsExhausted`.
 const PORT_TRIES: u32 = 16;
-const NS_PER_S: u64 = 1_000_000_000;
 
 /// The inclusive SNAT source-port range from the settings.
 #[inline(always)]
@@ -33,18 +31,6 @@ pub fn snat_range(settings: &Settings) -> (u16, u16) {
         (settings.snat_port_min, settings.snat_port_min)
     } else {
         (settings.snat_port_min, settings.snat_port_max)
-    }
-}
-
-#[inline(always)]
-fn idle_timeout_ns(proto: u8, tcp_state: u8) -> u64 {
-    if proto != PROTO_TCP {
-        return IDLE_UDP_S * NS_PER_S;
-    }
-    match tcp_state {
-        TCP_RST => IDLE_TCP_RST_S * NS_PER_S,
-        TCP_FIN => IDLE_TCP_FIN_S * NS_PER_S,
-        _ => IDLE_TCP_OPEN_S * NS_PER_S,
     }
 }
 

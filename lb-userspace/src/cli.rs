@@ -1,4 +1,4 @@
-//! The command line: `swarmlb run`, `swarmlb status`, `swarmlb unload`.
+//! The command line: `swarmlb run`, `swarmlb status`, `swarmlb flows`, `swarmlb unload`.
 
 use std::path::{Path, PathBuf};
 
@@ -23,6 +23,17 @@ pub enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        dirs: Dirs,
+    },
+    /// List the connections the datapath tracks: client, frontend, NAT source, backend, state.
+    Flows {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Only the connections of this service.
+        #[arg(long)]
+        service: Option<String>,
         #[command(flatten)]
         dirs: Dirs,
     },
@@ -119,13 +130,15 @@ mod tests {
     #[test]
     fn state_dir_follows_the_pin_dir_unless_given() {
         let parse = |args: &[&str]| match Cli::try_parse_from(args).unwrap().command {
-            Command::Status { dirs, .. } | Command::Unload { dirs } => dirs,
+            Command::Status { dirs, .. } | Command::Flows { dirs, .. } | Command::Unload { dirs } => dirs,
             Command::Run(run) => run.dirs,
         };
         let d = parse(&["swarmlb", "status"]);
         assert_eq!((d.pin_dir.as_path(), d.state_dir()), (Path::new("/sys/fs/bpf/swarmlb"), PathBuf::from("/run/swarmlb")));
         let d = parse(&["swarmlb", "unload", "--pin-dir", "/sys/fs/bpf/slb-node2"]);
         assert_eq!(d.state_dir(), PathBuf::from("/run/slb-node2"));
+        let d = parse(&["swarmlb", "flows", "--service", "web", "--pin-dir", "/sys/fs/bpf/slb-node3"]);
+        assert_eq!(d.state_dir(), PathBuf::from("/run/slb-node3"));
         let d = parse(&["swarmlb", "run", "--iface", "eth0", "--config", "c.toml", "--node", "node-1", "--pin-dir", "/sys/fs/bpf/x", "--state-dir", "/tmp/s"]);
         assert_eq!(d.state_dir(), PathBuf::from("/tmp/s"));
     }

@@ -8,6 +8,7 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 pub mod agent;
 pub mod cli;
 pub mod datapath;
+pub mod flows;
 pub mod host;
 pub mod maglev;
 pub mod metrics;

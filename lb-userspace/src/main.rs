@@ -7,7 +7,7 @@ use clap::Parser;
 use swarmlb::{
     agent,
     cli::{Cli, Command},
-    datapath, state, status, takeover,
+    datapath, flows, state, status, takeover,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -39,6 +39,15 @@ fn run() -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", status::table(&report));
+            }
+            Ok(())
+        }
+        Command::Flows { json, service, dirs } => {
+            let flows = flows::collect(&dirs.pin_dir, &dirs.state_dir(), service.as_deref())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&flows)?);
+            } else {
+                print!("{}", flows::table(&flows));
             }
             Ok(())
         }

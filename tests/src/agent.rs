@@ -155,6 +155,14 @@ impl Agent {
         String::from_utf8_lossy(text.get(self.log_start..).unwrap_or_default()).into_owned()
     }
 
+    /// `swarmlb flows --json` of this agent's datapath: the connections it tracks.
+    pub fn flows(&self) -> Result<Vec<Value>> {
+        let bin = swarmlb_binary()?;
+        let placement = Placement { pin_dir: self.pin_dir.clone(), ..Placement::default() };
+        let out = sh(&format!("{} flows --json {}", bin.display(), placement.pin_args().join(" ")))?;
+        serde_json::from_str(&out).with_context(|| format!("flows --json printed {out:?}"))
+    }
+
     /// What to look at when traffic through this agent failed: its last log lines, the reason
     /// counters and what it has programmed.
     pub fn diagnosis(&self) -> String {

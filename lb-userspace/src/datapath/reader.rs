@@ -1,5 +1,5 @@
-//! Reads the datapath's counters from the pinned maps, summing per-CPU values. Read-only, so it
-//! runs beside a live `swarmlb run`.
+//! Reads the datapath's counters and connection table from the pinned maps, summing per-CPU
+//! values. Read-only, so it runs beside a live `swarmlb run`.
 
 use std::path::Path;
 
@@ -45,6 +45,12 @@ impl Counters {
     /// Entries in the connection table (two per connection).
     pub fn conntrack_entries(&self) -> usize {
         self.conntrack.keys().filter(|k| k.is_ok()).count()
+    }
+
+    /// Every entry of the connection table, as read while the datapath may change it (an entry
+    /// removed during the walk is skipped).
+    pub fn connections(&self) -> Vec<(FlowKey, Flow)> {
+        self.conntrack.iter().filter_map(|e| e.ok()).collect()
     }
 }
 
