@@ -53,8 +53,13 @@ pub struct Service {
 pub struct Backend {
     pub addr: [u8; 4],
     pub port: u16,
-    pub _pad: u16,
+    /// [`BACKEND_REMOVED`] once the agent has taken it out of its service.
+    pub flags: u16,
 }
+
+/// [`Backend::flags`]: the backend has left its service. TCP connections on it go on (it may
+/// still be finishing them); a UDP flow on it is balanced afresh on its next packet.
+pub const BACKEND_REMOVED: u16 = 1;
 
 /// A packet's 5-tuple as seen on the wire.
 #[repr(C)]

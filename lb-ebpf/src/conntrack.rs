@@ -6,7 +6,7 @@ use aya_ebpf::{
     helpers::bpf_get_prandom_u32,
 };
 use lb_common::{
-    DIR_TO_BACKEND, DIR_TO_CLIENT, Flow, FlowKey, LAST_SEEN_GRANULARITY_NS, NextHop, PROTO_TCP,
+    DIR_TO_BACKEND, DIR_TO_CLIENT, Flow, FlowKey, LAST_SEEN_GRANULARITY_NS, NextHop,
     Reason, Settings, TCP_FIN, TCP_OPEN, TCP_RST, idle_timeout_ns,
 };
 
@@ -100,17 +100,12 @@ pub fn touch_flow(flow: *mut Flow, pkt: &Packet, now: u64) {
     }
 }
 
-/// Whether `pkt` opens a new connection on the tuple of `flow`, a client-side entry whose
-/// connection has seen FIN or RST: a SYN there means the client reuses its port (a NAT in front
-/// of it, or a busy client), and the old backend may be gone or have moved on.
+/// Whether the TCP segment `pkt` opens a new connection on the tuple of `flow`, a client-side
+/// entry whose connection has seen FIN or RST: a SYN there means the client reuses its port (a
+/// NAT in front of it, or a busy client), and the old backend may be gone or have moved on.
 #[inline(always)]
-pub fn is_reopened_by(flow: *mut Flow, pkt: &Packet) -> bool {
-    // SAFETY: map value pointer from find_flow.
-    let f = unsafe { &*flow };
-    pkt.key.proto == PROTO_TCP
-        && pkt.is_syn_without_ack()
-        && f.direction == DIR_TO_BACKEND
-        && f.tcp_state != TCP_OPEN
+pub fn is_reopened_by(flow: &Flow, pkt: &Packet) -> bool {
+    pkt.is_syn_without_ack() && flow.tcp_state != TCP_OPEN
 }
 
 /// Removes both entries of the connection `flow` (found under `key`), freeing its SNAT port.

@@ -18,7 +18,7 @@ mod vxlan;
 use aya_ebpf::{
     bindings::xdp_action::XDP_PASS, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext,
 };
-use lb_common::{Flow, PROTO_TCP, Reason, Settings};
+use lb_common::{DIR_TO_BACKEND, Flow, PROTO_TCP, Reason, Settings};
 
 use crate::{parse::Packet, verdict::Verdict};
 
@@ -52,10 +52,10 @@ fn balance(ctx: &XdpContext) -> Verdict {
     if !to_frontend_port && !is_snat_port(&settings, pkt.key.dst_port) {
         return not_for_a_frontend(ctx, &pkt, &settings);
     }
-    // An established connection keeps its backend, even if its frontend or backend is gone. A
-    // SYN on a closing one is the client reusing its port: a new connection, balanced afresh.
+    // An established connection keeps its backend, even if its frontend or backend is gone,
+    // unless the packet starts the flow over (see `starts_over`).
     if let Some(flow) = conntrack::find_flow(&pkt.key, now) {
-        if !conntrack::is_reopened_by(flow, &pkt) {
+        if !starts_over(flow, &pkt) {
             return forward_tracked(ctx, &pkt, flow, now);
         }
         conntrack::retire_flow(&pkt.key, flow);
@@ -83,6 +83,23 @@ fn not_for_a_frontend(ctx: &XdpContext, pkt: &Packet, settings: &Settings) -> Ve
         vxlan::inspect(ctx, pkt)
     } else {
         Verdict::pass(Reason::PassNoFrontend)
+    }
+}
+
+/// Whether a tracked flow's packet is balanced afresh instead: a SYN on a closing TCP
+/// connection (the client reusing its port), or a client's UDP packet whose backend has left the
+/// service (UDP has no close: a client that keeps its port would keep sending to a gone task).
+#[inline(always)]
+fn starts_over(flow: *mut Flow, pkt: &Packet) -> bool {
+    // SAFETY: map value pointer from find_flow, valid until the program returns.
+    let f = unsafe { &*flow };
+    if f.direction != DIR_TO_BACKEND {
+        return false;
+    }
+    if pkt.key.proto == PROTO_TCP {
+        conntrack::is_reopened_by(f, pkt)
+    } else {
+        select::backend_is_gone(f)
     }
 }
 

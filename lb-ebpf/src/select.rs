@@ -1,8 +1,8 @@
-//! Which service a packet is for (frontend match, including "any local address"), and which
-//! backend a new connection goes to (Maglev slot).
+//! Which service a packet is for (frontend match, including "any local address"), which
+//! backend a new connection goes to (Maglev slot), and whether a flow's backend is still there.
 
 use lb_common::{
-    ANY_LOCAL_ADDR, Backend, FlowKey, FrontendKey, maps::MAGLEV_SIZE, PROTO_BIT_TCP, PROTO_BIT_UDP,
+    ANY_LOCAL_ADDR, BACKEND_REMOVED, Backend, Flow, FlowKey, FrontendKey, maps::MAGLEV_SIZE, PROTO_BIT_TCP, PROTO_BIT_UDP,
     PROTO_TCP, SERVICE_STICKY, Service,
     hash::{client_hash, flow_hash},
 };
@@ -38,6 +38,16 @@ pub fn find_service(key: &FlowKey) -> Option<u32> {
 #[inline(always)]
 pub fn service(service_id: u32) -> Option<Service> {
     SERVICES_MAP.get(service_id).copied()
+}
+
+/// Whether the backend a flow was sent to has left its service: flagged removed by the agent, or
+/// its id now holds another address.
+#[inline(always)]
+pub fn backend_is_gone(flow: &Flow) -> bool {
+    match BACKENDS_MAP.get(flow.backend_id) {
+        Some(b) => b.flags & BACKEND_REMOVED != 0 || b.addr != flow.new_dst_addr || b.port != flow.new_dst_port,
+        None => true,
+    }
 }
 
 /// The backend Maglev assigns to this connection (or to this client, for sticky services).

@@ -143,7 +143,11 @@ impl Datapath {
     }
 
     pub fn set_backend(&mut self, id: u32, addr: [u8; 4], port: u16) -> Result<()> {
-        Ok(self.array::<Backend>(maps::BACKENDS)?.set(id, Backend { addr, port, _pad: 0 }, 0)?)
+        self.write_backend(id, Backend { addr, port, flags: 0 })
+    }
+
+    pub fn write_backend(&mut self, id: u32, backend: Backend) -> Result<()> {
+        Ok(self.array::<Backend>(maps::BACKENDS)?.set(id, backend, 0)?)
     }
 
     /// Fills service `id`'s Maglev table by cycling through `backend_ids` (0 = empty slots).

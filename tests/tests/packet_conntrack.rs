@@ -1,9 +1,13 @@
 //! Packet tests of a connection's life in the connection table through BPF_PROG_TEST_RUN: FIN
-//! and RST shortening an entry's life, a client reusing its port after a close, and SNAT
+//! and RST shortening an entry's life, a client reusing its port after a close, flows whose
+//! backend left the service, and SNAT
 //! source-port allocation running out and recovering. Checksums are verified from scratch;
 //! every test asserts its reason counters. Needs root; fails (never skips) without.
 
-use lb_common::{Flow, IDLE_TCP_FIN_S, MALFORMED_PASS, PROTO_TCP, Reason, Service, Settings, TCP_FIN, TCP_OPEN, TCP_RST};
+use lb_common::{
+    BACKEND_REMOVED, Backend, Flow, IDLE_TCP_FIN_S, MALFORMED_PASS, PROTO_TCP, PROTO_UDP, Reason, Service, Settings,
+    TCP_FIN, TCP_OPEN, TCP_RST,
+};
 use tests::{frames::*, lan::*, testrun::*};
 
 #[test]
@@ -132,3 +136,39 @@ fn snat_port_exhaustion_drops_and_idle_ports_are_reused() {
     e.dp.assert_reasons(&[(Reason::ToBackend, 3), (Reason::DropPortsExhausted, 1)]);
 }
 
+
+#[test]
+fn udp_flow_moves_off_a_removed_backend_while_tcp_stays() {
+    let mut e = env();
+    e.service(SVC, (VIP, 53, PROTO_UDP), LB_LAN, 0, &[(1, BACKEND_LAN, 5353), (2, BACKEND_DC, 5353)]);
+    let query = || Spec::udp(CLIENT, 41000, VIP, 53).macs(CLIENT_MAC_50, LAN_MAC).payload(b"q").build();
+    let first = translated(&e.run(&query()));
+    let (gone_id, gone_addr, other_id, other_addr) =
+        if first.dst == BACKEND_LAN { (1, BACKEND_LAN, 2, BACKEND_DC) } else { (2, BACKEND_DC, 1, BACKEND_LAN) };
+
+    // Drained (out of the Maglev table): the flow stays on its backend.
+    e.dp.set_maglev(SVC, &[other_id]).unwrap();
+    e.dp.set_service(SVC, Service { snat_addr: LB_LAN, flags: 0, active_backends: 1, mss: 0, _pad: 0 }).unwrap();
+    assert_eq!(translated(&e.run(&query())).dst, gone_addr, "a drained backend keeps its UDP flows");
+
+    // Removed: the next datagram is balanced afresh and the old SNAT port is released.
+    e.dp.write_backend(gone_id, Backend { addr: gone_addr, port: 5353, flags: BACKEND_REMOVED }).unwrap();
+    let moved = translated(&e.run(&query()));
+    assert_eq!((moved.dst, moved.dport), (other_addr, 5353));
+    assert!(e.dp.flow(&key(gone_addr, 5353, first.src, first.sport, PROTO_UDP)).unwrap().is_none());
+    assert_eq!(e.dp.flow(&key(CLIENT, 41000, VIP, 53, PROTO_UDP)).unwrap().unwrap().backend_id, other_id);
+
+    // The backend's id handed to another address: the flow on the old address moves too.
+    e.dp.write_backend(other_id, Backend { addr: gone_addr, port: 5353, flags: 0 }).unwrap();
+    assert_eq!(translated(&e.run(&query())).dst, gone_addr);
+
+    // A TCP connection on a removed backend goes on: the task may still be finishing it.
+    e.service(2, (VIP, FE_PORT, PROTO_TCP), LB_LAN, 0, &[(3, BACKEND_LAN, BE_PORT)]);
+    translated(&e.run(&client_syn(41001).build()));
+    e.dp.write_backend(3, Backend { addr: BACKEND_LAN, port: BE_PORT, flags: BACKEND_REMOVED }).unwrap();
+    let ack = Spec::tcp(CLIENT, 41001, VIP, FE_PORT, ACK).macs(CLIENT_MAC_50, LAN_MAC).build();
+    assert_eq!(translated(&e.run(&ack)).dst, BACKEND_LAN);
+
+    e.dp.assert_reasons(&[(Reason::ToBackend, 6)]);
+    assert_eq!(e.dp.service_traffic(SVC).unwrap().new_flows, 3);
+}

@@ -3,7 +3,8 @@
 //! yet written: settings; overlay VNIs; backends before the Maglev slots that name them; slots before the
 //! service whose `active_backends` lets new flows use them; services before the frontends that
 //! lead to them; and only then removals (frontends, then the services they led to, then those
-//! services' slots, then VNIs no network uses). Removed backends keep their `slb_backends` entry (see the planner).
+//! services' slots, then removed backends' `BACKEND_REMOVED` flag (their entry stays, for the
+//! connections still on them), then VNIs no network uses).
 
 use std::{
     collections::{BTreeSet, HashSet},
@@ -98,6 +99,9 @@ impl Writer {
             self.services.set(*id, Service::default(), 0).with_context(|| format!("clearing slb_services[{id}]"))?;
         }
         self.write_slots(&diff.removed_maglev)?;
+        for (id, backend) in &diff.removed_backends {
+            self.backends.set(*id, backend, 0).with_context(|| format!("flagging slb_backends[{id}] removed"))?;
+        }
         for vni in &diff.removed_overlays {
             remove_if_present(self.overlays.remove(vni)).with_context(|| format!("removing VNI {vni} from slb_overlays"))?;
         }

@@ -2,7 +2,7 @@
 //! a plan stands for.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::Arc,
 };
 
@@ -31,6 +31,9 @@ pub struct Diff {
     pub removed_services: Vec<u32>,
     /// Their Maglev slots, cleared last.
     pub removed_maglev: Vec<(u32, u32)>,
+    /// Backends no service has any more, flagged [`lb_common::BACKEND_REMOVED`] once no slot
+    /// names them (their UDP flows then move; their id may be handed out again later).
+    pub removed_backends: Vec<(u32, lb_common::Backend)>,
     /// VNIs no network uses any more.
     pub removed_overlays: Vec<u32>,
     pub summary: Summary,
@@ -107,7 +110,7 @@ pub fn service_value(s: &PlannedService) -> lb_common::Service {
 }
 
 pub fn backend_value(b: &PlannedBackend) -> lb_common::Backend {
-    lb_common::Backend { addr: b.addr.ip().octets(), port: b.addr.port(), _pad: 0 }
+    lb_common::Backend { addr: b.addr.ip().octets(), port: b.addr.port(), flags: 0 }
 }
 
 pub fn frontend_key(f: &Frontend) -> lb_common::FrontendKey {
@@ -223,6 +226,15 @@ pub fn diff(prev: Option<&Plan>, next: &Plan) -> Diff {
             d.removed_maglev.extend((0..old.maglev.len()).map(|slot| (maglev_index(old.id, slot), 0)));
         }
     }
+
+    let kept: HashSet<u32> = next.services.iter().flat_map(|s| s.backends.iter().map(|b| b.id)).collect();
+    d.removed_backends = prev
+        .services
+        .iter()
+        .flat_map(|s| &s.backends)
+        .filter(|b| !kept.contains(&b.id))
+        .map(|b| (b.id, lb_common::Backend { flags: lb_common::BACKEND_REMOVED, ..backend_value(b) }))
+        .collect();
 
     let owners = |plan: &Plan| -> HashMap<lb_common::FrontendKey, u32> {
         plan.services.iter().flat_map(|s| s.frontends.iter().map(move |f| (frontend_key(f), s.id))).collect()

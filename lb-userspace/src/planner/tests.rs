@@ -107,6 +107,9 @@ fn removing_a_backend_writes_only_moved_slots() {
     assert_eq!(d.services.len(), 1, "active_backends changed");
     assert_eq!(d.summary.backends_removed, 1);
     assert_eq!(d.summary.to_string(), "1 backend removed");
+    let w0 = p1.services[0].backends.iter().find(|b| b.name == "w0").unwrap().id;
+    let flagged = lb_common::Backend { addr: [198, 18, 2, 10], port: 8080, flags: lb_common::BACKEND_REMOVED };
+    assert_eq!(d.removed_backends, vec![(w0, flagged)], "the removed backend is flagged, its entry kept");
 }
 
 #[test]
@@ -120,6 +123,8 @@ fn removing_a_service_clears_its_frontends_ports_and_slots() {
     assert_eq!(d.removed_maglev.len(), MAGLEV_SIZE as usize);
     assert!(d.removed_maglev.iter().all(|(i, b)| *i >= 2 * MAGLEV_SIZE && *b == 0));
     assert!(d.maglev.is_empty() && d.backends.is_empty());
+    let a1 = p1.services[1].backends[0].id;
+    assert_eq!(d.removed_backends, vec![(a1, lb_common::Backend { addr: [198, 18, 2, 21], port: 8080, flags: lb_common::BACKEND_REMOVED })]);
     assert_eq!(d.summary.to_string(), "1 service removed, 1 backend removed, 1 frontend removed");
 }
 
