@@ -33,7 +33,12 @@ pub fn http_get_path(addr: SocketAddr, path: &str) -> Result<String> {
 
 /// One UDP request; returns the answering backend's name.
 pub fn udp_ask(addr: SocketAddr, payload: &str) -> Result<String> {
-    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    udp_ask_from(0, addr, payload)
+}
+
+/// One UDP request from source port `local_port` (0: any); returns the answering backend's name.
+pub fn udp_ask_from(local_port: u16, addr: SocketAddr, payload: &str) -> Result<String> {
+    let socket = UdpSocket::bind(("0.0.0.0", local_port))?;
     socket.set_read_timeout(Some(TIMEOUT))?;
     socket.send_to(payload.as_bytes(), addr)?;
     let mut buf = [0u8; 65536];

@@ -15,7 +15,7 @@ use serde_json::Value;
 use tests::{
     poll::wait_until,
     agent::{self, Agent},
-    client::{EchoConn, http_spread, udp_spread},
+    client::{EchoConn, http_spread, udp_ask_from, udp_spread},
     netns::sh,
     topology::{self, LB_FRONT_ADDR, SingleNode, backend_name},
 };
@@ -146,6 +146,35 @@ fn long_lived_connection_survives_a_backend_removed_and_readded_by_reload() -> R
     for i in 0..20 {
         conn.exchange(&format!("line {i}"))?;
     }
+    drop(agent);
+    agent::unload()
+}
+
+#[test]
+fn udp_client_that_keeps_its_port_moves_off_a_removed_backend() -> Result<()> {
+    let _node = NODE.lock().unwrap_or_else(|e| e.into_inner());
+    let mut topo = SingleNode::new(3)?;
+    let config = write_config(&topo, &[0, 1, 2])?;
+    let agent = start(&topo, &config)?;
+    // A resolver-like client: every query from the same source port.
+    let frontend = topo.frontend(53);
+    let ask = |topo: &SingleNode, question: &'static str| -> Result<String> {
+        topo.client.run(move || udp_ask_from(45353, frontend, question))?.with_context(|| format!("query {question:?}: {}", agent::status().map(|s| s["reasons"].to_string()).unwrap_or_default()))
+    };
+    let first = ask(&topo, "first")?;
+    ensure!(ask(&topo, "again")? == first, "one source port, one flow, one backend");
+    let gone = (0..3).find(|&i| backend_name(i) == first).context("answering backend")?;
+
+    // The task goes away for real and leaves the config.
+    topo.remove_backend(gone)?;
+    let remaining: Vec<usize> = (0..3).filter(|&i| i != gone).collect();
+    std::fs::write(&config, topology::config(&remaining))?;
+    agent.signal("HUP")?;
+    let configured = format!("{first}-udp");
+    wait_until("the backend's removal", || Ok(!active_backends("dns")?.contains(&configured)))?;
+    let after = ask(&topo, "after removal")?;
+    ensure!(after != first, "the flow still went to the removed backend {first}");
+    ensure!(ask(&topo, "and then")? == after, "the moved flow keeps its new backend");
     drop(agent);
     agent::unload()
 }
