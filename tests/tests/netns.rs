@@ -175,7 +175,19 @@ fn udp_client_that_keeps_its_port_moves_off_a_removed_backend() -> Result<()> {
     let after = ask(&topo, "after removal")?;
     ensure!(after != first, "the flow still went to the removed backend {first}");
     ensure!(ask(&topo, "and then")? == after, "the moved flow keeps its new backend");
-    drop(agent);
+
+    // The same when the backend is removed while no agent runs: the next agent's start flags it.
+    let mut agent = agent;
+    agent.stop()?;
+    let second = (0..3).find(|&i| backend_name(i) == after).context("answering backend")?;
+    topo.remove_backend(second)?;
+    let last: Vec<usize> = remaining.iter().copied().filter(|&i| i != second).collect();
+    std::fs::write(&config, topology::config(&last))?;
+    let _agent = Agent::start(&topo.lb, &["front", "back"], config.to_str().context("path")?, 2)?;
+    // The state file still lists the old agent's services: wait for this agent's plan.
+    wait_until("the restarted agent's plan", || Ok(active_backends("dns")? == [format!("{}-udp", backend_name(last[0]))]))?;
+    let moved = ask(&topo, "after a restart")?;
+    ensure!(moved == backend_name(last[0]), "after the restart the flow went to {moved}, not to {}", backend_name(last[0]));
     agent::unload()
 }
 

@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues, xdp::DevMapHash};
-use lb_common::{Backend, Frontend, FrontendKey, Service, Settings, Traffic, maps as names};
+use lb_common::{BACKEND_REMOVED, Backend, Frontend, FrontendKey, Service, Settings, Traffic, maps as names};
 use tracing::debug;
 
 use super::pin_path;
@@ -123,7 +123,8 @@ impl Writer {
     }
 
     /// After a full sync: removes what an earlier run left that `plan` does not have (frontends,
-    /// port bits, VNIs). Returns how many entries it removed.
+    /// port bits, VNIs) and flags the backends it had that no service has now (removed while no
+    /// agent ran). Returns how many entries it changed.
     pub fn sweep(&mut self, plan: &Plan) -> Result<usize> {
         let wanted: HashSet<FrontendKey> =
             plan.services.iter().flat_map(|s| s.frontends.iter().map(frontend_key)).collect();
@@ -146,7 +147,17 @@ impl Writer {
                 cleared += 1;
             }
         }
-        Ok(stale.len() + stale_vnis.len() + cleared)
+        let live: HashSet<u32> = plan.services.iter().flat_map(|s| s.backends.iter().map(|b| b.id)).collect();
+        let mut flagged = 0;
+        for id in (1..names::MAX_BACKENDS).filter(|id| !live.contains(id)) {
+            let backend = self.backends.get(&id, 0).with_context(|| format!("reading slb_backends[{id}]"))?;
+            if backend.port != 0 && backend.flags & BACKEND_REMOVED == 0 {
+                let removed = Backend { flags: BACKEND_REMOVED, ..backend };
+                self.backends.set(id, removed, 0).with_context(|| format!("flagging slb_backends[{id}] removed"))?;
+                flagged += 1;
+            }
+        }
+        Ok(stale.len() + stale_vnis.len() + cleared + flagged)
     }
 
     /// Makes `slb_local_addrs` exactly `addrs`; returns whether anything changed.
