@@ -38,7 +38,11 @@ pub fn udp_ask(addr: SocketAddr, payload: &str) -> Result<String> {
 
 /// One UDP request from source port `local_port` (0: any); returns the answering backend's name.
 pub fn udp_ask_from(local_port: u16, addr: SocketAddr, payload: &str) -> Result<String> {
-    let socket = UdpSocket::bind(("0.0.0.0", local_port))?;
+    udp_query(&UdpSocket::bind(("0.0.0.0", local_port))?, addr, payload)
+}
+
+/// One UDP request on `socket`; returns the answering backend's name.
+fn udp_query(socket: &UdpSocket, addr: SocketAddr, payload: &str) -> Result<String> {
     socket.set_read_timeout(Some(TIMEOUT))?;
     socket.send_to(payload.as_bytes(), addr)?;
     let mut buf = [0u8; 65536];
@@ -103,9 +107,14 @@ pub fn http_spread(ns: &Netns, frontend: SocketAddr, count: usize) -> Result<BTr
 pub fn udp_spread(ns: &Netns, frontend: SocketAddr, count: usize) -> Result<BTreeMap<String, usize>> {
     ns.run(move || -> Result<BTreeMap<String, usize>> {
         let mut answers = BTreeMap::new();
+        // Every request from its own port: the sockets stay open until the spread ends, so the
+        // kernel cannot hand a port out twice and each request is a new flow.
+        let mut sockets = Vec::with_capacity(count);
         for i in 0..count {
-            let name = udp_ask(frontend, &format!("question-{i}")).with_context(|| format!("request {i} to {frontend}"))?;
+            let socket = UdpSocket::bind("0.0.0.0:0")?;
+            let name = udp_query(&socket, frontend, &format!("question-{i}")).with_context(|| format!("request {i} to {frontend}"))?;
             *answers.entry(name).or_default() += 1;
+            sockets.push(socket);
         }
         Ok(answers)
     })?
