@@ -2,7 +2,8 @@
 //! built from this host's binaries (`tests::dind`), swarmlb following its own node's Engine on
 //! every node (the manager and two workers). Connections entering any node's published port
 //! reach tasks on all three nodes, translated in XDP, and UDP requests are answered through every
-//! node (workers learn ports without their protocol, see the Docker source). Needs root and a running Engine; every
+//! node (workers learn ports without their protocol, see the Docker source). Needs root and a
+//! running Engine; every
 //! address is inside 198.18.0.0/15.
 
 use std::{

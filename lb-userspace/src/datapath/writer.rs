@@ -147,7 +147,7 @@ impl Writer {
                 cleared += 1;
             }
         }
-        let live: HashSet<u32> = plan.services.iter().flat_map(|s| s.backends.iter().map(|b| b.id)).collect();
+        let live = plan.backend_ids();
         let mut flagged = 0;
         for id in (1..names::MAX_BACKENDS).filter(|id| !live.contains(id)) {
             let backend = self.backends.get(&id, 0).with_context(|| format!("reading slb_backends[{id}]"))?;

@@ -2,7 +2,7 @@
 //! a plan stands for.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     sync::Arc,
 };
 
@@ -227,7 +227,7 @@ pub fn diff(prev: Option<&Plan>, next: &Plan) -> Diff {
         }
     }
 
-    let kept: HashSet<u32> = next.services.iter().flat_map(|s| s.backends.iter().map(|b| b.id)).collect();
+    let kept = next.backend_ids();
     d.removed_backends = prev
         .services
         .iter()

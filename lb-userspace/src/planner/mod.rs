@@ -148,6 +148,11 @@ impl Plan {
         self.services.iter().map(|s| s.backends.len()).sum()
     }
 
+    /// Ids of every backend of every service: the `slb_backends` entries in use.
+    pub fn backend_ids(&self) -> std::collections::HashSet<u32> {
+        self.services.iter().flat_map(|s| s.backends.iter().map(|b| b.id)).collect()
+    }
+
     pub fn frontend_count(&self) -> usize {
         self.services.iter().map(|s| s.frontends.len()).sum()
     }

@@ -121,9 +121,9 @@ fn ingress_service(s: &DockerService, name: String, sticky: bool, nets: &Network
 
 /// The services in the ingress network's entries, with the ports its inspect lists. Those carry
 /// no protocol, so each port is published for TCP and UDP alike (traffic of the protocol the
-/// service does not serve reaches a task port nobody listens on). Swarm lets two services share a port
-/// number only with different protocols; such a number cannot be told apart here and is left
-/// out of both, with a note.
+/// service does not serve reaches a task port nobody listens on). Swarm lets two services share
+/// a port number only with different protocols; such a number cannot be told apart here and is
+/// left out of both, with a note.
 fn ingress_entries(nets: &Networks, notes: &mut Vec<String>) -> Vec<Want> {
     let Some(ingress) = nets.ingress() else { return Vec::new() };
     let listed = listed_ports(ingress);
