@@ -10,5 +10,5 @@ pub mod maps;
 pub mod reason;
 pub mod types;
 
-pub use reason::Reason;
+pub use reason::{CtEvent, Reason};
 pub use types::*;

@@ -23,6 +23,14 @@ pub const BACKENDS: &str = "slb_backends";
 pub const MAGLEV: &str = "slb_maglev";
 /// Connection table: [`crate::FlowKey`] -> [`crate::Flow`], two entries per connection.
 pub const CONNTRACK: &str = "slb_conntrack";
+/// New-flow table: entries of connections not yet confirmed ([`crate::CT_NEW`],
+/// [`crate::CT_SYN_RECV`]), same key and value as [`CONNTRACK`]. A flood of spoofed SYNs fills
+/// this small table and evicts only its own kind, never an established connection.
+pub const NEW_FLOWS: &str = "slb_ct_new";
+/// Addresses replies come back to (every service's SNAT address): address -> 1.
+pub const SNAT_ADDRS: &str = "slb_snat_addrs";
+/// Per-CPU count per [`crate::CtEvent`]: what the connection tables did besides packets' fates.
+pub const CT_EVENTS: &str = "slb_ct_events";
 /// Per-CPU [`crate::Traffic`] per service id.
 pub const SVC_STATS: &str = "slb_svc_stats";
 /// Per-CPU [`crate::Traffic`] per backend id.
@@ -50,5 +58,18 @@ pub const DEFAULT_VXLAN_PORT: u16 = 4789;
 pub const MAGLEV_SIZE: u32 = 65537;
 /// Connection-table entries (each connection takes two).
 pub const CONNTRACK_SIZE: u32 = 1 << 19;
+/// New-flow table entries (two per unconfirmed connection). Half of this, 16384 half-open
+/// connections, is what a SYN flood can hold at once; at 1 Mpps each lives ~16 ms, 100 times a
+/// local round trip, so real handshakes complete beside it.
+pub const NEW_FLOWS_SIZE: u32 = 1 << 15;
+/// Upper bound of the SNAT addresses in [`SNAT_ADDRS`].
+pub const MAX_SNAT_ADDRS: u32 = 256;
+/// Default NAT port range on a node address: every unprivileged port below the kernel's default
+/// `ip_local_port_range` (32768-60999), so translated flows never take a tuple the node's own
+/// connections could use.
+pub const DEFAULT_NODE_SNAT_PORTS: (u16, u16) = (1024, 32767);
+/// NAT port range on an overlay endpoint address (no local socket uses it): every
+/// unprivileged port.
+pub const OVERLAY_SNAT_PORTS: (u16, u16) = (1024, 65535);
 /// One entry per possible destination port.
 pub const FE_PORTS_SIZE: u32 = 1 << 16;

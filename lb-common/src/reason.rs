@@ -1,25 +1,29 @@
-//! Why the datapath did what it did with a packet: one per-CPU counter per reason.
+//! Why the datapath did what it did with a packet ([`Reason`], one per packet), and what its
+//! connection tables did besides ([`CtEvent`]): one per-CPU counter each.
 
-macro_rules! reasons {
-    ($($(#[$doc:meta])* $variant:ident = $name:literal,)*) => {
-        /// What happened to a packet; the discriminant indexes the `slb_reasons` map.
+macro_rules! counters {
+    ($(#[$enum_doc:meta])* $enum:ident { $($(#[$doc:meta])* $variant:ident = $name:literal,)* }) => {
+        $(#[$enum_doc])*
         #[repr(u32)]
         #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-        pub enum Reason { $($(#[$doc])* $variant,)* }
+        pub enum $enum { $($(#[$doc])* $variant,)* }
 
-        impl Reason {
-            /// Every reason, in map-index order.
-            pub const ALL: &'static [Reason] = &[$(Reason::$variant,)*];
+        impl $enum {
+            /// Every variant, in map-index order.
+            pub const ALL: &'static [$enum] = &[$($enum::$variant,)*];
+            pub const COUNT: u32 = Self::ALL.len() as u32;
 
             /// Stable snake_case name used by `swarmlb status` and metrics.
             pub const fn name(self) -> &'static str {
-                match self { $(Reason::$variant => $name,)* }
+                match self { $($enum::$variant => $name,)* }
             }
         }
     };
 }
 
-reasons! {
+counters! {
+/// What happened to a packet; the discriminant indexes the `slb_reasons` map.
+Reason {
     /// Sent on towards a backend (XDP_TX or XDP_REDIRECT).
     ToBackend = "to_backend",
     /// A reply translated back and sent on towards the client.
@@ -70,7 +74,26 @@ reasons! {
     /// to a backend mid-stream.
     PassNoConnection = "pass_no_connection",
 }
+}
 
-impl Reason {
-    pub const COUNT: u32 = Reason::ALL.len() as u32;
+counters! {
+/// Something the connection tables did; the discriminant indexes the `slb_ct_events` map.
+CtEvent {
+    /// A TCP handshake completed (the client acknowledged the backend's SYN-ACK) or a UDP flow
+    /// was answered: both entries moved from the new-flow table to the main one.
+    Confirmed = "confirmed",
+    /// A client ACK in a handshake that did not acknowledge the backend's SYN-ACK (a blind
+    /// spoofer, or a stale segment): forwarded, but the connection stays unconfirmed.
+    HandshakeAckMismatch = "handshake_ack_mismatch",
+    /// The main table refused a confirmed connection's entries (its NAT port was taken there in
+    /// a race): the connection was dropped.
+    ConfirmFailed = "confirm_failed",
+    /// The client's own source port was kept as the NAT port.
+    PortPreserved = "port_preserved",
+    /// Every NAT port probed was taken, and the new connection took the port of the oldest
+    /// unconfirmed (or idled-out) one among them: a SYN flood, or a range too small for the load.
+    PortTakenOver = "port_taken_over",
+    /// A retransmitted SYN or a SYN on a closed connection's tuple made a new connection.
+    Reopened = "reopened",
+}
 }

@@ -8,6 +8,11 @@ pub const PROTO_UDP: u8 = 17;
 pub const PROTO_BIT_TCP: u8 = 1;
 /// Bit in [`crate::maps::FE_PORTS`] values: some UDP frontend uses this port.
 pub const PROTO_BIT_UDP: u8 = 2;
+/// A protocol's bit shifted by this in [`crate::maps::FE_PORTS`] values: a frontend of that
+/// protocol used this port and connections through it may still run. Their packets are looked
+/// up (so they finish on their backend) while new connections to a removed frontend are refused;
+/// the agent clears the bit once the connection tables hold none.
+pub const PORT_TRACKED_SHIFT: u8 = 2;
 
 /// The address a frontend uses to mean "every local address of this node" (a published port).
 pub const ANY_LOCAL_ADDR: [u8; 4] = [0; 4];
@@ -46,6 +51,10 @@ pub struct Service {
     /// fit the path to the backends (overlay MTU - 40); 0 leaves MSS alone.
     pub mss: u16,
     pub _pad: u16,
+    /// Inclusive range of NAT source ports on `snat_addr`: wide on an overlay endpoint (no local
+    /// socket uses that address), outside `ip_local_port_range` on a node address.
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
 }
 
 #[repr(C)]
@@ -78,30 +87,75 @@ pub const DIR_TO_BACKEND: u8 = 0;
 /// [`Flow::direction`]: backend to client (a reply).
 pub const DIR_TO_CLIENT: u8 = 1;
 
-/// [`Flow::tcp_state`]: open (or UDP).
-pub const TCP_OPEN: u8 = 0;
-/// [`Flow::tcp_state`]: a FIN was seen.
-pub const TCP_FIN: u8 = 1;
-/// [`Flow::tcp_state`]: a RST was seen.
-pub const TCP_RST: u8 = 2;
+/// [`Flow::state`]: the first packet went to the backend and nothing came back yet (a TCP SYN,
+/// a UDP datagram). Such entries live in the new-flow table (`slb_ct_new`), never in the main one.
+pub const CT_NEW: u8 = 0;
+/// [`Flow::state`]: TCP, the backend answered with SYN-ACK; the client's ACK of it completes
+/// the handshake. Also in the new-flow table.
+pub const CT_SYN_RECV: u8 = 1;
+/// [`Flow::state`]: TCP handshake completed, or UDP answered: in the main table.
+pub const CT_ESTABLISHED: u8 = 2;
+/// [`Flow::state`]: TCP, one side sent FIN (see [`Flow::fins`]).
+pub const CT_HALF_CLOSED: u8 = 3;
+/// [`Flow::state`]: TCP, both sides sent FIN.
+pub const CT_CLOSING: u8 = 4;
+/// [`Flow::state`]: TCP, a RST was seen.
+pub const CT_RESET: u8 = 5;
 
-/// Seconds a flow may stay idle before the table forgets it.
-pub const IDLE_TCP_OPEN_S: u64 = 5 * 24 * 3600;
-pub const IDLE_TCP_FIN_S: u64 = 60;
-pub const IDLE_TCP_RST_S: u64 = 10;
+/// [`Flow::fins`]: the client sent FIN.
+pub const FIN_FROM_CLIENT: u8 = 1;
+/// [`Flow::fins`]: the backend sent FIN.
+pub const FIN_FROM_BACKEND: u8 = 2;
+
+/// Seconds an entry may stay idle in each state before the table forgets it.
+///
+/// - New (TCP handshake, UDP unanswered): 30 s. A real handshake completes in one round trip;
+///   a client retransmits its SYN after 1, 3, 7, 15 s and each retransmission refreshes the entry,
+///   the backend retransmits its SYN-ACK within 31 s. A spoofed SYN's NAT port is back after
+///   at most this (sooner under pressure: see the new-flow table's eviction).
+/// - Established TCP: 5 days, as Linux conntrack; never the routing mesh's 15 minutes.
+/// - Half-closed (one FIN): 60 s of silence; a half-closed stream that is still sending keeps it.
+/// - Closing (both FINs) and reset: 10 s, as Cilium: long enough for the last ACKs and a
+///   retransmitted FIN. A client reusing its port earlier starts a new connection at once.
+/// - UDP answered: 300 s.
+pub const IDLE_NEW_S: u64 = 30;
+pub const IDLE_TCP_ESTABLISHED_S: u64 = 5 * 24 * 3600;
+pub const IDLE_TCP_HALF_CLOSED_S: u64 = 60;
+pub const IDLE_TCP_CLOSING_S: u64 = 10;
+pub const IDLE_TCP_RESET_S: u64 = 10;
 pub const IDLE_UDP_S: u64 = 300;
-/// How long an entry of `proto` in `tcp_state` may stay idle, in ns: the datapath treats an
-/// entry idle for longer as gone.
-pub const fn idle_timeout_ns(proto: u8, tcp_state: u8) -> u64 {
+/// How long an entry of `proto` in `state` may stay idle, in ns: the datapath treats an entry
+/// idle for longer as gone, and so do `swarmlb flows` and the agent's table sweep.
+pub const fn idle_timeout_ns(proto: u8, state: u8) -> u64 {
     const NS_PER_S: u64 = 1_000_000_000;
-    if proto != PROTO_TCP {
-        return IDLE_UDP_S * NS_PER_S;
+    let seconds = match state {
+        CT_NEW | CT_SYN_RECV => IDLE_NEW_S,
+        _ if proto != PROTO_TCP => IDLE_UDP_S,
+        CT_HALF_CLOSED => IDLE_TCP_HALF_CLOSED_S,
+        CT_CLOSING => IDLE_TCP_CLOSING_S,
+        CT_RESET => IDLE_TCP_RESET_S,
+        _ => IDLE_TCP_ESTABLISHED_S,
+    };
+    seconds * NS_PER_S
+}
+
+/// The name `swarmlb flows` and metrics give an entry's state.
+pub const fn state_name(proto: u8, state: u8) -> &'static str {
+    match state {
+        CT_NEW if proto == PROTO_TCP => "syn_sent",
+        CT_NEW => "unreplied",
+        CT_SYN_RECV => "syn_recv",
+        _ if proto != PROTO_TCP => "replied",
+        CT_HALF_CLOSED => "half_closed",
+        CT_CLOSING => "closing",
+        CT_RESET => "reset",
+        _ => "established",
     }
-    match tcp_state {
-        TCP_RST => IDLE_TCP_RST_S * NS_PER_S,
-        TCP_FIN => IDLE_TCP_FIN_S * NS_PER_S,
-        _ => IDLE_TCP_OPEN_S * NS_PER_S,
-    }
+}
+
+/// Whether an entry in `state` is still unconfirmed (in the new-flow table).
+pub const fn is_unconfirmed(state: u8) -> bool {
+    matches!(state, CT_NEW | CT_SYN_RECV)
 }
 
 /// `last_seen_ns` is refreshed at most this often, to keep the hot path free of writes.
@@ -134,8 +188,15 @@ pub struct Flow {
     pub service_id: u32,
     pub backend_id: u32,
     pub direction: u8,
-    pub tcp_state: u8,
-    pub _pad: [u8; 2],
+    /// One of the `CT_*` states; both entries of a connection hold the same.
+    pub state: u8,
+    /// TCP: [`FIN_FROM_CLIENT`] | [`FIN_FROM_BACKEND`], which sides have closed.
+    pub fins: u8,
+    pub _pad: u8,
+    /// TCP: the backend's initial sequence number, from its SYN-ACK; the client's ACK of
+    /// exactly this + 1 completes the handshake, which a blind spoofer cannot guess.
+    pub backend_isn: u32,
+    pub _pad2: u32,
     pub last_seen_ns: u64,
     pub next_hop: NextHop,
 }
@@ -159,8 +220,8 @@ pub const MALFORMED_DROP: u32 = 1;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Settings {
     pub malformed_policy: u32,
-    /// Inclusive range of source ports used for NAT; must not overlap the kernel's
-    /// `ip_local_port_range` on the SNAT address.
+    /// The union of every service's NAT port range: a packet to a port outside it (and to no
+    /// frontend port) cannot be a reply, and skips the connection tables.
     pub snat_port_min: u16,
     pub snat_port_max: u16,
     /// UDP port of the swarm's VXLAN data path (0 means 4789), inspected on the underlay.
@@ -172,11 +233,11 @@ pub struct Settings {
 const _: () = {
     assert!(size_of::<FrontendKey>() == 8);
     assert!(size_of::<Frontend>() == 4);
-    assert!(size_of::<Service>() == 16);
+    assert!(size_of::<Service>() == 20);
     assert!(size_of::<Backend>() == 8);
     assert!(size_of::<FlowKey>() == 16);
     assert!(size_of::<NextHop>() == 32);
-    assert!(size_of::<Flow>() == 64);
+    assert!(size_of::<Flow>() == 72);
     assert!(size_of::<Traffic>() == 24);
     assert!(size_of::<Settings>() == 12);
 };

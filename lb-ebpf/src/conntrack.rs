@@ -1,42 +1,51 @@
-//! The connection table: two entries per connection (client->frontend and backend->snat), lookup
-//! with idle expiry, TCP FIN/RST state, and creation with SNAT source-port allocation.
+//! The connection tables. A connection has two entries, one per direction (client->frontend and
+//! backend->SNAT address), each saying what to rewrite its packets to. An unconfirmed connection
+//! (a TCP handshake in progress, a UDP flow not yet answered) lives in the small new-flow table;
+//! the packet that confirms it (the client's ACK of the backend's SYN-ACK, the first UDP answer)
+//! moves both entries to the main table. A flood of spoofed SYNs therefore only ever competes
+//! with other unconfirmed flows and never evicts an established connection.
+//!
+//! TCP states move forward only: new -> SYN received -> established -> half-closed -> closing,
+//! and reset from anywhere. Every state has an idle timeout (`lb_common::idle_timeout_ns`).
 
-use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST},
-    helpers::bpf_get_prandom_u32,
-};
+use aya_ebpf::{bindings::{BPF_ANY, BPF_NOEXIST}, programs::XdpContext};
 use lb_common::{
-    DIR_TO_BACKEND, DIR_TO_CLIENT, Flow, FlowKey, LAST_SEEN_GRANULARITY_NS, NextHop,
-    Reason, Settings, TCP_FIN, TCP_OPEN, TCP_RST, idle_timeout_ns,
+    CT_ESTABLISHED, CT_HALF_CLOSED, CT_CLOSING, CT_NEW, CT_RESET, CT_SYN_RECV, CtEvent, DIR_TO_BACKEND,
+    DIR_TO_CLIENT, FIN_FROM_BACKEND, FIN_FROM_CLIENT, Flow, FlowKey, LAST_SEEN_GRANULARITY_NS, NextHop,
+    PROTO_TCP, idle_timeout_ns, is_unconfirmed,
 };
 
 use crate::{
-    maps::CONNTRACK_MAP,
+    maps::{CONNTRACK_MAP, CT_NEW_MAP},
     parse::{self, Packet},
-    verdict::Verdict,
+    stats,
 };
 
-/// Default SNAT port range when the agent left `snat_port_min` at 0.
-const DEFAULT_SNAT_MIN: u16 = 16384;
-const DEFAULT_SNAT_MAX: u16 = 32767;
-/// Source ports tried before giving up with `DropPortsExhausted`.
-const PORT_TRIES: u32 = 16;
+/// Which table an entry was found in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    Main,
+    New,
+}
 
-/// The inclusive SNAT source-port range from the settings.
-#[inline(always)]
-pub fn snat_range(settings: &Settings) -> (u16, u16) {
-    if settings.snat_port_min == 0 {
-        (DEFAULT_SNAT_MIN, DEFAULT_SNAT_MAX)
-    } else if settings.snat_port_max < settings.snat_port_min {
-        (settings.snat_port_min, settings.snat_port_min)
-    } else {
-        (settings.snat_port_min, settings.snat_port_max)
+/// A live entry: a map value pointer, valid until the program returns (or the entry is removed).
+#[derive(Clone, Copy)]
+pub struct Tracked {
+    pub flow: *mut Flow,
+    pub table: Table,
+}
+
+impl Tracked {
+    #[inline(always)]
+    pub fn get(&self) -> &Flow {
+        // SAFETY: a map value pointer from `find_flow`, valid until the program returns.
+        unsafe { &*self.flow }
     }
 }
 
 #[inline(always)]
-fn is_expired(flow: &Flow, proto: u8, now: u64) -> bool {
-    now.saturating_sub(flow.last_seen_ns) > idle_timeout_ns(proto, flow.tcp_state)
+pub fn is_expired(flow: &Flow, proto: u8, now: u64) -> bool {
+    now.saturating_sub(flow.last_seen_ns) > idle_timeout_ns(proto, flow.state)
 }
 
 /// The key of the other direction's entry: the translated packet's tuple, reversed.
@@ -52,160 +61,218 @@ pub fn peer_key(flow: &Flow, proto: u8) -> FlowKey {
     }
 }
 
-/// The live (not idled-out) entry for this packet's tuple.
+/// The other direction's entry of the connection whose entry `flow` is stored under `key`: it
+/// rewrites the peer's packets back to `key`'s tuple, reversed. Both entries are derived from
+/// each other, so either can be rebuilt from the one at hand.
 #[inline(always)]
-pub fn find_flow(key: &FlowKey, now: u64) -> Option<*mut Flow> {
-    let flow = CONNTRACK_MAP.get_ptr_mut(key)?;
-    // SAFETY: a map value pointer, valid until the program returns.
-    if is_expired(unsafe { &*flow }, key.proto, now) { None } else { Some(flow) }
-}
-
-/// The TCP state this segment moves the connection to (never backwards).
-#[inline(always)]
-fn next_tcp_state(current: u8, tcp_flags: u8) -> u8 {
-    if tcp_flags & parse::TCP_RST != 0 {
-        TCP_RST
-    } else if tcp_flags & parse::TCP_FIN != 0 && current == TCP_OPEN {
-        TCP_FIN
-    } else {
-        current
-    }
-}
-
-/// Refreshes `last_seen_ns` (at most once per granularity) and records FIN/RST, on this entry
-/// and on its peer so both directions idle out together.
-#[inline(always)]
-pub fn touch_flow(flow: *mut Flow, pkt: &Packet, now: u64) {
-    // SAFETY: map value pointer from find_flow.
-    let f = unsafe { &mut *flow };
-    let state = next_tcp_state(f.tcp_state, pkt.tcp_flags);
-    let stale = now.saturating_sub(f.last_seen_ns) > LAST_SEEN_GRANULARITY_NS;
-    if !stale && state == f.tcp_state {
-        return;
-    }
-    f.tcp_state = state;
-    if stale {
-        f.last_seen_ns = now;
-    }
-    let peer = peer_key(f, pkt.key.proto);
-    if let Some(p) = CONNTRACK_MAP.get_ptr_mut(&peer) {
-        // SAFETY: map value pointer.
-        let p = unsafe { &mut *p };
-        if state > p.tcp_state {
-            p.tcp_state = state;
-        }
-        if stale {
-            p.last_seen_ns = now;
-        }
-    }
-}
-
-/// Whether the TCP segment `pkt` opens a new connection on the tuple of `flow`, a client-side
-/// entry whose connection has seen FIN or RST: a SYN there means the client reuses its port (a
-/// NAT in front of it, or a busy client), and the old backend may be gone or have moved on.
-#[inline(always)]
-pub fn is_reopened_by(flow: &Flow, pkt: &Packet) -> bool {
-    pkt.is_syn_without_ack() && flow.tcp_state != TCP_OPEN
-}
-
-/// Removes both entries of the connection `flow` (found under `key`), freeing its SNAT port.
-#[inline(always)]
-pub fn retire_flow(key: &FlowKey, flow: *mut Flow) {
-    // SAFETY: map value pointer from find_flow; read before the entries are removed.
-    let peer = peer_key(unsafe { &*flow }, key.proto);
-    let _ = CONNTRACK_MAP.remove(&peer);
-    let _ = CONNTRACK_MAP.remove(key);
-}
-
-/// A connection about to be created: both entries' values, before insertion.
-pub struct NewFlow {
-    pub forward: Flow,
-    pub reverse_key: FlowKey,
-}
-
-/// Builds the two directions of a new connection from `pkt` to backend `be_addr:be_port`,
-/// source-NATed to `snat_addr`, and reserves a free SNAT port by inserting the reverse entry.
-#[inline(always)]
-pub fn reserve_flow(
-    pkt: &Packet,
-    settings: &Settings,
-    service_id: u32,
-    backend_id: u32,
-    snat_addr: [u8; 4],
-    be_addr: [u8; 4],
-    be_port: u16,
-    now: u64,
-) -> Result<NewFlow, Verdict> {
-    let key = &pkt.key;
-    let reverse = Flow {
+pub fn mirror(key: &FlowKey, flow: &Flow) -> Flow {
+    Flow {
         new_src_addr: key.dst_addr,
         new_dst_addr: key.src_addr,
         new_src_port: key.dst_port,
         new_dst_port: key.src_port,
-        service_id,
-        backend_id,
-        direction: DIR_TO_CLIENT,
-        tcp_state: TCP_OPEN,
-        _pad: [0; 2],
-        last_seen_ns: now,
+        direction: if flow.direction == DIR_TO_BACKEND { DIR_TO_CLIENT } else { DIR_TO_BACKEND },
         next_hop: NextHop::default(),
+        ..*flow
+    }
+}
+
+#[inline(always)]
+fn live(flow: Option<*mut Flow>, proto: u8, now: u64, table: Table) -> Option<Tracked> {
+    let flow = flow?;
+    // SAFETY: a map value pointer, valid until the program returns.
+    if is_expired(unsafe { &*flow }, proto, now) { None } else { Some(Tracked { flow, table }) }
+}
+
+/// The live entry for this packet's tuple: the main table first (established traffic pays one
+/// lookup), then the new-flow table.
+#[inline(always)]
+pub fn find_flow(key: &FlowKey, now: u64) -> Option<Tracked> {
+    if let Some(t) = live(CONNTRACK_MAP.get_ptr_mut(key), key.proto, now, Table::Main) {
+        return Some(t);
+    }
+    live(CT_NEW_MAP.get_ptr_mut(key), key.proto, now, Table::New)
+}
+
+#[inline(always)]
+fn lookup(table: Table, key: &FlowKey) -> Option<*mut Flow> {
+    match table {
+        Table::Main => CONNTRACK_MAP.get_ptr_mut(key),
+        Table::New => CT_NEW_MAP.get_ptr_mut(key),
+    }
+}
+
+#[inline(always)]
+fn remove(table: Table, key: &FlowKey) {
+    let _ = match table {
+        Table::Main => CONNTRACK_MAP.remove(key),
+        Table::New => CT_NEW_MAP.remove(key),
     };
-    let mut reverse_key = FlowKey {
-        src_addr: be_addr,
-        dst_addr: snat_addr,
-        src_port: be_port,
-        dst_port: 0,
-        proto: key.proto,
-        _pad: [0; 3],
-    };
-    let (min, max) = snat_range(settings);
-    let span = (max - min) as u32 + 1;
-    // SAFETY: helper without arguments.
-    let start = unsafe { bpf_get_prandom_u32() } % span;
-    let mut found = false;
-    for i in 0..PORT_TRIES {
-        reverse_key.dst_port = min + ((start + i) % span) as u16;
-        if claim_port(&reverse_key, &reverse, now) {
-            found = true;
-            break;
+}
+
+/// What a packet of a tracked connection does to it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Forward it; the entries stay where they are.
+    Stay,
+    /// It confirms the connection: move both entries to the main table, then forward it.
+    Confirm,
+}
+
+/// The entry's state, FIN bits and backend ISN after this packet, and whether it confirms the
+/// connection.
+#[inline(always)]
+fn advance(ctx: &XdpContext, f: &Flow, pkt: &Packet) -> (Flow, Step) {
+    let mut next = *f;
+    if pkt.key.proto != PROTO_TCP {
+        if f.state == CT_NEW && f.direction == DIR_TO_CLIENT {
+            next.state = CT_ESTABLISHED;
+            return (next, Step::Confirm);
+        }
+        return (next, Step::Stay);
+    }
+    let flags = pkt.tcp_flags;
+    if f.state == CT_RESET {
+        return (next, Step::Stay);
+    }
+    if flags & parse::TCP_FLAG_RST != 0 {
+        next.state = CT_RESET;
+        return (next, Step::Stay);
+    }
+    let mut step = Step::Stay;
+    let syn_ack = parse::TCP_FLAG_SYN | parse::TCP_FLAG_ACK;
+    if f.state == CT_NEW || f.state == CT_SYN_RECV {
+        if f.direction == DIR_TO_CLIENT && flags & syn_ack == syn_ack {
+            // The backend's SYN-ACK (or its retransmission, with the same ISN).
+            next.state = CT_SYN_RECV;
+            next.backend_isn = parse::tcp_seq(ctx).unwrap_or(0);
+        } else if f.state == CT_SYN_RECV && f.direction == DIR_TO_BACKEND && flags & syn_ack == parse::TCP_FLAG_ACK {
+            if parse::tcp_ack(ctx) == Some(f.backend_isn.wrapping_add(1)) {
+                next.state = CT_ESTABLISHED;
+                step = Step::Confirm;
+            } else {
+                stats::count_event(CtEvent::HandshakeAckMismatch);
+            }
         }
     }
-    if !found {
-        return Err(Verdict::drop(Reason::DropPortsExhausted));
+    if flags & parse::TCP_FLAG_FIN != 0 && next.state >= CT_ESTABLISHED {
+        next.fins |= if f.direction == DIR_TO_BACKEND { FIN_FROM_CLIENT } else { FIN_FROM_BACKEND };
+        next.state = if next.fins == FIN_FROM_CLIENT | FIN_FROM_BACKEND { CT_CLOSING } else { CT_HALF_CLOSED };
     }
-    let forward = Flow {
-        new_src_addr: snat_addr,
-        new_dst_addr: be_addr,
-        new_src_port: reverse_key.dst_port,
-        new_dst_port: be_port,
-        service_id,
-        backend_id,
-        direction: DIR_TO_BACKEND,
-        tcp_state: TCP_OPEN,
-        _pad: [0; 2],
-        last_seen_ns: now,
-        next_hop: NextHop::default(),
-    };
-    Ok(NewFlow { forward, reverse_key })
+    (next, step)
 }
 
-/// Takes the SNAT port in `reverse_key` if nobody holds it, or if its holder has idled out.
+/// Moves the connection along on this packet: refreshes `last_seen_ns` (at most once per
+/// granularity, to keep the hot path free of writes), records state changes on both entries so
+/// both directions idle out together, and says whether the packet confirms the connection.
+///
+/// Two CPUs may handle the two directions at once; each writes only fields that move forward
+/// (state, FIN bits), and a lost update is corrected by the next packet of that direction.
 #[inline(always)]
-fn claim_port(reverse_key: &FlowKey, reverse: &Flow, now: u64) -> bool {
-    if CONNTRACK_MAP.insert(reverse_key, reverse, BPF_NOEXIST as u64).is_ok() {
+pub fn touch_flow(ctx: &XdpContext, t: Tracked, pkt: &Packet, now: u64) -> Step {
+    // SAFETY: map value pointer from find_flow.
+    let f = unsafe { &mut *t.flow };
+    let (next, step) = advance(ctx, f, pkt);
+    let stale = now.saturating_sub(f.last_seen_ns) > LAST_SEEN_GRANULARITY_NS;
+    let changed = next.state != f.state || next.fins != f.fins || next.backend_isn != f.backend_isn;
+    if !stale && !changed {
+        return step;
+    }
+    f.state = next.state;
+    f.fins = next.fins;
+    f.backend_isn = next.backend_isn;
+    if step == Step::Confirm {
+        // `confirm` copies this entry, and rebuilds the peer from it.
+        return step;
+    }
+    if stale {
+        f.last_seen_ns = now;
+    }
+    if let Some(p) = lookup(t.table, &peer_key(f, pkt.key.proto)) {
+        // SAFETY: map value pointer.
+        let p = unsafe { &mut *p };
+        p.state = next.state;
+        p.fins = next.fins;
+        p.backend_isn = next.backend_isn;
+        if stale {
+            p.last_seen_ns = now;
+        }
+    }
+    step
+}
+
+/// Moves the unconfirmed connection whose entry `t` is stored under `key` to the main table,
+/// as established. The entry about to be used is inserted last, so a packet of either direction
+/// on another CPU finds the connection in one table or the other throughout. Returns the main
+/// table's entry for `key`, or `None` if the main table already holds the peer's tuple (a port
+/// claimed twice in a race): the connection is dropped then.
+#[inline(always)]
+pub fn confirm(key: &FlowKey, t: Tracked, now: u64) -> Option<Tracked> {
+    let mut this = *t.get();
+    this.last_seen_ns = now;
+    let peer_key = peer_key(&this, key.proto);
+    let mut peer = mirror(key, &this);
+    if let Some(p) = CT_NEW_MAP.get_ptr_mut(&peer_key) {
+        // SAFETY: map value pointer; the cached next hop is worth keeping.
+        peer.next_hop = unsafe { (*p).next_hop };
+    }
+    let confirmed = CONNTRACK_MAP.insert(&peer_key, &peer, BPF_NOEXIST as u64).is_ok()
+        && CONNTRACK_MAP.insert(key, &this, BPF_ANY as u64).is_ok();
+    let _ = CT_NEW_MAP.remove(&peer_key);
+    let _ = CT_NEW_MAP.remove(key);
+    if !confirmed {
+        stats::count_event(CtEvent::ConfirmFailed);
+        return None;
+    }
+    stats::count_event(CtEvent::Confirmed);
+    CONNTRACK_MAP.get_ptr_mut(key).map(|flow| Tracked { flow, table: Table::Main })
+}
+
+/// Whether the TCP segment `pkt` on the client-side entry `t` starts a new connection instead:
+/// a SYN on a connection that has seen FIN or RST (the client reuses its port, as clients
+/// behind a NAT do within seconds; the old backend may be gone), or a SYN retransmitted on an
+/// unconfirmed connection whose backend has left (its task was killed before it answered) or
+/// whose NAT port another connection has taken since (see `snat`).
+#[inline(always)]
+pub fn is_reopened_by(t: Tracked, pkt: &Packet, backend_gone: bool) -> bool {
+    let f = t.get();
+    if !pkt.is_syn_without_ack() {
+        return false;
+    }
+    if !is_unconfirmed(f.state) {
+        return f.state != CT_ESTABLISHED;
+    }
+    if backend_gone {
         return true;
     }
-    let taken_by_live_flow = find_flow(reverse_key, now).is_some();
-    !taken_by_live_flow && CONNTRACK_MAP.insert(reverse_key, reverse, BPF_ANY as u64).is_ok()
+    // The reverse entry must still lead back to this client.
+    match CT_NEW_MAP.get_ptr_mut(&peer_key(f, pkt.key.proto)) {
+        // SAFETY: map value pointer.
+        Some(p) => unsafe { (*p).new_dst_addr != pkt.key.src_addr || (*p).new_dst_port != pkt.key.src_port },
+        None => true,
+    }
 }
 
-/// Inserts the forward entry of a reserved connection; undoes the reservation if the table
-/// refuses it. (An idled-out forward entry for the same tuple is overwritten.)
+/// Removes both entries of the connection `t` (found under `key`), freeing its NAT port.
 #[inline(always)]
-pub fn commit_flow(key: &FlowKey, new: &NewFlow) -> Result<(), Verdict> {
-    if CONNTRACK_MAP.insert(key, &new.forward, BPF_ANY as u64).is_err() {
-        let _ = CONNTRACK_MAP.remove(&new.reverse_key);
-        return Err(Verdict::drop(Reason::DropConntrackFull));
-    }
-    Ok(())
+pub fn retire_flow(key: &FlowKey, t: Tracked) {
+    let peer = peer_key(t.get(), key.proto);
+    remove(t.table, &peer);
+    remove(t.table, key);
+    stats::count_event(CtEvent::Reopened);
 }
+
+/// Records a new connection's client-side entry (its NAT port is already claimed by the
+/// reverse entry, see `snat::claim`); undoes the claim if the table refuses it.
+#[inline(always)]
+pub fn commit_flow(key: &FlowKey, forward: &Flow, reverse_key: &FlowKey) -> bool {
+    if CT_NEW_MAP.insert(key, forward, BPF_ANY as u64).is_err() {
+        let _ = CT_NEW_MAP.remove(reverse_key);
+        return false;
+    }
+    true
+}
+
+// `advance` relies on the forward order of the states.
+const _: () = assert!(CT_NEW < CT_SYN_RECV && CT_SYN_RECV < CT_ESTABLISHED && CT_ESTABLISHED < CT_HALF_CLOSED
+    && CT_HALF_CLOSED < CT_CLOSING && CT_CLOSING < CT_RESET);

@@ -1,5 +1,5 @@
 //! swarmlb's XDP datapath. `swarmlb` reads top to bottom as a packet's decision path; each step
-//! lives in its own module (parse, conntrack, select, nat, forward, stats).
+//! lives in its own module (parse, conntrack, select, snat, nat, forward, stats).
 #![no_std]
 #![no_main]
 
@@ -11,6 +11,7 @@ mod mss;
 mod nat;
 mod parse;
 mod select;
+mod snat;
 mod stats;
 mod verdict;
 mod vxlan;
@@ -18,7 +19,7 @@ mod vxlan;
 use aya_ebpf::{
     bindings::xdp_action::XDP_PASS, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext,
 };
-use lb_common::{DIR_TO_BACKEND, Flow, PROTO_TCP, Reason, Settings};
+use lb_common::{CT_NEW, DIR_TO_BACKEND, DIR_TO_CLIENT, Flow, FlowKey, PROTO_TCP, Reason, Settings};
 
 use crate::{parse::Packet, verdict::Verdict};
 
@@ -46,23 +47,25 @@ fn balance(ctx: &XdpContext) -> Verdict {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
 
-    // Tracked traffic is a backend's reply to a SNAT port this node handed out or a client's
-    // packet to a frontend port; the two port ranges may overlap. Anything else leaves here.
+    // Tracked traffic is a client's packet to a frontend port (or to a port whose frontend was
+    // removed while connections on it may still run) or a backend's reply to a SNAT address and
+    // port this node handed out; the two port ranges may overlap. Anything else leaves here.
     let to_frontend_port = select::port_has_frontend(&pkt.key);
-    if !to_frontend_port && !is_snat_port(&settings, pkt.key.dst_port) {
+    if !to_frontend_port && !may_be_reply(&settings, &pkt.key) {
         return not_for_a_frontend(ctx, &pkt, &settings);
     }
-    // An established connection keeps its backend, even if its frontend or backend is gone,
-    // unless the packet starts the flow over (see `starts_over`).
-    if let Some(flow) = conntrack::find_flow(&pkt.key, now) {
-        if !starts_over(flow, &pkt) {
-            return forward_tracked(ctx, &pkt, flow, now);
+    // A tracked connection keeps its backend, even if its frontend or backend is gone, unless
+    // the packet starts the flow over (see `starts_over`).
+    if let Some(tracked) = conntrack::find_flow(&pkt.key, now) {
+        if !starts_over(tracked, &pkt) {
+            return forward_tracked(ctx, &pkt, tracked, now);
         }
-        conntrack::retire_flow(&pkt.key, flow);
+        conntrack::retire_flow(&pkt.key, tracked);
     }
     if !to_frontend_port {
         return not_for_a_frontend(ctx, &pkt, &settings);
     }
+    // A removed frontend refuses new connections: the kernel answers them.
     let Some(service_id) = select::find_service(&pkt.key) else {
         return not_for_a_frontend(ctx, &pkt, &settings);
     };
@@ -72,7 +75,7 @@ fn balance(ctx: &XdpContext) -> Verdict {
     if pkt.ttl <= 1 {
         return Verdict::pass(Reason::PassTtlExpired);
     }
-    forward_new(ctx, &pkt, &settings, service_id, now)
+    forward_new(ctx, &pkt, service_id, now)
 }
 
 /// Traffic no frontend claims: VXLAN on the data-path port is inspected and counted, the rest
@@ -86,78 +89,91 @@ fn not_for_a_frontend(ctx: &XdpContext, pkt: &Packet, settings: &Settings) -> Ve
     }
 }
 
-/// Whether a tracked flow's packet is balanced afresh instead: a SYN on a closing TCP
-/// connection (the client reusing its port), or a client's UDP packet whose backend has left the
-/// service (UDP has no close: a client that keeps its port would keep sending to a gone task).
+/// Whether a tracked flow's packet is balanced afresh instead: a TCP SYN that reopens the tuple
+/// (`conntrack::is_reopened_by`), or a client's UDP packet whose backend has left the service
+/// (UDP has no close: a client that keeps its port would keep sending to a gone task).
 #[inline(always)]
-fn starts_over(flow: *mut Flow, pkt: &Packet) -> bool {
-    // SAFETY: map value pointer from find_flow, valid until the program returns.
-    let f = unsafe { &*flow };
+fn starts_over(tracked: conntrack::Tracked, pkt: &Packet) -> bool {
+    let f = tracked.get();
     if f.direction != DIR_TO_BACKEND {
         return false;
     }
     if pkt.key.proto == PROTO_TCP {
-        conntrack::is_reopened_by(f, pkt)
+        pkt.is_syn_without_ack() && conntrack::is_reopened_by(tracked, pkt, select::backend_is_gone(f))
     } else {
         select::backend_is_gone(f)
     }
 }
 
+/// A cheap filter for replies: the port lies in some service's NAT range and the destination is
+/// a SNAT address.
 #[inline(always)]
-fn is_snat_port(settings: &Settings, port: u16) -> bool {
-    let (min, max) = conntrack::snat_range(settings);
-    port >= min && port <= max
+fn may_be_reply(settings: &Settings, key: &FlowKey) -> bool {
+    key.dst_port >= settings.snat_port_min && key.dst_port <= settings.snat_port_max && select::is_snat_addr(key.dst_addr)
 }
 
 /// A packet of a tracked connection, either direction.
 #[inline(always)]
-fn forward_tracked(ctx: &XdpContext, pkt: &Packet, flow: *mut Flow, now: u64) -> Verdict {
+fn forward_tracked(ctx: &XdpContext, pkt: &Packet, tracked: conntrack::Tracked, now: u64) -> Verdict {
     if pkt.ttl <= 1 {
         return Verdict::pass(Reason::PassTtlExpired);
     }
-    conntrack::touch_flow(flow, pkt, now);
+    let mut tracked = tracked;
+    if conntrack::touch_flow(ctx, tracked, pkt, now) == conntrack::Step::Confirm {
+        match conntrack::confirm(&pkt.key, tracked, now) {
+            Some(main) => tracked = main,
+            None => return Verdict::drop(Reason::DropConntrackFull),
+        }
+    }
     // SAFETY: map value pointer, valid until the program returns.
-    let flow = unsafe { &mut *flow };
+    let flow = unsafe { &mut *tracked.flow };
     let route = forward::resolve_next_hop(ctx, flow, pkt, now);
     forward::deliver(ctx, pkt, flow, route)
 }
 
-/// The first packet of a connection: pick a backend, allocate a SNAT port, record both
-/// directions, send it.
+/// The first packet of a connection: pick a backend, claim a NAT port, record both directions
+/// in the new-flow table, send it.
 #[inline(always)]
-fn forward_new(
-    ctx: &XdpContext,
-    pkt: &Packet,
-    settings: &Settings,
-    service_id: u32,
-    now: u64,
-) -> Verdict {
+fn forward_new(ctx: &XdpContext, pkt: &Packet, service_id: u32, now: u64) -> Verdict {
     let Some(service) = select::service(service_id) else {
         return Verdict::drop(Reason::DropNoBackend);
     };
     let Some((backend_id, backend)) = select::pick_backend(service_id, &service, &pkt.key) else {
         return Verdict::drop(Reason::DropNoBackend);
     };
-    let mut new = match conntrack::reserve_flow(
-        pkt,
-        settings,
+    let key = &pkt.key;
+    let reverse = Flow {
+        new_src_addr: key.dst_addr,
+        new_dst_addr: key.src_addr,
+        new_src_port: key.dst_port,
+        new_dst_port: key.src_port,
         service_id,
         backend_id,
-        service.snat_addr,
-        backend.addr,
-        backend.port,
-        now,
-    ) {
-        Ok(new) => new,
-        Err(verdict) => return verdict,
+        direction: DIR_TO_CLIENT,
+        state: CT_NEW,
+        last_seen_ns: now,
+        ..Flow::default()
     };
+    let mut reverse_key = FlowKey {
+        src_addr: backend.addr,
+        dst_addr: service.snat_addr,
+        src_port: backend.port,
+        dst_port: 0,
+        proto: key.proto,
+        _pad: [0; 3],
+    };
+    let range = (service.snat_port_min, service.snat_port_max);
+    if !snat::claim_port(key, &mut reverse_key, &reverse, range, now) {
+        return Verdict::drop(Reason::DropPortsExhausted);
+    }
+    let mut forward = conntrack::mirror(&reverse_key, &reverse);
     // Resolved before insertion so the entry is born with its next hop cached.
-    let route = forward::resolve_next_hop(ctx, &mut new.forward, pkt, now);
-    if let Err(verdict) = conntrack::commit_flow(&pkt.key, &new) {
-        return verdict;
+    let route = forward::resolve_next_hop(ctx, &mut forward, pkt, now);
+    if !conntrack::commit_flow(key, &forward, &reverse_key) {
+        return Verdict::drop(Reason::DropConntrackFull);
     }
     stats::count_new_flow(service_id, backend_id);
-    forward::deliver(ctx, pkt, &new.forward, route)
+    forward::deliver(ctx, pkt, &forward, route)
 }
 
 #[cfg(not(test))]

@@ -7,7 +7,7 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    Backend, Flow, FlowKey, Frontend, FrontendKey, Reason, Service, Settings, Traffic,
+    Backend, CtEvent, Flow, FlowKey, Frontend, FrontendKey, Reason, Service, Settings, Traffic,
     maps::{self as names, *},
 };
 
@@ -36,6 +36,15 @@ pub static MAGLEV_MAP: Array<u32, { (MAX_SERVICES * MAGLEV_SIZE) as usize }> = A
 #[btf_map(name = "slb_conntrack")]
 pub static CONNTRACK_MAP: LruHashMap<FlowKey, Flow, { CONNTRACK_SIZE as usize }> =
     LruHashMap::new();
+
+#[btf_map(name = "slb_ct_new")]
+pub static CT_NEW_MAP: LruHashMap<FlowKey, Flow, { NEW_FLOWS_SIZE as usize }> = LruHashMap::new();
+
+#[btf_map(name = "slb_snat_addrs")]
+pub static SNAT_ADDRS_MAP: HashMap<[u8; 4], u32, { MAX_SNAT_ADDRS as usize }> = HashMap::new();
+
+#[btf_map(name = "slb_ct_events")]
+pub static CT_EVENTS_MAP: PerCpuArray<u64, { CtEvent::COUNT as usize }> = PerCpuArray::new();
 
 #[btf_map(name = "slb_svc_stats")]
 pub static SVC_STATS_MAP: PerCpuArray<Traffic, { MAX_SERVICES as usize }> = PerCpuArray::new();
@@ -79,6 +88,9 @@ const _: () = {
     assert!(same("slb_backends", names::BACKENDS));
     assert!(same("slb_maglev", names::MAGLEV));
     assert!(same("slb_conntrack", names::CONNTRACK));
+    assert!(same("slb_ct_new", names::NEW_FLOWS));
+    assert!(same("slb_snat_addrs", names::SNAT_ADDRS));
+    assert!(same("slb_ct_events", names::CT_EVENTS));
     assert!(same("slb_svc_stats", names::SVC_STATS));
     assert!(same("slb_be_stats", names::BE_STATS));
     assert!(same("slb_reasons", names::REASONS));

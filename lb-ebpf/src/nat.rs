@@ -54,7 +54,7 @@ fn wire32(addr: [u8; 4]) -> u32 {
 /// scratch. Only SYNs and replies look the service up. Returns false as [`translate`] does.
 #[inline(always)]
 pub fn rewrite(ctx: &XdpContext, pkt: &Packet, flow: &Flow) -> bool {
-    let syn = pkt.tcp_flags & parse::TCP_SYN != 0;
+    let syn = pkt.tcp_flags & parse::TCP_FLAG_SYN != 0;
     let reply = flow.direction == DIR_TO_CLIENT;
     if !syn && !reply {
         return translate(ctx, pkt, flow);

@@ -19,10 +19,11 @@ const ETH_P_IPV4: u16 = 0x0800;
 const IP_MF: u16 = 0x2000;
 const IP_OFFSET: u16 = 0x1fff;
 
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
+/// TCP header flag bits (the connection states are `lb_common::CT_*`).
+pub const TCP_FLAG_FIN: u8 = 0x01;
+pub const TCP_FLAG_SYN: u8 = 0x02;
+pub const TCP_FLAG_RST: u8 = 0x04;
+pub const TCP_FLAG_ACK: u8 = 0x10;
 
 /// A TCP or UDP over IPv4 packet, fully bounds-checked up to the end of its L4 header.
 pub struct Packet {
@@ -39,7 +40,7 @@ pub struct Packet {
 impl Packet {
     #[inline(always)]
     pub fn is_syn_without_ack(&self) -> bool {
-        self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+        self.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN
     }
 }
 
@@ -58,6 +59,25 @@ fn read_u16_be(ctx: &XdpContext, off: usize) -> Option<u16> {
     let p = ptr_at::<[u8; 2]>(ctx, off)?;
     // SAFETY: bounds-checked by ptr_at.
     Some(u16::from_be_bytes(unsafe { p.read_unaligned() }))
+}
+
+#[inline(always)]
+fn read_u32_be(ctx: &XdpContext, off: usize) -> Option<u32> {
+    let p = ptr_at::<[u8; 4]>(ctx, off)?;
+    // SAFETY: bounds-checked by ptr_at.
+    Some(u32::from_be_bytes(unsafe { p.read_unaligned() }))
+}
+
+/// The TCP sequence number of a parsed TCP packet (read only where the handshake needs it).
+#[inline(always)]
+pub fn tcp_seq(ctx: &XdpContext) -> Option<u32> {
+    read_u32_be(ctx, L4_OFF + 4)
+}
+
+/// The TCP acknowledgment number of a parsed TCP packet.
+#[inline(always)]
+pub fn tcp_ack(ctx: &XdpContext) -> Option<u32> {
+    read_u32_be(ctx, L4_OFF + 8)
 }
 
 #[inline(always)]

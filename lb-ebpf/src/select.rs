@@ -2,21 +2,29 @@
 //! backend a new connection goes to (Maglev slot), and whether a flow's backend is still there.
 
 use lb_common::{
-    ANY_LOCAL_ADDR, BACKEND_REMOVED, Backend, Flow, FlowKey, FrontendKey, maps::MAGLEV_SIZE, PROTO_BIT_TCP, PROTO_BIT_UDP,
+    ANY_LOCAL_ADDR, BACKEND_REMOVED, Backend, Flow, FlowKey, FrontendKey, maps::MAGLEV_SIZE, PORT_TRACKED_SHIFT, PROTO_BIT_TCP, PROTO_BIT_UDP,
     PROTO_TCP, SERVICE_STICKY, Service,
     hash::{client_hash, flow_hash},
 };
 
-use crate::maps::{BACKENDS_MAP, FE_PORTS_MAP, FRONTENDS_MAP, LOCAL_ADDRS_MAP, MAGLEV_MAP, SERVICES_MAP};
+use crate::maps::{BACKENDS_MAP, FE_PORTS_MAP, FRONTENDS_MAP, LOCAL_ADDRS_MAP, MAGLEV_MAP, SERVICES_MAP, SNAT_ADDRS_MAP};
 
-/// Cheap pre-filter: does any frontend of this protocol use the destination port?
+/// Cheap pre-filter: does any frontend of this protocol use the destination port, or did one
+/// whose connections may still be running (`lb_common::PORT_TRACKED_SHIFT`)?
 #[inline(always)]
 pub fn port_has_frontend(key: &FlowKey) -> bool {
     let bit = if key.proto == PROTO_TCP { PROTO_BIT_TCP } else { PROTO_BIT_UDP };
     match FE_PORTS_MAP.get(key.dst_port as u32) {
-        Some(bits) => *bits & bit != 0,
+        Some(bits) => *bits & (bit | bit << PORT_TRACKED_SHIFT) != 0,
         None => false,
     }
+}
+
+/// Whether replies may come back to `addr`: it is some service's SNAT address.
+#[inline(always)]
+pub fn is_snat_addr(addr: [u8; 4]) -> bool {
+    // SAFETY: only the presence is read.
+    unsafe { SNAT_ADDRS_MAP.get(&addr) }.is_some()
 }
 
 /// The service of the frontend the packet is addressed to: the exact address first, then the

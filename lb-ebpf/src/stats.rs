@@ -1,13 +1,22 @@
-//! Per-CPU counters: one per reason, and traffic per service and per backend.
+//! Per-CPU counters: one per reason, one per connection-table event, and traffic per service and per backend.
 
-use lb_common::{Flow, Reason};
+use lb_common::{CtEvent, Flow, Reason};
 
-use crate::maps::{BE_STATS_MAP, REASONS_MAP, SVC_STATS_MAP};
+use crate::maps::{BE_STATS_MAP, CT_EVENTS_MAP, REASONS_MAP, SVC_STATS_MAP};
 
 /// Counts one packet under `reason`.
 #[inline(always)]
 pub fn count_reason(reason: Reason) {
     if let Some(counter) = REASONS_MAP.get_ptr_mut(reason as u32) {
+        // SAFETY: per-CPU slot, valid for the program's lifetime, no other writer on this CPU.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// Counts one connection-table event.
+#[inline(always)]
+pub fn count_event(event: CtEvent) {
+    if let Some(counter) = CT_EVENTS_MAP.get_ptr_mut(event as u32) {
         // SAFETY: per-CPU slot, valid for the program's lifetime, no other writer on this CPU.
         unsafe { *counter += 1 };
     }

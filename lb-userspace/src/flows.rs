@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use lb_common::{DIR_TO_BACKEND, Flow, FlowKey, PROTO_TCP, TCP_FIN, TCP_RST, idle_timeout_ns};
+use lb_common::{DIR_TO_BACKEND, Flow, FlowKey, PROTO_TCP, idle_timeout_ns, state_name};
 use nix::time::{ClockId, clock_gettime};
 use serde::Serialize;
 
@@ -27,7 +27,8 @@ pub struct FlowReport {
     /// The source the backend sees: this node's NAT address and port.
     pub nat: String,
     pub backend_addr: String,
-    /// `open`, `fin` (a FIN was seen) or `rst`; UDP flows are `open`.
+    /// TCP: `syn_sent`, `syn_recv` (half-open: the handshake has not completed), `established`,
+    /// `half_closed` (one FIN), `closing` (both FINs) or `reset`; UDP: `unreplied` or `replied`.
     pub state: &'static str,
     pub idle_s: u64,
 }
@@ -46,7 +47,7 @@ pub fn collect(pin_dir: &Path, state_dir: &Path, service: Option<&str>) -> Resul
         .connections()
         .into_iter()
         .filter(|(_, f)| f.direction == DIR_TO_BACKEND)
-        .filter(|(k, f)| now.saturating_sub(f.last_seen_ns) <= idle_timeout_ns(k.proto, f.tcp_state))
+        .filter(|(k, f)| now.saturating_sub(f.last_seen_ns) <= idle_timeout_ns(k.proto, f.state))
         .map(|(k, f)| report(&k, &f, name(&service_names, f.service_id), name(&backend_names, f.backend_id), now))
         .filter(|r| service.is_none_or(|s| r.service == s))
         .collect();
@@ -64,11 +65,7 @@ fn report(key: &FlowKey, flow: &Flow, service: String, backend: String, now: u64
         frontend: at(key.dst_addr, key.dst_port),
         nat: at(flow.new_src_addr, flow.new_src_port),
         backend_addr: at(flow.new_dst_addr, flow.new_dst_port),
-        state: match flow.tcp_state {
-            TCP_FIN => "fin",
-            TCP_RST => "rst",
-            _ => "open",
-        },
+        state: state_name(key.proto, flow.state),
         idle_s: now.saturating_sub(flow.last_seen_ns) / 1_000_000_000,
     }
 }
@@ -85,13 +82,13 @@ pub fn table(flows: &[FlowReport]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<20} {:<20} {:<5} {:<21} {:<21} {:<21} {:<21} {:<5} {:>6}",
+        "{:<20} {:<20} {:<5} {:<21} {:<21} {:<21} {:<21} {:<11} {:>6}",
         "SERVICE", "BACKEND", "PROTO", "CLIENT", "FRONTEND", "NAT", "BACKEND ADDR", "STATE", "IDLE S"
     );
     for f in flows {
         let _ = writeln!(
             out,
-            "{:<20} {:<20} {:<5} {:<21} {:<21} {:<21} {:<21} {:<5} {:>6}",
+            "{:<20} {:<20} {:<5} {:<21} {:<21} {:<21} {:<21} {:<11} {:>6}",
             f.service, f.backend, f.proto, f.client, f.frontend, f.nat, f.backend_addr, f.state, f.idle_s
         );
     }
@@ -111,17 +108,17 @@ mod tests {
             new_dst_addr: [198, 18, 1, 11],
             new_src_port: 20001,
             new_dst_port: 8080,
-            tcp_state: TCP_FIN,
+            state: lb_common::CT_HALF_CLOSED,
             last_seen_ns: 1_000_000_000,
             ..Default::default()
         };
         let r = report(&key, &flow, "web".into(), "web-1".into(), 4_500_000_000);
-        assert_eq!((r.client.as_str(), r.nat.as_str(), r.state, r.idle_s), ("198.18.0.50:40000", "198.18.1.1:20001", "fin", 3));
+        assert_eq!((r.client.as_str(), r.nat.as_str(), r.state, r.idle_s), ("198.18.0.50:40000", "198.18.1.1:20001", "half_closed", 3));
         let table = table(&[r]);
         let lines: Vec<&str> = table.lines().collect();
         assert!(lines[0].starts_with("SERVICE"));
         let row: Vec<&str> = lines[1].split_whitespace().collect();
-        assert_eq!(row, ["web", "web-1", "tcp", "198.18.0.50:40000", "198.18.0.10:80", "198.18.1.1:20001", "198.18.1.11:8080", "fin", "3"]);
+        assert_eq!(row, ["web", "web-1", "tcp", "198.18.0.50:40000", "198.18.0.10:80", "198.18.1.1:20001", "198.18.1.11:8080", "half_closed", "3"]);
         assert_eq!(lines.last(), Some(&"1 connections"));
     }
 }

@@ -16,9 +16,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-/// Default SNAT source-port range: below the kernel's default `ip_local_port_range`
-/// (32768-60999), so translated flows never collide with the node's own connections.
-pub const DEFAULT_SNAT_PORTS: (u16, u16) = (16384, 32767);
+/// Default SNAT source-port range on a node address (see `lb_common::maps`).
+pub const DEFAULT_SNAT_PORTS: (u16, u16) = lb_common::maps::DEFAULT_NODE_SNAT_PORTS;
 
 /// Largest accepted backend weight. Weights are relative; this bound keeps a typo such as
 /// `weight = 10000000` from starving every other backend of Maglev slots.

@@ -15,7 +15,12 @@ pub struct Report {
     pub services: Vec<ServiceReport>,
     /// Every reason, by name.
     pub reasons: BTreeMap<&'static str, u64>,
+    /// Every connection-table event, by name.
+    pub events: BTreeMap<&'static str, u64>,
+    /// Entries of the main connection table (two per established connection).
     pub conntrack_entries: usize,
+    /// Entries of the new-flow table (two per unconfirmed connection).
+    pub new_flow_entries: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -82,7 +87,9 @@ pub fn collect(pin_dir: &Path, state_dir: &Path) -> Result<Report> {
         });
     }
     let reasons = counters.reasons()?.into_iter().map(|(r, n)| (r.name(), n)).collect();
-    Ok(Report { node: plan.local_node.clone(), services, reasons, conntrack_entries: counters.conntrack_entries() })
+    let events = counters.events()?.into_iter().map(|(e, n)| (e.name(), n)).collect();
+    let (conntrack_entries, new_flow_entries) = counters.conntrack_entries();
+    Ok(Report { node: plan.local_node.clone(), services, reasons, events, conntrack_entries, new_flow_entries })
 }
 
 /// The human-readable form: services with their backends, nonzero reasons, connection count.
@@ -122,6 +129,17 @@ pub fn table(report: &Report) -> String {
     if nonzero.is_empty() {
         let _ = writeln!(out, "(none yet)");
     }
-    let _ = writeln!(out, "\nconntrack entries: {}", report.conntrack_entries);
+    let events: Vec<String> = report.events.iter().filter(|(_, n)| **n > 0).map(|(e, n)| format!("{e} {n}")).collect();
+    if !events.is_empty() {
+        let _ = writeln!(out, "\nconnection events: {}", events.join(", "));
+    }
+    let _ = writeln!(
+        out,
+        "\nconntrack entries: {} of {} established, {} of {} unconfirmed",
+        report.conntrack_entries,
+        lb_common::maps::CONNTRACK_SIZE,
+        report.new_flow_entries,
+        lb_common::maps::NEW_FLOWS_SIZE
+    );
     out
 }

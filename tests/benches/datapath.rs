@@ -8,14 +8,18 @@
 
 use std::time::{Duration, Instant};
 
-use lb_common::{MALFORMED_PASS, PROTO_BIT_TCP, PROTO_TCP, Reason, SERVICE_OVERLAY, Service, Settings, maps};
-use tests::{frames::*, testrun::*};
+use lb_common::{Reason, maps};
+use tests::{
+    frames::*,
+    lan::{one_node_swarm, swarm_service},
+    testrun::*,
+};
 
-/// Samples per case; new flows are fewer so they stay well inside the default SNAT port range
-/// (16384 ports towards the one backend).
+/// Samples per case; new flows are fewer so they stay well inside the NAT port range towards
+/// the one backend and the new-flow table.
 const SAMPLES: usize = 10_000;
 const NEW_FLOW_SAMPLES: usize = 5_000;
-const TIME_LIMIT: Duration = Duration::from_secs(8);
+const TIME_LIMIT: Duration = Duration::from_secs(10);
 const VIP: [u8; 4] = [198, 18, 0, 10];
 
 struct Stats {
@@ -34,28 +38,27 @@ fn main() -> anyhow::Result<()> {
     let net = TestNet::enter()?;
     let mut dp = Datapath::load()?;
     dp.add_tx_port(net.lan.ifindex)?;
-    dp.set_settings(Settings { malformed_policy: MALFORMED_PASS, snat_port_min: 0, snat_port_max: 0, vxlan_port: 0, _pad: 0 })?;
-    dp.set_fe_port(80, PROTO_BIT_TCP)?;
-    dp.set_frontend(VIP, 80, PROTO_TCP, 1)?;
-    dp.set_service(1, Service { snat_addr: LB_LAN, flags: 0, active_backends: 1, mss: 0, _pad: 0 })?;
-    dp.set_backend(1, BACKEND_LAN, 8080)?;
-    dp.set_maglev(1, &[1])?;
-    // The same backend behind an overlay service: replies get their L4 checksum from scratch.
-    dp.set_fe_port(81, PROTO_BIT_TCP)?;
-    dp.set_frontend(VIP, 81, PROTO_TCP, 2)?;
-    dp.set_service(2, Service { snat_addr: LB_LAN, flags: SERVICE_OVERLAY, active_backends: 1, mss: 0, _pad: 0 })?;
-    dp.set_backend(2, BACKEND_LAN, 8080)?;
-    dp.set_maglev(2, &[2])?;
-    const VNI: u32 = 4096;
-    dp.add_overlay(VNI)?;
+    dp.set_local_node("node-1");
+    // `web` on port 80 (routed), and the same backend behind `overlay` on 81, whose replies get
+    // their L4 checksum from scratch; the overlay's VNI is known to the VXLAN inspection.
+    let services = swarm_service("web", "198.18.0.10:80/tcp", 8080, false) + &swarm_service("overlay", "198.18.0.10:81/tcp", 8080, true);
+    dp.apply(&one_node_swarm("pass", 4789, &services))?;
+    const VNI: u32 = tests::lan::OVERLAY_VNI;
     let ifindex = net.lan.ifindex;
     let started = Instant::now();
 
     let syn = |src: [u8; 4], sport: u16| Spec::tcp(src, sport, VIP, 80, SYN).macs(CLIENT_MAC, LAN_MAC).build();
+    // New connections go to the overlay service, whose NAT range (every unprivileged port) the
+    // samples cannot fill.
+    let overlay_syn = |src: [u8; 4], sport: u16| Spec::tcp(src, sport, VIP, 81, SYN).macs(CLIENT_MAC, LAN_MAC).build();
+    let syn_ack = |port: u16| Spec::tcp(BACKEND_LAN, 8080, LB_LAN, port, SYN | ACK).macs(BACKEND_LAN_MAC, LAN_MAC).build();
     // One established connection, for the established and reply cases.
     let first = dp.run(&syn(CLIENT, 1000), ifindex)?;
     anyhow::ensure!(first.action == XDP_TX, "setup SYN not translated: action {}", first.action);
     let snat_port = parse_and_verify(&first.frame)?.sport;
+    anyhow::ensure!(dp.run(&syn_ack(snat_port), ifindex)?.action == XDP_TX, "setup SYN-ACK not translated");
+    let setup_ack = Spec::tcp(CLIENT, 1000, VIP, 80, ACK).macs(CLIENT_MAC, LAN_MAC).build();
+    anyhow::ensure!(dp.run(&setup_ack, ifindex)?.action == XDP_TX, "setup ACK not translated");
     let established = Spec::tcp(CLIENT, 1000, VIP, 80, ACK | PSH).macs(CLIENT_MAC, LAN_MAC).build();
     let reply = Spec::tcp(BACKEND_LAN, 8080, LB_LAN, snat_port, ACK | PSH).macs(BACKEND_LAN_MAC, LAN_MAC).build();
     let passed = Spec::tcp(CLIENT, 1000, LB_LAN, 22, SYN).macs(CLIENT_MAC, LAN_MAC).build();
@@ -67,6 +70,9 @@ fn main() -> anyhow::Result<()> {
     let overlay_first = dp.run(&Spec::tcp(CLIENT, 1001, VIP, 81, SYN).macs(CLIENT_MAC, LAN_MAC).build(), ifindex)?;
     anyhow::ensure!(overlay_first.action == XDP_TX, "overlay setup SYN not translated");
     let overlay_port = parse_and_verify(&overlay_first.frame)?.sport;
+    dp.run(&syn_ack(overlay_port), ifindex)?;
+    let overlay_ack = Spec::tcp(CLIENT, 1001, VIP, 81, ACK).macs(CLIENT_MAC, LAN_MAC).build();
+    anyhow::ensure!(dp.run(&overlay_ack, ifindex)?.action == XDP_TX, "overlay setup ACK not translated");
     let overlay_reply_1400 = Spec::tcp(BACKEND_LAN, 8080, LB_LAN, overlay_port, ACK | PSH)
         .macs(BACKEND_LAN_MAC, LAN_MAC)
         .payload(&payload_1400)
@@ -90,7 +96,7 @@ fn main() -> anyhow::Result<()> {
                 break;
             }
             let out = dp.run_prog(prog, &frame_of(i), ifindex, 1)?;
-            anyhow::ensure!(out.action == expect, "{name}: action {} instead of {expect}", out.action);
+            anyhow::ensure!(out.action == expect, "{name}: action {} instead of {expect}; {:?}", out.action, dp.reasons());
             v.push(out.duration_ns);
         }
         anyhow::ensure!(!v.is_empty(), "{name}: no sample within the time limit");
@@ -99,15 +105,27 @@ fn main() -> anyhow::Result<()> {
     };
     let before_new = dp.reason(Reason::ToBackend)?;
     measure("swarmlb_pass (floor)", maps::PROG_PASS, &mut |_| syn(CLIENT, 1000), XDP_PASS, SAMPLES, "reads the Ethernet header")?;
-    measure("passed, not a frontend", maps::PROG_LB, &mut |_| passed.clone(), XDP_PASS, SAMPLES, "parse + fe_ports lookup")?;
+    measure("passed, not a frontend", maps::PROG_LB, &mut |_| passed.clone(), XDP_PASS, SAMPLES, "parse + fe_ports lookup + range")?;
     measure(
         "new TCP flow",
         maps::PROG_LB,
-        &mut |i| syn([198, 18, 1, 1 + (i / 60000) as u8], 1024 + (i % 60000) as u16),
+        &mut |i| overlay_syn([198, 18, 1, 1 + (i / 60000) as u8], 1024 + (i % 60000) as u16),
         XDP_TX,
         NEW_FLOW_SAMPLES,
-        "maglev + 2 inserts + FIB",
+        "maglev + port claim + 2 inserts + FIB",
     )?;
+    // The handshake's last step: the client's ACK moves both entries to the main table. Each
+    // sample is a fresh connection's ACK, after its SYN and SYN-ACK (not measured).
+    let mut confirm_setup = |i: usize| -> Vec<u8> {
+        let src = [198, 18, 3, 1 + (i / 60000) as u8];
+        let sport = 1024 + (i % 60000) as u16;
+        let out = dp.run(&overlay_syn(src, sport), ifindex).expect("confirm setup SYN");
+        let port = parse_and_verify(&out.frame).expect("translated SYN").sport;
+        dp.run(&syn_ack(port), ifindex).expect("confirm setup SYN-ACK");
+        Spec::tcp(src, sport, VIP, 81, ACK).macs(CLIENT_MAC, LAN_MAC).build()
+    };
+    let confirm_frames: Vec<Vec<u8>> = (0..NEW_FLOW_SAMPLES).map(&mut confirm_setup).collect();
+    measure("handshake ACK (confirm)", maps::PROG_LB, &mut |i| confirm_frames[i].clone(), XDP_TX, NEW_FLOW_SAMPLES, "2 inserts, 2 removals")?;
     measure("established flow", maps::PROG_LB, &mut |_| established.clone(), XDP_TX, SAMPLES, "1 lookup, cached next hop")?;
     measure("reply to client", maps::PROG_LB, &mut |_| reply.clone(), XDP_TX, SAMPLES, "1 lookup, cached next hop")?;
     measure("reply, 1400 B payload", maps::PROG_LB, &mut |_| reply_1400.clone(), XDP_TX, SAMPLES, "incremental csum (same as above)")?;
@@ -143,8 +161,8 @@ fn main() -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "check: to_backend +{to_backend} (new + established), to_client {to_client}, pass_vxlan {vxlan_passed}; {} connections in the table; {} ms",
-        dp.flows()?.len() / 2,
+        "check: to_backend +{to_backend} (new + confirm + established), to_client {to_client}, pass_vxlan {vxlan_passed}; {} established connections; {} ms",
+        dp.table_sizes()?.0 / 2,
         started.elapsed().as_millis()
     );
     Ok(())

@@ -16,6 +16,9 @@ pub const ACK: u8 = 0x10;
 
 pub type Mac = [u8; 6];
 
+/// The sequence number frames carry unless told otherwise.
+pub const DEFAULT_SEQ: u32 = 0x1000_0001;
+
 /// One IPv4 TCP or UDP packet to build.
 #[derive(Clone, Debug)]
 pub struct Spec {
@@ -29,6 +32,11 @@ pub struct Spec {
     pub ttl: u8,
     /// TCP flags (ignored for UDP).
     pub flags: u8,
+    /// TCP sequence number; [`DEFAULT_SEQ`] unless set.
+    pub seq: u32,
+    /// TCP acknowledgment number (sent only with ACK): [`DEFAULT_SEQ`] + 1 unless set, so the
+    /// default ACK acknowledges a default SYN-ACK and completes a handshake.
+    pub ack: u32,
     /// UDP only: false sends checksum 0 ("none").
     pub udp_checksum: bool,
     /// TCP options (a multiple of 4 bytes, at most 40).
@@ -48,6 +56,8 @@ impl Spec {
             proto: 6,
             ttl: 64,
             flags,
+            seq: DEFAULT_SEQ,
+            ack: DEFAULT_SEQ.wrapping_add(1),
             udp_checksum: true,
             tcp_options: Vec::new(),
             payload: b"swarmlb test payload".to_vec(),
@@ -66,6 +76,16 @@ impl Spec {
 
     pub fn ttl(mut self, ttl: u8) -> Self {
         self.ttl = ttl;
+        self
+    }
+
+    pub fn seq(mut self, seq: u32) -> Self {
+        self.seq = seq;
+        self
+    }
+
+    pub fn ack(mut self, ack: u32) -> Self {
+        self.ack = ack;
         self
     }
 
@@ -104,8 +124,8 @@ impl Spec {
         f.extend_from_slice(&self.sport.to_be_bytes());
         f.extend_from_slice(&self.dport.to_be_bytes());
         if self.proto == 6 {
-            f.extend_from_slice(&0x1000_0001u32.to_be_bytes()); // seq
-            let ack = if self.flags & ACK != 0 { 0x2000_0001u32 } else { 0 };
+            f.extend_from_slice(&self.seq.to_be_bytes());
+            let ack = if self.flags & ACK != 0 { self.ack } else { 0 };
             f.extend_from_slice(&ack.to_be_bytes());
             f.extend_from_slice(&[((tcp_len / 4) as u8) << 4, self.flags, 0xfa, 0xf0, 0, 0, 0, 0]);
             f.extend_from_slice(&self.tcp_options);

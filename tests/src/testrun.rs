@@ -1,18 +1,27 @@
-//! Loads the embedded XDP object (no pinning), programs its maps with the `lb_common` types, and
-//! runs frames through it with BPF_PROG_TEST_RUN. Also builds the throw-away network namespace
-//! the FIB lookups of those runs resolve in.
+//! Loads the embedded XDP object with its maps pinned in a throw-away bpffs directory, programs
+//! them the way the agent does (a services file through the file source, the planner and the
+//! datapath writer), and runs frames through it with BPF_PROG_TEST_RUN. Also builds the
+//! throw-away network namespace the FIB lookups of those runs resolve in.
 
-use std::process::Command;
+use std::{
+    collections::BTreeSet,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray},
+    maps::{HashMap, MapData, PerCpuArray},
     programs::{TestRun, TestRunOptions, Xdp},
 };
-use lb_common::{
-    Backend, Flow, FlowKey, Frontend, FrontendKey, Reason, Service, Settings, Traffic,
-    maps::{self, MAGLEV_SIZE},
+use lb_common::{CtEvent, Flow, FlowKey, Reason, Traffic, maps};
+use swarmlb::{
+    datapath::{MAPS, pins, writer::Writer},
+    planner::{self, Plan},
+    source::file,
 };
 
 /// XDP return codes.
@@ -30,9 +39,19 @@ pub struct Outcome {
     pub duration_ns: u64,
 }
 
-/// The loaded datapath: both programs loaded (not attached), maps reachable by name.
+/// The loaded datapath: both programs loaded (not attached), maps pinned in `pin_dir` and
+/// reachable by name, and the plan last applied.
 pub struct Datapath {
     pub ebpf: Ebpf,
+    pin_dir: PathBuf,
+    plan: Option<Plan>,
+    local_node: Option<String>,
+}
+
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        let _ = pins::unload(&self.pin_dir);
+    }
 }
 
 impl Datapath {
@@ -52,9 +71,26 @@ impl Datapath {
     }
 
     fn load_once() -> Result<Self> {
-        let mut ebpf = EbpfLoader::new()
-            .load(swarmlb::EBPF_OBJECT)
-            .context("loading the XDP object (needs root and BPF)")?;
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let pin_dir = PathBuf::from(format!(
+            "/sys/fs/bpf/slbtest-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = pins::unload(&pin_dir);
+        std::fs::create_dir_all(&pin_dir).with_context(|| format!("creating {} (needs root and a bpffs)", pin_dir.display()))?;
+        let mut loader = EbpfLoader::new();
+        for (name, _, _) in MAPS {
+            loader.map_pin_path(name, pin_dir.join(name));
+        }
+        let loaded = loader.load(swarmlb::EBPF_OBJECT).context("loading the XDP object (needs root and BPF)");
+        let mut ebpf = match loaded {
+            Ok(ebpf) => ebpf,
+            Err(e) => {
+                let _ = pins::unload(&pin_dir);
+                return Err(e);
+            }
+        };
         for name in [maps::PROG_LB, maps::PROG_PASS] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
@@ -62,7 +98,56 @@ impl Datapath {
                 .try_into()?;
             prog.load().with_context(|| format!("verifier rejected {name}"))?;
         }
-        Ok(Self { ebpf })
+        Ok(Self { ebpf, pin_dir, plan: None, local_node: None })
+    }
+
+    /// Where the maps are pinned (for a `Writer` or `swarmlb` commands of the test's own).
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// The swarm node the services files of this datapath are planned for (`--node`).
+    pub fn set_local_node(&mut self, node: &str) {
+        self.local_node = Some(node.to_owned());
+    }
+
+    /// Programs the maps from a services file, as `swarmlb run --config` does on start (the
+    /// first call: a full sync) and on every reload after (a diff against the last plan).
+    pub fn apply(&mut self, config: &str) -> Result<()> {
+        let local = self.local_node.as_deref();
+        let cluster = file::parse("test.toml", config, local).map_err(|e| anyhow!("{e}"))?;
+        let next = planner::plan(&cluster, local, self.plan.as_ref().unwrap_or(&Plan::default()))?;
+        let diff = planner::diff(self.plan.as_ref(), &next);
+        self.writer()?.apply(&diff)?;
+        self.plan = Some(next);
+        Ok(())
+    }
+
+    fn writer(&self) -> Result<Writer> {
+        Writer::open(&self.pin_dir)
+    }
+
+    /// The last applied plan.
+    pub fn plan(&self) -> &Plan {
+        self.plan.as_ref().expect("no services file applied yet")
+    }
+
+    /// The id the planner gave backend `backend` of service `service`.
+    pub fn backend_id(&self, service: &str, backend: &str) -> u32 {
+        let s = self.plan().services.iter().find(|s| s.name == service).unwrap_or_else(|| panic!("no service {service}"));
+        s.backends.iter().find(|b| b.name == backend).unwrap_or_else(|| panic!("no backend {backend}")).id
+    }
+
+    /// The id the planner gave service `service`.
+    pub fn service_id(&self, service: &str) -> u32 {
+        self.plan().services.iter().find(|s| s.name == service).unwrap_or_else(|| panic!("no service {service}")).id
+    }
+
+    /// The node's addresses, for "any local address" frontends (as the agent writes them).
+    pub fn set_local_addrs(&mut self, addrs: &[[u8; 4]]) -> Result<()> {
+        let set: BTreeSet<Ipv4Addr> = addrs.iter().map(|a| Ipv4Addr::from(*a)).collect();
+        self.writer()?.sync_local_addrs(&set)?;
+        Ok(())
     }
 
     fn prog(&self, name: &str) -> Result<&Xdp> {
@@ -98,10 +183,6 @@ impl Datapath {
         Ok(HashMap::try_from(self.ebpf.map_mut(name).ok_or_else(|| anyhow!("no map {name}"))?)?)
     }
 
-    fn array<V: aya::Pod>(&mut self, name: &str) -> Result<Array<&mut MapData, V>> {
-        Ok(Array::try_from(self.ebpf.map_mut(name).ok_or_else(|| anyhow!("no map {name}"))?)?)
-    }
-
     fn per_cpu<V: aya::Pod>(&self, name: &str) -> Result<PerCpuArray<&MapData, V>> {
         Ok(PerCpuArray::try_from(self.ebpf.map(name).ok_or_else(|| anyhow!("no map {name}"))?)?)
     }
@@ -116,78 +197,77 @@ impl Datapath {
         Ok(data.info()?.id())
     }
 
-    pub fn set_settings(&mut self, settings: Settings) -> Result<()> {
-        Ok(self.array::<Settings>(maps::SETTINGS)?.set(0, settings, 0)?)
-    }
-
-    pub fn set_fe_port(&mut self, port: u16, proto_bits: u8) -> Result<()> {
-        Ok(self.array::<u8>(maps::FE_PORTS)?.set(port as u32, proto_bits, 0)?)
-    }
-
-    pub fn set_frontend(&mut self, addr: [u8; 4], port: u16, proto: u8, service_id: u32) -> Result<()> {
-        let key = FrontendKey { addr, port, proto, _pad: 0 };
-        Ok(self.hash::<FrontendKey, Frontend>(maps::FRONTENDS)?.insert(key, Frontend { service_id }, 0)?)
-    }
-
-    pub fn remove_frontend(&mut self, addr: [u8; 4], port: u16, proto: u8) -> Result<()> {
-        let key = FrontendKey { addr, port, proto, _pad: 0 };
-        Ok(self.hash::<FrontendKey, Frontend>(maps::FRONTENDS)?.remove(&key)?)
-    }
-
-    pub fn add_local_addr(&mut self, addr: [u8; 4]) -> Result<()> {
-        Ok(self.hash::<[u8; 4], u32>(maps::LOCAL_ADDRS)?.insert(addr, 1, 0)?)
-    }
-
-    pub fn set_service(&mut self, id: u32, service: Service) -> Result<()> {
-        Ok(self.array::<Service>(maps::SERVICES)?.set(id, service, 0)?)
-    }
-
-    pub fn set_backend(&mut self, id: u32, addr: [u8; 4], port: u16) -> Result<()> {
-        self.write_backend(id, Backend { addr, port, flags: 0 })
-    }
-
-    pub fn write_backend(&mut self, id: u32, backend: Backend) -> Result<()> {
-        Ok(self.array::<Backend>(maps::BACKENDS)?.set(id, backend, 0)?)
-    }
-
-    /// Fills service `id`'s Maglev table by cycling through `backend_ids` (0 = empty slots).
-    pub fn set_maglev(&mut self, service_id: u32, backend_ids: &[u32]) -> Result<()> {
-        let mut table = self.array::<u32>(maps::MAGLEV)?;
-        for slot in 0..MAGLEV_SIZE {
-            let id = if backend_ids.is_empty() { 0 } else { backend_ids[slot as usize % backend_ids.len()] };
-            table.set(service_id * MAGLEV_SIZE + slot, id, 0)?;
-        }
-        Ok(())
-    }
-
-    /// Marks `vni` as one of this swarm's overlays.
-    pub fn add_overlay(&mut self, vni: u32) -> Result<()> {
-        Ok(self.hash::<u32, u32>(maps::OVERLAYS)?.insert(vni, 1, 0)?)
-    }
-
-    /// Lets the datapath transmit on `ifindex` (XDP_TX / redirect).
+    /// Lets the datapath transmit on `ifindex` (XDP_TX / redirect), as the agent does for every
+    /// interface it attaches to.
     pub fn add_tx_port(&mut self, ifindex: u32) -> Result<()> {
-        let mut ports =
-            DevMapHash::try_from(self.ebpf.map_mut(maps::TX_PORTS).ok_or_else(|| anyhow!("no tx ports"))?)?;
-        ports.insert(ifindex, ifindex, None, 0)?;
-        Ok(())
+        self.writer()?.add_tx_ports(&[ifindex])
     }
 
-    pub fn flow(&mut self, key: &FlowKey) -> Result<Option<Flow>> {
-        match self.hash::<FlowKey, Flow>(maps::CONNTRACK)?.get(key, 0) {
+    fn table_entry(&mut self, table: &str, key: &FlowKey) -> Result<Option<Flow>> {
+        match self.hash::<FlowKey, Flow>(table)?.get(key, 0) {
             Ok(flow) => Ok(Some(flow)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
 
-    pub fn set_flow(&mut self, key: FlowKey, flow: Flow) -> Result<()> {
-        Ok(self.hash::<FlowKey, Flow>(maps::CONNTRACK)?.insert(key, flow, 0)?)
+    /// The live entry for `key` as the datapath finds it: the main table's unless it has idled
+    /// out, else the new-flow table's.
+    pub fn flow(&mut self, key: &FlowKey) -> Result<Option<Flow>> {
+        Ok(self.live_entry(key)?.map(|(f, _)| f))
     }
 
+    /// Which table holds the live entry for `key`: `Some(true)` the main one (confirmed),
+    /// `Some(false)` the new-flow table, `None` neither.
+    pub fn confirmed(&mut self, key: &FlowKey) -> Result<Option<bool>> {
+        Ok(self.live_entry(key)?.map(|(_, main)| main))
+    }
+
+    fn live_entry(&mut self, key: &FlowKey) -> Result<Option<(Flow, bool)>> {
+        let now = monotonic_ns();
+        let live = |f: &Flow| now.saturating_sub(f.last_seen_ns) <= lb_common::idle_timeout_ns(key.proto, f.state);
+        if let Some(f) = self.table_entry(maps::CONNTRACK, key)?.filter(live) {
+            return Ok(Some((f, true)));
+        }
+        Ok(self.table_entry(maps::NEW_FLOWS, key)?.filter(live).map(|f| (f, false)))
+    }
+
+    /// Moves an entry's clock back by `seconds` (in whichever table holds it), as if the
+    /// connection had been idle that long. The datapath's clock starts at boot, so this cannot
+    /// go back further than the machine's uptime.
+    pub fn age(&mut self, key: &FlowKey, seconds: u64) -> Result<()> {
+        let Some(then) = monotonic_ns().checked_sub(seconds * 1_000_000_000) else {
+            bail!("cannot age an entry by {seconds} s on a machine up for less");
+        };
+        for table in [maps::CONNTRACK, maps::NEW_FLOWS] {
+            if let Some(mut f) = self.table_entry(table, key)? {
+                f.last_seen_ns = then;
+                self.hash::<FlowKey, Flow>(table)?.insert(key, f, 0)?;
+                return Ok(());
+            }
+        }
+        bail!("no entry for {key:?} to age")
+    }
+
+    /// Every entry of both connection tables.
     pub fn flows(&mut self) -> Result<Vec<(FlowKey, Flow)>> {
-        let map = self.hash::<FlowKey, Flow>(maps::CONNTRACK)?;
-        Ok(map.iter().collect::<Result<Vec<_>, _>>()?)
+        let mut all = Vec::new();
+        for table in [maps::CONNTRACK, maps::NEW_FLOWS] {
+            all.extend(self.hash::<FlowKey, Flow>(table)?.iter().collect::<Result<Vec<_>, _>>()?);
+        }
+        Ok(all)
+    }
+
+    /// Entries of (main, new-flow) table.
+    pub fn table_sizes(&mut self) -> Result<(usize, usize)> {
+        let main = self.hash::<FlowKey, Flow>(maps::CONNTRACK)?.keys().count();
+        Ok((main, self.hash::<FlowKey, Flow>(maps::NEW_FLOWS)?.keys().count()))
+    }
+
+    /// A connection-table event counter summed over CPUs.
+    pub fn event(&self, event: CtEvent) -> Result<u64> {
+        let values = self.per_cpu::<u64>(maps::CT_EVENTS)?.get(&(event as u32), 0)?;
+        Ok(values.iter().sum())
     }
 
     /// A reason counter summed over CPUs.

@@ -3,13 +3,13 @@
 //! asserting the reason counter it expects. Every test runs in its own network namespace (see
 //! `TestNet`) so FIB lookups resolve deterministically. Needs root; fails (never skips) without.
 
-use lb_common::{
-    DIR_TO_BACKEND, DIR_TO_CLIENT, MALFORMED_DROP, MALFORMED_PASS, PROTO_TCP, PROTO_UDP, Reason,
-    SERVICE_STICKY, Service, Settings, TCP_OPEN,
-    hash::{client_hash, flow_hash},
-    maps::MAGLEV_SIZE,
-};
+use lb_common::{CT_ESTABLISHED, CT_NEW, DIR_TO_BACKEND, DIR_TO_CLIENT, PROTO_TCP, PROTO_UDP, Reason};
 use tests::{frames::*, lan::*, testrun::*};
+
+/// Service `web` on VIP:80 with backends `lan` (198.18.0.100) and `dc` (198.18.2.100).
+fn two_backends(extra: &str) -> String {
+    node("") + &service("web", "198.18.0.10:80/tcp", extra, &[("lan", BACKEND_LAN, BE_PORT, 1), ("dc", BACKEND_DC, BE_PORT, 1)])
+}
 
 #[test]
 fn tcp_syn_is_translated_to_backend_and_reply_back_to_client() {
@@ -30,20 +30,12 @@ fn tcp_syn_is_translated_to_backend_and_reply_back_to_client() {
     // Both directions are in the table, with the next hop cached on the forward entry.
     let fwd = e.dp.flow(&key(CLIENT, 40000, VIP, FE_PORT, PROTO_TCP)).unwrap().expect("forward entry");
     assert_eq!((fwd.new_src_addr, fwd.new_src_port, fwd.new_dst_addr, fwd.new_dst_port), (LB_LAN, snat_port, BACKEND_LAN, BE_PORT));
-    assert_eq!((fwd.service_id, fwd.backend_id, fwd.direction, fwd.tcp_state), (SVC, 1, DIR_TO_BACKEND, TCP_OPEN));
+    assert_eq!((fwd.service_id, fwd.backend_id, fwd.direction, fwd.state), (SVC, 1, DIR_TO_BACKEND, CT_NEW));
     assert_eq!((fwd.next_hop.ifindex, fwd.next_hop.mtu), (e.net.lan.ifindex, 1500));
     assert_eq!((fwd.next_hop.src_mac, fwd.next_hop.dst_mac), (LAN_MAC, BACKEND_LAN_MAC));
     let rev = e.dp.flow(&key(BACKEND_LAN, BE_PORT, LB_LAN, snat_port, PROTO_TCP)).unwrap().expect("reverse entry");
     assert_eq!((rev.new_src_addr, rev.new_src_port, rev.new_dst_addr, rev.new_dst_port), (VIP, FE_PORT, CLIENT, 40000));
     assert_eq!(rev.direction, DIR_TO_CLIENT);
-
-    // The next segment of the connection: same backend, same SNAT port.
-    let ack = Spec::tcp(CLIENT, 40000, VIP, FE_PORT, ACK | PSH).macs(CLIENT_MAC_50, LAN_MAC).payload(b"GET / HTTP/1.1\r\n\r\n");
-    let out = e.run(&ack.build());
-    assert_eq!(out.action, XDP_TX);
-    let p2 = translated(&out);
-    assert_eq!((p2.src, p2.sport, p2.dst, p2.dport), (LB_LAN, snat_port, BACKEND_LAN, BE_PORT));
-    assert_eq!(p2.payload, b"GET / HTTP/1.1\r\n\r\n");
 
     // The backend's answer goes back to the client, from the frontend address and port.
     let reply = Spec::tcp(BACKEND_LAN, BE_PORT, LB_LAN, snat_port, SYN | ACK).macs(BACKEND_LAN_MAC, LAN_MAC);
@@ -54,18 +46,30 @@ fn tcp_syn_is_translated_to_backend_and_reply_back_to_client() {
     assert_eq!((r.src_mac, r.dst_mac), (LAN_MAC, CLIENT_MAC_50));
     assert_eq!(r.flags, SYN | ACK);
 
+    // The client's next segment (acknowledging the SYN-ACK, with data): same backend, same SNAT
+    // port, and the connection is now established.
+    let ack = Spec::tcp(CLIENT, 40000, VIP, FE_PORT, ACK | PSH).macs(CLIENT_MAC_50, LAN_MAC).payload(b"GET / HTTP/1.1\r\n\r\n");
+    let out = e.run(&ack.build());
+    assert_eq!(out.action, XDP_TX);
+    let p2 = translated(&out);
+    assert_eq!((p2.src, p2.sport, p2.dst, p2.dport), (LB_LAN, snat_port, BACKEND_LAN, BE_PORT));
+    assert_eq!(p2.payload, b"GET / HTTP/1.1\r\n\r\n");
+    assert_eq!(e.dp.flow(&key(CLIENT, 40000, VIP, FE_PORT, PROTO_TCP)).unwrap().unwrap().state, CT_ESTABLISHED);
+
     e.dp.assert_reasons(&[(Reason::ToBackend, 2), (Reason::ToClient, 1)]);
     let bytes = (syn.len() + ack.build().len() + reply.build().len()) as u64;
+    let lan = e.dp.backend_id("web", "lan");
+    assert_eq!(lan, 1);
     let svc = e.dp.service_traffic(SVC).unwrap();
     assert_eq!((svc.packets, svc.bytes, svc.new_flows), (3, bytes, 1));
-    let be = e.dp.backend_traffic(1).unwrap();
+    let be = e.dp.backend_traffic(lan).unwrap();
     assert_eq!((be.packets, be.bytes, be.new_flows), (3, bytes, 1));
 }
 
 #[test]
 fn backend_on_another_managed_link_is_redirected() {
     let mut e = env();
-    e.service(SVC, (VIP, FE_PORT, PROTO_TCP), LB_DC, 0, &[(7, BACKEND_DC, BE_PORT)]);
+    e.apply(&(node("") + &service("web", "198.18.0.10:80/tcp", "nat_addr = \"198.18.2.1\"", &[("dc", BACKEND_DC, BE_PORT, 1)])));
     let out = e.run(&client_syn(40001).build());
     assert_eq!(out.action, XDP_REDIRECT);
     let p = translated(&out);
@@ -78,43 +82,40 @@ fn backend_on_another_managed_link_is_redirected() {
     let r = translated(&out);
     assert_eq!((r.src, r.sport, r.dst, r.dport, r.dst_mac), (VIP, FE_PORT, CLIENT, 40001, CLIENT_MAC_50));
     e.dp.assert_reasons(&[(Reason::ToBackend, 1), (Reason::ToClient, 1)]);
-    assert_eq!(e.dp.backend_traffic(7).unwrap().packets, 2);
+    assert_eq!(e.dp.backend_traffic(e.dp.backend_id("web", "dc")).unwrap().packets, 2);
 }
 
 #[test]
 fn established_flow_keeps_its_backend_after_backend_and_frontend_removal() {
     let mut e = env();
-    e.service(SVC, (VIP, FE_PORT, PROTO_TCP), LB_LAN, 0, &[(1, BACKEND_LAN, BE_PORT), (2, BACKEND_DC, BE_PORT)]);
-    let out = e.run(&client_syn(40002).build());
-    let first = translated(&out);
-    // The choice follows the shared flow hash, i.e. the agent's Maglev table semantics.
-    let slot = flow_hash(CLIENT, VIP, 40002, FE_PORT, PROTO_TCP) % MAGLEV_SIZE;
-    let expected = if slot % 2 == 0 { BACKEND_LAN } else { BACKEND_DC };
-    assert_eq!(first.dst, expected);
-    let (kept, other_id) = if first.dst == BACKEND_LAN { (BACKEND_LAN, 2) } else { (BACKEND_DC, 1) };
+    e.apply(&two_backends(""));
+    let first = e.connect(40002);
+    let (kept, gone) = if first.dst == BACKEND_LAN { (BACKEND_LAN, "lan") } else { (BACKEND_DC, "dc") };
+    let lb_mac = if kept == BACKEND_LAN { LAN_MAC } else { DC_MAC };
+    assert_eq!(first.src_mac, lb_mac);
 
-    // The agent moves every slot to the other backend: the connection stays where it is.
-    e.dp.set_maglev(SVC, &[other_id]).unwrap();
-    e.dp.set_service(SVC, Service { snat_addr: LB_LAN, flags: 0, active_backends: 1, mss: 0, _pad: 0 }).unwrap();
-    let ack = Spec::tcp(CLIENT, 40002, VIP, FE_PORT, ACK).macs(CLIENT_MAC_50, LAN_MAC).build();
-    assert_eq!(translated(&e.run(&ack)).dst, kept);
-    // A new connection goes to the remaining backend.
-    let other = translated(&e.run(&client_syn(40003).build()));
-    assert_ne!(other.dst, kept);
+    // Its backend leaves the service: the connection stays where it is, new ones go elsewhere.
+    let remaining = if gone == "lan" { ("dc", BACKEND_DC) } else { ("lan", BACKEND_LAN) };
+    e.apply(&(node("") + &service("web", "198.18.0.10:80/tcp", "", &[(remaining.0, remaining.1, BE_PORT, 1)])));
+    let data = client_segment(40002, ACK | PSH).build();
+    assert_eq!(translated(&e.run(&data)).dst, kept);
+    assert_eq!(translated(&e.run(&client_syn(40003).build())).dst, remaining.1);
 
-    // Even with the frontend gone, the established flow is still translated.
-    e.dp.remove_frontend(VIP, FE_PORT, PROTO_TCP).unwrap();
-    assert_eq!(translated(&e.run(&ack)).dst, kept);
-    // ... while a new connection to it is no longer balanced.
+    // The whole service removed: the established connection still finishes on its backend...
+    e.apply(&(node("") + &service("other", "198.18.0.10:81/tcp", "", &[(remaining.0, remaining.1, BE_PORT, 1)])));
+    assert_eq!(translated(&e.run(&data)).dst, kept);
+    let r = translated(&e.from_backend(&first, ACK | PSH));
+    assert_eq!((r.src, r.sport, r.dst, r.dport), (VIP, FE_PORT, CLIENT, 40002));
+    // ... while a new connection to it is refused (the kernel answers it).
     let out = e.run(&client_syn(40004).build());
     assert_eq!((out.action, out.frame), (XDP_PASS, client_syn(40004).build()));
-    e.dp.assert_reasons(&[(Reason::ToBackend, 4), (Reason::PassNoFrontend, 1)]);
+    e.dp.assert_reasons(&[(Reason::ToBackend, 5), (Reason::ToClient, 2), (Reason::PassNoFrontend, 1)]);
 }
 
 #[test]
 fn udp_with_and_without_checksum() {
     let mut e = env();
-    e.service(SVC, (VIP, 53, PROTO_UDP), LB_LAN, 0, &[(1, BACKEND_LAN, 5353)]);
+    e.apply(&dns());
     let out = e.run(&Spec::udp(CLIENT, 50000, VIP, 53).macs(CLIENT_MAC_50, LAN_MAC).build());
     assert_eq!(out.action, XDP_TX);
     let p = translated(&out);
@@ -138,33 +139,38 @@ fn udp_with_and_without_checksum() {
     assert_eq!(e.dp.service_traffic(SVC).unwrap().new_flows, 2);
 }
 
+/// A UDP service `dns` on VIP:53 -> backend 198.18.0.100:5353.
+fn dns() -> String {
+    node("") + &service("dns", "198.18.0.10:53/udp", "", &[("lan", BACKEND_LAN, 5353, 1)])
+}
+
 #[test]
 fn udp_checksum_that_computes_to_zero_is_sent_as_all_ones() {
-    // One SNAT port makes the translated tuple known in advance, so a payload word can be chosen
-    // that makes the translated datagram's one's-complement sum 0xffff: its checksum computes to
-    // 0 and must go out as 0xffff (0 would mean "no checksum").
+    // A client port inside the NAT range is kept, so the translated tuple is known in advance
+    // and a payload word can be chosen that makes the translated datagram's one's-complement sum
+    // 0xffff: its checksum computes to 0 and must go out as 0xffff (0 would mean "no checksum").
     let mut e = env();
-    e.service(SVC, (VIP, 53, PROTO_UDP), LB_LAN, 0, &[(1, BACKEND_LAN, 5353)]);
-    e.dp.set_settings(Settings { malformed_policy: MALFORMED_PASS, snat_port_min: 31000, snat_port_max: 31000, vxlan_port: 0, _pad: 0 }).unwrap();
+    e.apply(&dns());
+    let port = SNAT_MIN + 7;
     let mut payload = vec![0u8, 0, 0xde, 0xad, 0xbe, 0xef];
-    let expected = Spec::udp(LB_LAN, 31000, BACKEND_LAN, 5353).payload(&payload).build();
+    let expected = Spec::udp(LB_LAN, port, BACKEND_LAN, 5353).payload(&payload).build();
     let c = u16::from_be_bytes([expected[40], expected[41]]);
     payload[..2].copy_from_slice(&c.to_be_bytes());
-    let check = Spec::udp(LB_LAN, 31000, BACKEND_LAN, 5353).payload(&payload).build();
+    let check = Spec::udp(LB_LAN, port, BACKEND_LAN, 5353).payload(&payload).build();
     assert_eq!(u16::from_be_bytes([check[40], check[41]]), 0xffff, "test payload computes to zero");
 
-    let out = e.run(&Spec::udp(CLIENT, 50000, VIP, 53).macs(CLIENT_MAC_50, LAN_MAC).payload(&payload).build());
+    let out = e.run(&Spec::udp(CLIENT, port, VIP, 53).macs(CLIENT_MAC_50, LAN_MAC).payload(&payload).build());
     assert_eq!(out.action, XDP_TX);
     let p = translated(&out);
-    assert_eq!((p.sport, p.dst, p.dport, p.udp_checksum), (31000, BACKEND_LAN, 5353, 0xffff));
+    assert_eq!((p.sport, p.dst, p.dport, p.udp_checksum), (port, BACKEND_LAN, 5353, 0xffff));
     assert_eq!(e.count(Reason::ToBackend), 1);
 }
 
 #[test]
 fn any_local_address_frontend() {
     let mut e = env();
-    e.service(SVC, ([0; 4], 8443, PROTO_TCP), LB_LAN, 0, &[(1, BACKEND_LAN, 443)]);
-    e.dp.add_local_addr(LB_LAN).unwrap();
+    e.apply(&(node("") + &service("web", "*:8443/tcp", "", &[("lan", BACKEND_LAN, 443, 1)])));
+    e.dp.set_local_addrs(&[LB_LAN]).unwrap();
     let syn = Spec::tcp(CLIENT, 41000, LB_LAN, 8443, SYN).macs(CLIENT_MAC_50, LAN_MAC);
     let p = translated(&e.run(&syn.build()));
     assert_eq!((p.src, p.dst, p.dport), (LB_LAN, BACKEND_LAN, 443));
@@ -181,31 +187,33 @@ fn any_local_address_frontend() {
 #[test]
 fn sticky_service_sends_a_client_to_one_backend() {
     let mut e = env();
-    e.service(SVC, (VIP, FE_PORT, PROTO_TCP), LB_LAN, SERVICE_STICKY, &[(1, BACKEND_LAN, BE_PORT), (2, BACKEND_DC, BE_PORT)]);
-    let slot = client_hash(CLIENT) % MAGLEV_SIZE;
-    let expected = if slot % 2 == 0 { BACKEND_LAN } else { BACKEND_DC };
-    for sport in 42000..42020 {
+    e.apply(&two_backends("sticky = true"));
+    let first = translated(&e.run(&client_syn(42000).build())).dst;
+    for sport in 42001..42020 {
         let p = translated(&e.run(&client_syn(sport).build()));
-        assert_eq!(p.dst, expected, "sport {sport}");
+        assert_eq!(p.dst, first, "sport {sport}");
     }
-    // Another client may land elsewhere, but deterministically by its address.
-    let c2 = [198, 18, 0, 51];
-    let slot2 = client_hash(c2) % MAGLEV_SIZE;
-    let expected2 = if slot2 % 2 == 0 { BACKEND_LAN } else { BACKEND_DC };
-    let syn = Spec::tcp(c2, 42000, VIP, FE_PORT, SYN).macs([2, 0, 0, 0, 0, 51], LAN_MAC).build();
-    assert_eq!(translated(&e.run(&syn)).dst, expected2);
-    assert_eq!(e.count(Reason::ToBackend), 21);
-    assert_eq!(e.dp.service_traffic(SVC).unwrap().new_flows, 21);
+    // Other clients spread over both backends, each one always to the same.
+    let mut seen = std::collections::BTreeSet::new();
+    for n in 51..59u8 {
+        let c = [198, 18, 0, n];
+        let syn = |sport| Spec::tcp(c, sport, VIP, FE_PORT, SYN).macs(client_mac(n), LAN_MAC).build();
+        let a = translated(&e.run(&syn(42000))).dst;
+        assert_eq!(translated(&e.run(&syn(42001))).dst, a, "client {n}");
+        seen.insert(a);
+    }
+    assert_eq!(seen.len(), 2, "8 clients all on one backend");
+    assert_eq!(e.count(Reason::ToBackend), 36);
+    assert_eq!(e.dp.service_traffic(SVC).unwrap().new_flows, 36);
 }
 
 #[test]
 fn service_without_backend_drops_new_connections() {
     let mut e = env();
-    e.service(SVC, (VIP, FE_PORT, PROTO_TCP), LB_LAN, 0, &[]);
-    let out = e.run(&client_syn(43000).build());
-    assert_eq!(out.action, XDP_DROP);
-    // Active backends but an empty Maglev table (slot 0): dropped as well.
-    e.dp.set_service(SVC, Service { snat_addr: LB_LAN, flags: 0, active_backends: 1, mss: 0, _pad: 0 }).unwrap();
+    e.apply(&(node("") + &service("web", "198.18.0.10:80/tcp", "", &[])));
+    assert_eq!(e.run(&client_syn(43000).build()).action, XDP_DROP);
+    // Every backend drained (weight 0): dropped as well.
+    e.apply(&(node("") + &service("web", "198.18.0.10:80/tcp", "", &[("lan", BACKEND_LAN, BE_PORT, 0)])));
     assert_eq!(e.run(&client_syn(43001).build()).action, XDP_DROP);
     e.dp.assert_reasons(&[(Reason::DropNoBackend, 2)]);
     assert!(e.dp.flows().unwrap().is_empty(), "no connection created");
@@ -290,11 +298,12 @@ fn malformed_frames() -> Vec<(&'static str, Vec<u8>, Reason)> {
 
 #[test]
 fn malformed_headers_are_counted_and_follow_the_policy() {
-    for (policy, action) in [(MALFORMED_PASS, XDP_PASS), (MALFORMED_DROP, XDP_DROP)] {
-        let mut e = env_in_thread_safe();
-        e.web();
-        e.service(2, (VIP, 53, PROTO_UDP), LB_LAN, 0, &[(1, BACKEND_LAN, 5353)]);
-        e.dp.set_settings(Settings { malformed_policy: policy, snat_port_min: SNAT_MIN, snat_port_max: SNAT_MAX, vxlan_port: 0, _pad: 0 }).unwrap();
+    for (policy, action) in [("pass", XDP_PASS), ("drop", XDP_DROP)] {
+        // A second call of `env()` in this thread moves it to a newer namespace.
+        let mut e = env();
+        let udp = service("dns", "198.18.0.10:53/udp", "", &[("lan", BACKEND_LAN, 5353, 1)]);
+        let web = service("web", "198.18.0.10:80/tcp", "", &[("lan", BACKEND_LAN, BE_PORT, 1)]);
+        e.apply(&(node(&format!("malformed = \"{policy}\"")) + &web + &udp));
         let frames = malformed_frames();
         for (what, frame, reason) in &frames {
             let before = e.count(*reason);
@@ -308,12 +317,6 @@ fn malformed_headers_are_counted_and_follow_the_policy() {
         e.dp.assert_reasons(&[(Reason::MalformedIpv4, 5), (Reason::MalformedTcp, 4), (Reason::MalformedUdp, 2)]);
         assert!(e.dp.flows().unwrap().is_empty());
     }
-}
-
-/// `env()` enters a new namespace each call; calling it twice in one thread is fine (the
-/// thread just moves to a newer namespace).
-fn env_in_thread_safe() -> Env {
-    env()
 }
 
 #[test]
@@ -348,7 +351,7 @@ fn fragments_ip_options_and_ttl_expiry_are_passed_untouched() {
         assert_eq!(e.count(reason), if reason == Reason::PassFragment && what == "fragment offset" { 2 } else { 1 }, "{what}");
     }
     assert!(e.dp.flows().unwrap().is_empty(), "no connection for a TTL-expired SYN");
-    // TTL 1 on an established flow is also left to the kernel.
+    // TTL 1 on a tracked flow is also left to the kernel.
     translated(&e.run(&client_syn(46002).build()));
     let ack1 = Spec::tcp(CLIENT, 46002, VIP, FE_PORT, ACK).macs(CLIENT_MAC_50, LAN_MAC).ttl(1).build();
     let out = e.run(&ack1);
@@ -359,9 +362,10 @@ fn fragments_ip_options_and_ttl_expiry_are_passed_untouched() {
 #[test]
 fn unmanaged_egress_and_missing_neighbour_go_to_the_kernel_translated() {
     let mut e = env();
-    e.service(SVC, (VIP, FE_PORT, PROTO_TCP), LB_LAN, 0, &[(1, BACKEND_OTHER, BE_PORT)]);
-    e.service(2, (VIP, 81, PROTO_TCP), LB_LAN, 0, &[(2, BACKEND_NO_NEIGH, BE_PORT)]);
-    e.service(3, (VIP, 82, PROTO_TCP), LB_LAN, 0, &[(3, BACKEND_NO_ROUTE, BE_PORT)]);
+    e.apply(&(node("")
+        + &service("other", "198.18.0.10:80/tcp", "", &[("other", BACKEND_OTHER, BE_PORT, 1)])
+        + &service("no-neigh", "198.18.0.10:81/tcp", "", &[("no-neigh", BACKEND_NO_NEIGH, BE_PORT, 1)])
+        + &service("no-route", "198.18.0.10:82/tcp", "", &[("no-route", BACKEND_NO_ROUTE, BE_PORT, 1)])));
     for (dport, backend) in [(FE_PORT, BACKEND_OTHER), (81, BACKEND_NO_NEIGH)] {
         let syn = Spec::tcp(CLIENT, 49000, VIP, dport, SYN).macs(CLIENT_MAC_50, LAN_MAC).build();
         let out = e.run(&syn);
@@ -382,7 +386,7 @@ fn unmanaged_egress_and_missing_neighbour_go_to_the_kernel_translated() {
 fn packet_too_big_for_egress_mtu_is_passed_untranslated() {
     let mut e = env();
     sh("ip link set dc mtu 1000").unwrap();
-    e.service(SVC, (VIP, FE_PORT, PROTO_TCP), LB_DC, 0, &[(1, BACKEND_DC, BE_PORT)]);
+    e.apply(&(node("") + &service("web", "198.18.0.10:80/tcp", "nat_addr = \"198.18.2.1\"", &[("dc", BACKEND_DC, BE_PORT, 1)])));
     // A new flow whose first packet is too big (SYN with data, as TFO does): the FIB says so.
     let big_syn = client_syn(49500).payload(&[0x5a; 1100]).build();
     let out = e.run(&big_syn);
@@ -413,7 +417,7 @@ fn bpftool_prints_conntrack_field_names() {
     let mut e = env();
     e.web();
     translated(&e.run(&client_syn(40000).build()));
-    let id = e.dp.map_id(lb_common::maps::CONNTRACK).unwrap();
+    let id = e.dp.map_id(lb_common::maps::NEW_FLOWS).unwrap();
     let out = std::process::Command::new("bpftool")
         .args(["-j", "map", "dump", "id", &id.to_string()])
         .output()
@@ -423,7 +427,7 @@ fn bpftool_prints_conntrack_field_names() {
     let entries = json.as_array().expect("array of entries");
     assert_eq!(entries.len(), 2, "{json}");
     let text = json.to_string();
-    for field in ["src_addr", "new_dst_addr", "new_src_port", "tcp_state", "last_seen_ns", "next_hop", "dst_mac"] {
+    for field in ["src_addr", "new_dst_addr", "new_src_port", "state", "backend_isn", "last_seen_ns", "next_hop", "dst_mac"] {
         assert!(text.contains(field), "field {field} missing from {text}");
     }
 }

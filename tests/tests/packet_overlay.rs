@@ -4,56 +4,26 @@
 //! test asserts its reason counters. Each test runs in its own network namespace (`TestNet`).
 //! Needs root; fails (never skips) without.
 
-use lb_common::{
-    MALFORMED_DROP, MALFORMED_PASS, PROTO_BIT_TCP, PROTO_BIT_UDP, PROTO_TCP, PROTO_UDP, Reason,
-    SERVICE_OVERLAY, Service, Settings,
+use lb_common::Reason;
+use tests::{
+    frames::*,
+    lan::{Env, OVERLAY_VNI as VNI, env, one_node_swarm as swarm, swarm_service as service},
+    testrun::*,
 };
-use tests::{frames::*, testrun::*};
 
 const VIP: [u8; 4] = [198, 18, 0, 10];
-const SVC: u32 = 1;
-const SNAT_MIN: u16 = 20000;
-const SNAT_MAX: u16 = 20999;
 const CLIENT_MAC_50: [u8; 6] = [0x02, 0, 0, 0, 0, 50];
 /// Another swarm node's underlay address, and overlay task addresses inside VXLAN.
 const PEER_NODE: [u8; 4] = [198, 18, 0, 60];
 const TASK_A: [u8; 4] = [198, 19, 10, 2];
 const TASK_B: [u8; 4] = [198, 19, 10, 3];
-const VNI: u32 = 4096;
 
-struct Env {
-    net: TestNet,
-    dp: Datapath,
-}
-
-fn settings(malformed_policy: u32, vxlan_port: u16) -> Settings {
-    Settings { malformed_policy, snat_port_min: SNAT_MIN, snat_port_max: SNAT_MAX, vxlan_port, _pad: 0 }
-}
-
-/// A fresh namespace and datapath, both test links managed, default settings.
-fn env() -> Env {
-    let net = TestNet::enter().expect("test network namespace (run as root)");
-    let mut dp = Datapath::load().expect("load the datapath (run as root with BPF)");
-    dp.add_tx_port(net.lan.ifindex).unwrap();
-    dp.add_tx_port(net.dc.ifindex).unwrap();
-    dp.set_settings(settings(MALFORMED_PASS, 0)).unwrap();
-    Env { net, dp }
-}
-
-impl Env {
-    /// Service `id` on VIP:`port`/`proto` -> backend `id` at BACKEND_LAN:`be_port`.
-    fn service(&mut self, id: u32, port: u16, proto: u8, be_port: u16, flags: u32, mss: u16) {
-        let bit = if proto == PROTO_TCP { PROTO_BIT_TCP } else { PROTO_BIT_UDP };
-        self.dp.set_fe_port(port, bit).unwrap();
-        self.dp.set_frontend(VIP, port, proto, id).unwrap();
-        self.dp.set_service(id, Service { snat_addr: LB_LAN, flags, active_backends: 1, mss, _pad: 0 }).unwrap();
-        self.dp.set_backend(id, BACKEND_LAN, be_port).unwrap();
-        self.dp.set_maglev(id, &[id]).unwrap();
-    }
-
-    fn run(&self, frame: &[u8]) -> Outcome {
-        self.dp.run(frame, self.net.lan.ifindex).expect("test run")
-    }
+/// A fresh environment programmed with `services` on the one-node swarm.
+fn overlay_env(services: &str) -> Env {
+    let mut e = env();
+    e.dp.set_local_node("node-1");
+    e.apply(&swarm("pass", 4789, services));
+    e
 }
 
 fn syn(sport: u16, options: &[u8]) -> Spec {
@@ -88,8 +58,7 @@ fn option_layouts() -> Vec<(&'static str, Vec<u8>)> {
 
 #[test]
 fn syn_mss_is_clamped_in_every_option_layout() {
-    let mut e = env();
-    e.service(SVC, 80, PROTO_TCP, 8080, 0, 1410);
+    let e = overlay_env(&service("web", "198.18.0.10:80/tcp", 8080, true));
     let layouts = option_layouts();
     for (i, (what, options)) in layouts.iter().enumerate() {
         assert_eq!(mss_of(options), Some(1460), "{what}: test layout");
@@ -108,8 +77,7 @@ fn syn_mss_is_clamped_in_every_option_layout() {
 
 #[test]
 fn syn_ack_mss_is_clamped_on_the_reply() {
-    let mut e = env();
-    e.service(SVC, 80, PROTO_TCP, 8080, 0, 1410);
+    let e = overlay_env(&service("web", "198.18.0.10:80/tcp", 8080, true));
     let p = verified(&e.run(&syn(31000, &mss_option(1460)).build()));
     for (i, options) in [mss_option(1460).to_vec(), [&[1u8][..], &mss_option(1460), &[1, 1, 1]].concat()].iter().enumerate() {
         let syn_ack = Spec::tcp(BACKEND_LAN, 8080, LB_LAN, p.sport, SYN | ACK)
@@ -127,9 +95,7 @@ fn syn_ack_mss_is_clamped_on_the_reply() {
 
 #[test]
 fn mss_is_left_alone_when_not_asked_smaller_absent_or_malformed() {
-    let mut e = env();
-    e.service(SVC, 80, PROTO_TCP, 8080, 0, 0);
-    e.service(2, 81, PROTO_TCP, 8081, 0, 1410);
+    let e = overlay_env(&(service("plain", "198.18.0.10:80/tcp", 8080, false) + &service("web", "198.18.0.10:81/tcp", 8081, true)));
     let cases: [(&str, u16, Vec<u8>); 5] = [
         ("service mss 0", 80, mss_option(1460).to_vec()),
         ("already smaller", 81, mss_option(1300).to_vec()),
@@ -169,8 +135,7 @@ fn partial_checksum(f: &[u8]) -> u16 {
 
 #[test]
 fn overlay_tcp_replies_get_checksums_from_scratch() {
-    let mut e = env();
-    e.service(SVC, 80, PROTO_TCP, 8080, SERVICE_OVERLAY, 0);
+    let e = overlay_env(&service("web", "198.18.0.10:80/tcp", 8080, true));
     let p = verified(&e.run(&syn(33000, &[]).build()));
     let mut replies = 0;
     // Lengths around every block size of the from-scratch sum, odd ones included.
@@ -200,9 +165,7 @@ fn overlay_tcp_replies_get_checksums_from_scratch() {
 
 #[test]
 fn plain_service_replies_are_updated_incrementally() {
-    let mut e = env();
-    e.service(SVC, 80, PROTO_TCP, 8080, 0, 0);
-    e.service(2, 53, PROTO_UDP, 5353, 0, 0);
+    let e = overlay_env(&(service("web", "198.18.0.10:80/tcp", 8080, false) + &service("dns", "198.18.0.10:53/udp", 5353, false)));
     let p = verified(&e.run(&syn(34000, &[]).build()));
     let mut reply = Spec::tcp(BACKEND_LAN, 8080, LB_LAN, p.sport, ACK).macs(BACKEND_LAN_MAC, LAN_MAC).payload(b"odd!!").build();
     set_l4_checksum(&mut reply, 0xbeef);
@@ -222,8 +185,7 @@ fn plain_service_replies_are_updated_incrementally() {
 
 #[test]
 fn overlay_udp_replies_get_checksums_from_scratch() {
-    let mut e = env();
-    e.service(SVC, 53, PROTO_UDP, 5353, SERVICE_OVERLAY, 0);
+    let e = overlay_env(&service("dns", "198.18.0.10:53/udp", 5353, true));
     let q = verified(&e.run(&Spec::udp(CLIENT, 35000, VIP, 53).macs(CLIENT_MAC_50, LAN_MAC).build()));
     let reply = |payload: &[u8]| Spec::udp(BACKEND_LAN, 5353, LB_LAN, q.sport).macs(BACKEND_LAN_MAC, LAN_MAC).payload(payload);
 
@@ -295,11 +257,10 @@ fn vxlan_cases(port: u16) -> Vec<(&'static str, Vec<u8>, Reason)> {
 
 #[test]
 fn vxlan_on_the_underlay_is_inspected_under_both_policies() {
-    for (policy, malformed_action) in [(MALFORMED_PASS, XDP_PASS), (MALFORMED_DROP, XDP_DROP)] {
+    for (policy, malformed_action) in [("pass", XDP_PASS), ("drop", XDP_DROP)] {
         let mut e = env();
-        e.service(SVC, 80, PROTO_TCP, 8080, 0, 0);
-        e.dp.add_overlay(VNI).unwrap();
-        e.dp.set_settings(settings(policy, 0)).unwrap();
+        e.dp.set_local_node("node-1");
+        e.apply(&swarm(policy, 4789, &service("web", "198.18.0.10:80/tcp", 8080, false)));
         let cases = vxlan_cases(4789);
         for (what, frame, reason) in &cases {
             let before = e.dp.reason(*reason).unwrap();
@@ -319,8 +280,8 @@ fn vxlan_on_the_underlay_is_inspected_under_both_policies() {
 #[test]
 fn vxlan_port_follows_the_settings() {
     let mut e = env();
-    e.dp.add_overlay(VNI).unwrap();
-    e.dp.set_settings(settings(MALFORMED_DROP, 8472)).unwrap();
+    e.dp.set_local_node("node-1");
+    e.apply(&swarm("drop", 8472, ""));
     let good = [&vxlan_header(0x08, VNI)[..], &inner_frame()].concat();
     let out = e.run(&vxlan_frame(8472, &good));
     assert_eq!(out.action, XDP_PASS);

@@ -10,7 +10,7 @@ pub mod writer;
 
 /// Every map of the datapath, with the key and value sizes `lb-common` defines: the agent checks
 /// a pinned map against these before reusing it.
-pub(crate) const MAPS: &[(&str, usize, usize)] = {
+pub const MAPS: &[(&str, usize, usize)] = {
     use lb_common::{maps::*, *};
     use std::mem::size_of;
     &[
@@ -22,6 +22,9 @@ pub(crate) const MAPS: &[(&str, usize, usize)] = {
         (BACKENDS, 4, size_of::<Backend>()),
         (MAGLEV, 4, 4),
         (CONNTRACK, size_of::<FlowKey>(), size_of::<Flow>()),
+        (NEW_FLOWS, size_of::<FlowKey>(), size_of::<Flow>()),
+        (SNAT_ADDRS, 4, 4),
+        (CT_EVENTS, 4, 8),
         (SVC_STATS, 4, size_of::<Traffic>()),
         (BE_STATS, 4, size_of::<Traffic>()),
         (REASONS, 4, 8),

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::Result;
 use aya::maps::{HashMap, MapData, PerCpuArray};
-use lb_common::{Flow, FlowKey, Reason, Traffic, maps as names};
+use lb_common::{CtEvent, Flow, FlowKey, Reason, Traffic, maps as names};
 
 use super::writer::typed;
 
@@ -13,7 +13,9 @@ pub struct Counters {
     svc_stats: PerCpuArray<MapData, Traffic>,
     be_stats: PerCpuArray<MapData, Traffic>,
     reasons: PerCpuArray<MapData, u64>,
+    events: PerCpuArray<MapData, u64>,
     conntrack: HashMap<MapData, FlowKey, Flow>,
+    new_flows: HashMap<MapData, FlowKey, Flow>,
 }
 
 impl Counters {
@@ -22,7 +24,9 @@ impl Counters {
             svc_stats: typed!(pin_dir, names::SVC_STATS),
             be_stats: typed!(pin_dir, names::BE_STATS),
             reasons: typed!(pin_dir, names::REASONS),
+            events: typed!(pin_dir, names::CT_EVENTS),
             conntrack: typed!(pin_dir, names::CONNTRACK),
+            new_flows: typed!(pin_dir, names::NEW_FLOWS),
         })
     }
 
@@ -42,15 +46,23 @@ impl Counters {
             .collect()
     }
 
-    /// Entries in the connection table (two per connection).
-    pub fn conntrack_entries(&self) -> usize {
-        self.conntrack.keys().filter(|k| k.is_ok()).count()
+    /// Every connection-table event with its count, in map order.
+    pub fn events(&self) -> Result<Vec<(CtEvent, u64)>> {
+        CtEvent::ALL
+            .iter()
+            .map(|e| Ok((*e, self.events.get(&(*e as u32), 0)?.iter().sum())))
+            .collect()
     }
 
-    /// Every entry of the connection table, as read while the datapath may change it (an entry
-    /// removed during the walk is skipped).
+    /// Entries in the main connection table and in the new-flow table (two per connection).
+    pub fn conntrack_entries(&self) -> (usize, usize) {
+        (self.conntrack.keys().filter(|k| k.is_ok()).count(), self.new_flows.keys().filter(|k| k.is_ok()).count())
+    }
+
+    /// Every entry of both connection tables, as read while the datapath may change them (an
+    /// entry removed during the walk is skipped).
     pub fn connections(&self) -> Vec<(FlowKey, Flow)> {
-        self.conntrack.iter().filter_map(|e| e.ok()).collect()
+        self.conntrack.iter().chain(self.new_flows.iter()).filter_map(|e| e.ok()).collect()
     }
 }
 

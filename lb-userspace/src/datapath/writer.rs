@@ -1,10 +1,10 @@
 //! Writes plans into the pinned maps. The writer only executes a [`Diff`] the planner computed;
 //! its one job is the order, chosen so the datapath never follows a reference to something not
-//! yet written: settings; overlay VNIs; backends before the Maglev slots that name them; slots before the
+//! yet written: SNAT addresses (so replies of new flows are recognised); settings; overlay VNIs; backends before the Maglev slots that name them; slots before the
 //! service whose `active_backends` lets new flows use them; services before the frontends that
 //! lead to them; and only then removals (frontends, then the services they led to, then those
 //! services' slots, then removed backends' `BACKEND_REMOVED` flag (their entry stays, for the
-//! connections still on them), then VNIs no network uses).
+//! connections still on them), then VNIs no network uses, then SNAT addresses no service uses).
 
 use std::{
     collections::{BTreeSet, HashSet},
@@ -18,7 +18,7 @@ use lb_common::{BACKEND_REMOVED, Backend, Frontend, FrontendKey, Service, Settin
 use tracing::debug;
 
 use super::pin_path;
-use crate::planner::{Diff, Plan, frontend_key, port_bits};
+use crate::planner::{Diff, Plan, TRACKED_BITS, frontend_key, port_bits};
 
 /// The maps the agent writes, opened from their pins.
 pub struct Writer {
@@ -26,6 +26,7 @@ pub struct Writer {
     fe_ports: Array<MapData, u8>,
     frontends: HashMap<MapData, FrontendKey, Frontend>,
     local_addrs: HashMap<MapData, [u8; 4], u32>,
+    snat_addrs: HashMap<MapData, [u8; 4], u32>,
     services: Array<MapData, Service>,
     backends: Array<MapData, Backend>,
     maglev: Array<MapData, u32>,
@@ -58,6 +59,7 @@ impl Writer {
             fe_ports: typed!(pin_dir, names::FE_PORTS),
             frontends: typed!(pin_dir, names::FRONTENDS),
             local_addrs: typed!(pin_dir, names::LOCAL_ADDRS),
+            snat_addrs: typed!(pin_dir, names::SNAT_ADDRS),
             services: typed!(pin_dir, names::SERVICES),
             backends: typed!(pin_dir, names::BACKENDS),
             maglev: typed!(pin_dir, names::MAGLEV),
@@ -70,6 +72,10 @@ impl Writer {
 
     /// Applies `diff` in the safe order described at the top of this module.
     pub fn apply(&mut self, diff: &Diff) -> Result<()> {
+        let present_snat: BTreeSet<[u8; 4]> = self.snat_addrs.keys().filter_map(|k| k.ok()).collect();
+        for addr in diff.snat_addrs.difference(&present_snat) {
+            self.snat_addrs.insert(addr, 1, 0).with_context(|| format!("adding {addr:?} to slb_snat_addrs"))?;
+        }
         if let Some(settings) = &diff.settings {
             self.settings.set(0, settings, 0).context("writing slb_settings")?;
         }
@@ -104,6 +110,9 @@ impl Writer {
         }
         for vni in &diff.removed_overlays {
             remove_if_present(self.overlays.remove(vni)).with_context(|| format!("removing VNI {vni} from slb_overlays"))?;
+        }
+        for addr in present_snat.difference(&diff.snat_addrs) {
+            remove_if_present(self.snat_addrs.remove(addr)).with_context(|| format!("removing {addr:?} from slb_snat_addrs"))?;
         }
         debug!(
             backends = diff.backends.len(),
@@ -141,8 +150,11 @@ impl Writer {
         let ports = port_bits(plan);
         let mut cleared = 0;
         for port in 0..names::FE_PORTS_SIZE {
-            let want = ports.get(&(port as u16)).copied().unwrap_or(0);
-            if self.fe_ports.get(&port, 0)? != want {
+            // "Tracked" bits stay: connections of a removed frontend may still run (the table
+            // sweep clears them).
+            let present = self.fe_ports.get(&port, 0)?;
+            let want = ports.get(&(port as u16)).copied().unwrap_or(0) | present & TRACKED_BITS;
+            if present != want {
                 self.fe_ports.set(port, want, 0)?;
                 cleared += 1;
             }

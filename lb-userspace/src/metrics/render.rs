@@ -42,6 +42,18 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    event: String,
+    node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TableLabels {
+    table: String,
+    node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NodeLabels {
     node: String,
 }
@@ -91,9 +103,22 @@ pub fn render(s: &Snapshot) -> String {
         for (reason, n) in &report.reasons {
             rs.get_or_create(&ReasonLabels { reason: (*reason).to_string(), node: node.clone() }).inc_by(*n);
         }
-        let ct = Family::<NodeLabels, Gauge>::default();
-        r.register("conntrack_entries", "Entries in the connection table (two per connection)", ct.clone());
-        ct.get_or_create(&nl).set(report.conntrack_entries as i64);
+        let ev = counter::<EventLabels>(&mut r, "conntrack_events", "What the connection tables did, by event");
+        for (event, n) in &report.events {
+            ev.get_or_create(&EventLabels { event: (*event).to_string(), node: node.clone() }).inc_by(*n);
+        }
+        let ct = Family::<TableLabels, Gauge>::default();
+        r.register("conntrack_entries", "Entries in a connection table (two per connection)", ct.clone());
+        let cap = Family::<TableLabels, Gauge>::default();
+        r.register("conntrack_capacity_entries", "Size of a connection table", cap.clone());
+        for (table, entries, size) in [
+            ("established", report.conntrack_entries, lb_common::maps::CONNTRACK_SIZE),
+            ("unconfirmed", report.new_flow_entries, lb_common::maps::NEW_FLOWS_SIZE),
+        ] {
+            let l = TableLabels { table: table.to_string(), node: node.clone() };
+            ct.get_or_create(&l).set(entries as i64);
+            cap.get_or_create(&l).set(i64::from(size));
+        }
     }
 
     let sync = &s.sync;
@@ -170,7 +195,9 @@ mod tests {
                 backends: vec![be(1, "web.1", 10, 1000, 1), be(2, "web.2", 20, 2000, 2)],
             }],
             reasons: BTreeMap::from([("pass", 7), ("no_backend", 0)]),
+            events: BTreeMap::from([("confirmed", 3)]),
             conntrack_entries: 6,
+            new_flow_entries: 2,
         };
         let mut sync = SyncState { attempted: true, ok: true, failures: 2, ..Default::default() };
         sync.last_success = Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
@@ -191,7 +218,10 @@ mod tests {
             r#"swarmlb_backend_new_flows_total{service="web",backend="web.2",node="node-1"} 2"#,
             r#"swarmlb_reason_packets_total{reason="pass",node="node-1"} 7"#,
             r#"swarmlb_reason_packets_total{reason="no_backend",node="node-1"} 0"#,
-            r#"swarmlb_conntrack_entries{node="node-1"} 6"#,
+            r#"swarmlb_conntrack_entries{table="established",node="node-1"} 6"#,
+            r#"swarmlb_conntrack_entries{table="unconfirmed",node="node-1"} 2"#,
+            r#"swarmlb_conntrack_capacity_entries{table="unconfirmed",node="node-1"} 32768"#,
+            r#"swarmlb_conntrack_events_total{event="confirmed",node="node-1"} 3"#,
             r#"swarmlb_datapath_up{node="node-1"} 1"#,
             r#"swarmlb_sync_ok{node="node-1"} 1"#,
             r#"swarmlb_sync_failures_total{node="node-1"} 2"#,

@@ -2,7 +2,7 @@
 //! a plan stands for.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::Arc,
 };
 
@@ -15,6 +15,9 @@ use crate::model::{Frontend, MalformedPolicy, NodeSettings};
 /// order. `prev = None` means "unknown": every entry of `next` is written (a full sync).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Diff {
+    /// Every SNAT address of the next plan (the writer makes `slb_snat_addrs` exactly this set:
+    /// additions before anything else, removals last).
+    pub snat_addrs: BTreeSet<[u8; 4]>,
     pub settings: Option<lb_common::Settings>,
     /// VNIs to add to `slb_overlays`.
     pub overlays: Vec<u32>,
@@ -85,20 +88,31 @@ impl std::fmt::Display for Summary {
     }
 }
 
-pub fn settings_value(node: &NodeSettings, vxlan_port: u16) -> lb_common::Settings {
+/// The node-wide settings of a plan; the NAT port range is the union of its services' ranges
+/// (the datapath's filter for replies).
+pub fn settings_value(plan: &Plan) -> lb_common::Settings {
+    let ranges = plan.services.iter().map(|s| nat_ports(s, &plan.node));
+    let (min, max) = ranges.reduce(|a, b| (a.0.min(b.0), a.1.max(b.1))).unwrap_or(plan.node.snat_ports);
     lb_common::Settings {
-        malformed_policy: match node.malformed {
+        malformed_policy: match plan.node.malformed {
             MalformedPolicy::Pass => lb_common::MALFORMED_PASS,
             MalformedPolicy::Drop => lb_common::MALFORMED_DROP,
         },
-        snat_port_min: node.snat_ports.0,
-        snat_port_max: node.snat_ports.1,
-        vxlan_port,
+        snat_port_min: min,
+        snat_port_max: max,
+        vxlan_port: plan.vxlan_port,
         _pad: 0,
     }
 }
 
-pub fn service_value(s: &PlannedService) -> lb_common::Service {
+/// A service's NAT port range: every unprivileged port on an overlay endpoint address (no local
+/// socket uses it), the node's configured range on a node address.
+pub fn nat_ports(s: &PlannedService, node: &NodeSettings) -> (u16, u16) {
+    if s.network.is_some() { lb_common::maps::OVERLAY_SNAT_PORTS } else { node.snat_ports }
+}
+
+pub fn service_value(s: &PlannedService, node: &NodeSettings) -> lb_common::Service {
+    let (snat_port_min, snat_port_max) = nat_ports(s, node);
     lb_common::Service {
         snat_addr: s.nat_addr.octets(),
         flags: if s.sticky { lb_common::SERVICE_STICKY } else { 0 }
@@ -106,7 +120,14 @@ pub fn service_value(s: &PlannedService) -> lb_common::Service {
         active_backends: s.backends.iter().filter(|b| b.weight > 0).count() as u32,
         mss: s.mss,
         _pad: 0,
+        snat_port_min,
+        snat_port_max,
     }
+}
+
+/// Every SNAT address of a plan (`slb_snat_addrs`).
+pub fn snat_addrs(plan: &Plan) -> BTreeSet<[u8; 4]> {
+    plan.services.iter().map(|s| s.nat_addr.octets()).collect()
 }
 
 pub fn backend_value(b: &PlannedBackend) -> lb_common::Backend {
@@ -122,14 +143,19 @@ pub fn frontend_key(f: &Frontend) -> lb_common::FrontendKey {
     }
 }
 
-/// `slb_fe_ports` contents of a plan.
+/// `slb_fe_ports` contents of a plan: each frontend's protocol bit, and the same bit shifted by
+/// [`lb_common::PORT_TRACKED_SHIFT`] (connections may run on the port).
 pub fn port_bits(plan: &Plan) -> BTreeMap<u16, u8> {
     let mut bits = BTreeMap::new();
     for f in plan.services.iter().flat_map(|s| &s.frontends) {
-        *bits.entry(f.port).or_insert(0) |= f.proto.port_bit();
+        let bit = f.proto.port_bit();
+        *bits.entry(f.port).or_insert(0) |= bit | bit << lb_common::PORT_TRACKED_SHIFT;
     }
     bits
 }
+
+/// The bits of a port value that say only "connections may still run here".
+pub const TRACKED_BITS: u8 = (lb_common::PROTO_BIT_TCP | lb_common::PROTO_BIT_UDP) << lb_common::PORT_TRACKED_SHIFT;
 
 fn maglev_index(service_id: u32, slot: usize) -> u32 {
     service_id * MAGLEV_SIZE + slot as u32
@@ -143,8 +169,9 @@ pub fn diff(prev: Option<&Plan>, next: &Plan) -> Diff {
     let mut d = Diff::default();
     let s = &mut d.summary;
 
-    let settings = settings_value(&next.node, next.vxlan_port);
-    if full || settings_value(&prev.node, prev.vxlan_port) != settings {
+    d.snat_addrs = snat_addrs(next);
+    let settings = settings_value(next);
+    if full || settings_value(prev) != settings {
         d.settings = Some(settings);
         s.settings_changed = !full;
     }
@@ -214,8 +241,9 @@ pub fn diff(prev: Option<&Plan>, next: &Plan) -> Diff {
             }
             _ => d.maglev.extend(svc.maglev.iter().enumerate().map(|(slot, b)| (maglev_index(svc.id, slot), *b))),
         }
-        if full || old.map(service_value) != Some(service_value(svc)) {
-            d.services.push((svc.id, service_value(svc)));
+        let value = service_value(svc, &next.node);
+        if full || old.map(|o| service_value(o, &prev.node)) != Some(value) {
+            d.services.push((svc.id, value));
         }
     }
     for old in &prev.services {
@@ -263,9 +291,11 @@ pub fn diff(prev: Option<&Plan>, next: &Plan) -> Diff {
             d.fe_ports.push((*port, *bits));
         }
     }
-    for port in old_ports.keys() {
+    // A port whose last frontend went keeps its "tracked" bits: the connections on it finish on
+    // their backends; the agent's table sweep clears the bits once none is left.
+    for (port, bits) in &old_ports {
         if !new_ports.contains_key(port) {
-            d.fe_ports.push((*port, 0));
+            d.fe_ports.push((*port, bits & TRACKED_BITS));
         }
     }
     if full {

@@ -262,7 +262,7 @@ fn same_table_input(a: &[PlannedBackend], b: &[PlannedBackend]) -> bool {
 
 mod diff;
 
-pub use diff::{Diff, Summary, backend_value, diff, frontend_key, port_bits, service_value, settings_value};
+pub use diff::{Diff, Summary, TRACKED_BITS, backend_value, diff, frontend_key, nat_ports, port_bits, service_value, settings_value, snat_addrs};
 
 #[cfg(test)]
 mod tests;
