@@ -18,7 +18,7 @@ use lb_common::{BACKEND_REMOVED, Backend, Frontend, FrontendKey, Service, Settin
 use tracing::debug;
 
 use super::pin_path;
-use crate::planner::{Diff, Plan, TRACKED_BITS, frontend_key, port_bits};
+use crate::planner::{Diff, Plan, TRACKED_BITS, frontend_key, port_bits, snat_addrs};
 
 /// The maps the agent writes, opened from their pins.
 pub struct Writer {
@@ -72,8 +72,7 @@ impl Writer {
 
     /// Applies `diff` in the safe order described at the top of this module.
     pub fn apply(&mut self, diff: &Diff) -> Result<()> {
-        let present_snat: BTreeSet<[u8; 4]> = self.snat_addrs.keys().filter_map(|k| k.ok()).collect();
-        for addr in diff.snat_addrs.difference(&present_snat) {
+        for addr in &diff.snat_addrs {
             self.snat_addrs.insert(addr, 1, 0).with_context(|| format!("adding {addr:?} to slb_snat_addrs"))?;
         }
         if let Some(settings) = &diff.settings {
@@ -111,7 +110,7 @@ impl Writer {
         for vni in &diff.removed_overlays {
             remove_if_present(self.overlays.remove(vni)).with_context(|| format!("removing VNI {vni} from slb_overlays"))?;
         }
-        for addr in present_snat.difference(&diff.snat_addrs) {
+        for addr in &diff.removed_snat_addrs {
             remove_if_present(self.snat_addrs.remove(addr)).with_context(|| format!("removing {addr:?} from slb_snat_addrs"))?;
         }
         debug!(
@@ -132,8 +131,8 @@ impl Writer {
     }
 
     /// After a full sync: removes what an earlier run left that `plan` does not have (frontends,
-    /// port bits, VNIs) and flags the backends it had that no service has now (removed while no
-    /// agent ran). Returns how many entries it changed.
+    /// port bits, VNIs, SNAT addresses) and flags the backends it had that no service has now
+    /// (removed while no agent ran). Returns how many entries it changed.
     pub fn sweep(&mut self, plan: &Plan) -> Result<usize> {
         let wanted: HashSet<FrontendKey> =
             plan.services.iter().flat_map(|s| s.frontends.iter().map(frontend_key)).collect();
@@ -146,6 +145,11 @@ impl Writer {
             self.overlays.keys().filter_map(|k| k.ok()).filter(|v| !plan.overlays.contains(v)).collect();
         for vni in &stale_vnis {
             remove_if_present(self.overlays.remove(vni))?;
+        }
+        let snat = snat_addrs(plan);
+        let stale_snat: Vec<[u8; 4]> = self.snat_addrs.keys().filter_map(|k| k.ok()).filter(|a| !snat.contains(a)).collect();
+        for addr in &stale_snat {
+            remove_if_present(self.snat_addrs.remove(addr))?;
         }
         let ports = port_bits(plan);
         let mut cleared = 0;
@@ -169,7 +173,7 @@ impl Writer {
                 flagged += 1;
             }
         }
-        Ok(stale.len() + stale_vnis.len() + cleared + flagged)
+        Ok(stale.len() + stale_vnis.len() + stale_snat.len() + cleared + flagged)
     }
 
     /// Makes `slb_local_addrs` exactly `addrs`; returns whether anything changed.

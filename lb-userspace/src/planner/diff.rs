@@ -15,9 +15,9 @@ use crate::model::{Frontend, MalformedPolicy, NodeSettings};
 /// order. `prev = None` means "unknown": every entry of `next` is written (a full sync).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Diff {
-    /// Every SNAT address of the next plan (the writer makes `slb_snat_addrs` exactly this set:
-    /// additions before anything else, removals last).
-    pub snat_addrs: BTreeSet<[u8; 4]>,
+    /// SNAT addresses to add to `slb_snat_addrs`, before anything else (replies of the first
+    /// connections must be recognised).
+    pub snat_addrs: Vec<[u8; 4]>,
     pub settings: Option<lb_common::Settings>,
     /// VNIs to add to `slb_overlays`.
     pub overlays: Vec<u32>,
@@ -39,6 +39,8 @@ pub struct Diff {
     pub removed_backends: Vec<(u32, lb_common::Backend)>,
     /// VNIs no network uses any more.
     pub removed_overlays: Vec<u32>,
+    /// SNAT addresses no service uses any more, removed last.
+    pub removed_snat_addrs: Vec<[u8; 4]>,
     pub summary: Summary,
 }
 
@@ -169,7 +171,9 @@ pub fn diff(prev: Option<&Plan>, next: &Plan) -> Diff {
     let mut d = Diff::default();
     let s = &mut d.summary;
 
-    d.snat_addrs = snat_addrs(next);
+    let (old_snat, new_snat) = (snat_addrs(prev), snat_addrs(next));
+    d.snat_addrs = if full { new_snat.iter().copied().collect() } else { new_snat.difference(&old_snat).copied().collect() };
+    d.removed_snat_addrs = old_snat.difference(&new_snat).copied().collect();
     let settings = settings_value(next);
     if full || settings_value(prev) != settings {
         d.settings = Some(settings);

@@ -79,10 +79,22 @@ fn full_diff_writes_everything() {
     assert_eq!(d.backends.len(), 2);
     assert_eq!(d.maglev.len(), MAGLEV_SIZE as usize);
     assert!(d.maglev.iter().all(|(i, b)| *i >= MAGLEV_SIZE && *b == 1), "drained w2 gets no slot");
-    assert_eq!(d.services, vec![(1, lb_common::Service { snat_addr: [198, 18, 2, 1], flags: 0, active_backends: 1, mss: 0, _pad: 0 })]);
+    let (lo, hi) = p.node.snat_ports;
+    let service = lb_common::Service {
+        snat_addr: [198, 18, 2, 1],
+        flags: 0,
+        active_backends: 1,
+        mss: 0,
+        _pad: 0,
+        snat_port_min: lo,
+        snat_port_max: hi,
+    };
+    assert_eq!(d.services, vec![(1, service)]);
+    assert_eq!(d.snat_addrs, [[198, 18, 2, 1]]);
     assert_eq!(d.frontends.len(), 1);
     assert_eq!(d.frontends[0].0, lb_common::FrontendKey { addr: [0; 4], port: 80, proto: 6, _pad: 0 });
-    assert_eq!(d.fe_ports, vec![(80, lb_common::PROTO_BIT_TCP)]);
+    let tcp = lb_common::PROTO_BIT_TCP;
+    assert_eq!(d.fe_ports, vec![(80, tcp | tcp << lb_common::PORT_TRACKED_SHIFT)]);
 }
 
 #[test]
@@ -113,12 +125,14 @@ fn removing_a_backend_writes_only_moved_slots() {
 }
 
 #[test]
-fn removing_a_service_clears_its_frontends_ports_and_slots() {
+fn removing_a_service_clears_its_frontends_slots_and_port_but_for_its_connections() {
     let p1 = plan(&cluster(vec![svc("web", 80, &[("w1", 11, 1)]), svc("api", 81, &[("a1", 21, 1)])]), None, &Plan::default()).unwrap();
     let p2 = plan(&cluster(vec![svc("web", 80, &[("w1", 11, 1)])]), None, &p1).unwrap();
     let d = diff(Some(&p1), &p2);
     assert_eq!(d.removed_frontends, vec![lb_common::FrontendKey { addr: [0; 4], port: 81, proto: 6, _pad: 0 }]);
-    assert_eq!(d.fe_ports, vec![(81, 0)]);
+    // The port keeps only its "connections may run" bit: established ones finish, new ones are
+    // refused (no frontend); the agent's table sweep clears the bit once none is left.
+    assert_eq!(d.fe_ports, vec![(81, lb_common::PROTO_BIT_TCP << lb_common::PORT_TRACKED_SHIFT)]);
     assert_eq!(d.removed_services, vec![2]);
     assert_eq!(d.removed_maglev.len(), MAGLEV_SIZE as usize);
     assert!(d.removed_maglev.iter().all(|(i, b)| *i >= 2 * MAGLEV_SIZE && *b == 0));
@@ -214,11 +228,25 @@ mod swarm {
                     active_backends: 4,
                     mss: 1410,
                     _pad: 0,
+                    snat_port_min: lb_common::maps::OVERLAY_SNAT_PORTS.0,
+                    snat_port_max: lb_common::maps::OVERLAY_SNAT_PORTS.1,
                 },
                 "as {node}"
             );
             let plain = p.services.iter().find(|s| s.name == "plain").unwrap();
-            assert_eq!(values[&plain.id], lb_common::Service { snat_addr: [198, 18, 2, 1], flags: 0, active_backends: 1, mss: 0, _pad: 0 });
+            let (lo, hi) = p.node.snat_ports;
+            let routed = lb_common::Service {
+                snat_addr: [198, 18, 2, 1],
+                flags: 0,
+                active_backends: 1,
+                mss: 0,
+                _pad: 0,
+                snat_port_min: lo,
+                snat_port_max: hi,
+            };
+            assert_eq!(values[&plain.id], routed);
+            let settings = d.settings.unwrap();
+            assert_eq!((settings.snat_port_min, settings.snat_port_max), (1024, 65535), "the union of both ranges");
         }
     }
 
