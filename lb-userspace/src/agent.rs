@@ -32,6 +32,7 @@ use crate::{
     cli::{RunArgs, SourceKind},
     datapath::{
         pins::{self, Loaded},
+        tables::{self, Tables},
         writer::Writer,
     },
     host,
@@ -155,6 +156,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         writer,
         loaded,
         applied: None,
+        pin_dir: pin_dir.clone(),
         state_dir,
         takeover,
         attached: args.ifaces.iter().cloned().zip(ifindexes).collect(),
@@ -173,6 +175,7 @@ struct Agent {
     loaded: Loaded,
     /// What the maps hold; `None` if a write failed and the next apply must be a full sync.
     applied: Option<Plan>,
+    pin_dir: PathBuf,
     state_dir: PathBuf,
     /// Whether overlay endpoints are taken over before each apply (Docker source).
     takeover: bool,
@@ -192,6 +195,7 @@ impl Agent {
     ) -> Result<()> {
         let mut hup = signal(SignalKind::hangup())?;
         let mut ticks = tokio::time::interval(POLL);
+        let mut sweeps = tokio::time::interval(tables::SWEEP_INTERVAL);
         loop {
             let docker_update = async {
                 match &mut source {
@@ -229,6 +233,7 @@ impl Agent {
                     }
                     self.refresh_addrs();
                 }
+                _ = sweeps.tick() => self.sweep_tables().await,
                 _ = int.recv() => break,
                 _ = term.recv() => break,
             }
@@ -359,6 +364,27 @@ impl Agent {
         drop(previous);
         self.applied = Some(plan);
         Ok(())
+    }
+
+    /// Removes idled-out connection entries (off the async thread: the read is proportional to
+    /// the tables) and releases the ports of removed frontends whose connections have all ended.
+    async fn sweep_tables(&mut self) {
+        let pin_dir = self.pin_dir.clone();
+        let swept = tokio::task::spawn_blocking(move || Tables::open(&pin_dir)?.sweep())
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|r| r);
+        let released = swept.and_then(|swept| {
+            if swept.removed > 0 {
+                debug!(removed = swept.removed, "idled-out connection entries removed");
+            }
+            self.writer.release_ports(&swept.client_ports)
+        });
+        match released {
+            Ok(ports) if !ports.is_empty() => info!(?ports, "the last connections of removed frontends ended; ports released"),
+            Ok(_) => {}
+            Err(e) => warn!("connection table sweep failed: {e:#}"),
+        }
     }
 
     fn refresh_addrs(&mut self) {

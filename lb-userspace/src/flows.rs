@@ -9,11 +9,13 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use lb_common::{DIR_TO_BACKEND, Flow, FlowKey, PROTO_TCP, idle_timeout_ns, state_name};
-use nix::time::{ClockId, clock_gettime};
+use lb_common::{DIR_TO_BACKEND, Flow, FlowKey, PROTO_TCP, state_name};
 use serde::Serialize;
 
-use crate::{datapath::reader::Counters, state};
+use crate::{
+    datapath::tables::{Tables, monotonic_ns},
+    state,
+};
 
 #[derive(Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
 pub struct FlowReport {
@@ -35,7 +37,7 @@ pub struct FlowReport {
 
 /// The live connections, optionally of one service only, sorted by service, backend, client.
 pub fn collect(pin_dir: &Path, state_dir: &Path, service: Option<&str>) -> Result<Vec<FlowReport>> {
-    let counters = Counters::open(pin_dir)
+    let tables = Tables::open(pin_dir)
         .with_context(|| format!("no swarmlb datapath is pinned in {} (has `swarmlb run` started?)", pin_dir.display()))?;
     let plan = state::load(state_dir)?.unwrap_or_default();
     let service_names: HashMap<u32, &str> = plan.services.iter().map(|s| (s.id, s.name.as_str())).collect();
@@ -43,12 +45,12 @@ pub fn collect(pin_dir: &Path, state_dir: &Path, service: Option<&str>) -> Resul
         plan.services.iter().flat_map(|s| &s.backends).map(|b| (b.id, b.name.as_str())).collect();
     let now = monotonic_ns()?;
     let name = |names: &HashMap<u32, &str>, id: u32| names.get(&id).map_or_else(|| format!("#{id}"), |n| n.to_string());
-    let mut flows: Vec<FlowReport> = counters
-        .connections()
+    let mut flows: Vec<FlowReport> = tables
+        .scan(now)?
+        .live
         .into_iter()
-        .filter(|(_, f)| f.direction == DIR_TO_BACKEND)
-        .filter(|(k, f)| now.saturating_sub(f.last_seen_ns) <= idle_timeout_ns(k.proto, f.state))
-        .map(|(k, f)| report(&k, &f, name(&service_names, f.service_id), name(&backend_names, f.backend_id), now))
+        .filter(|(_, f, _)| f.direction == DIR_TO_BACKEND)
+        .map(|(k, f, _)| report(&k, &f, name(&service_names, f.service_id), name(&backend_names, f.backend_id), now))
         .filter(|r| service.is_none_or(|s| r.service == s))
         .collect();
     flows.sort();
@@ -68,12 +70,6 @@ fn report(key: &FlowKey, flow: &Flow, service: String, backend: String, now: u64
         state: state_name(key.proto, flow.state),
         idle_s: now.saturating_sub(flow.last_seen_ns) / 1_000_000_000,
     }
-}
-
-/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`, which stamps the entries.
-fn monotonic_ns() -> Result<u64> {
-    let t = clock_gettime(ClockId::CLOCK_MONOTONIC).context("clock_gettime(CLOCK_MONOTONIC)")?;
-    Ok(t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
 }
 
 /// The human-readable form, one connection per line, then the count.

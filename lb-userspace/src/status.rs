@@ -6,7 +6,17 @@ use std::{collections::BTreeMap, path::Path};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::{datapath::reader::Counters, state};
+use crate::{
+    datapath::{
+        reader::Counters,
+        tables::{Tables, monotonic_ns},
+    },
+    planner::nat_ports,
+    state,
+};
+
+/// A NAT port range or connection table this full (in percent) is warned about.
+pub const WARN_FULL_PERCENT: u64 = 80;
 
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -21,6 +31,8 @@ pub struct Report {
     pub conntrack_entries: usize,
     /// Entries of the new-flow table (two per unconfirmed connection).
     pub new_flow_entries: usize,
+    /// NAT port ranges and tables past [`WARN_FULL_PERCENT`], in words.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -50,18 +62,34 @@ pub struct BackendReport {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// NAT source ports its live connections hold (each connection holds one).
+    pub nat_ports: u64,
+    /// NAT source ports it can have: the service's port range (per SNAT address).
+    pub nat_port_capacity: u64,
 }
 
 pub fn collect(pin_dir: &Path, state_dir: &Path) -> Result<Report> {
     let counters = Counters::open(pin_dir)
         .with_context(|| format!("no swarmlb datapath is pinned in {} (has `swarmlb run` started?)", pin_dir.display()))?;
     let plan = state::load(state_dir)?.unwrap_or_default();
+    let scan = Tables::open(pin_dir)?.scan(monotonic_ns()?)?;
+    let nat_in_use = scan.nat_ports_by_backend();
+    let mut warnings = Vec::new();
     let mut services = Vec::new();
     for s in &plan.services {
         let t = counters.service(s.id)?;
+        let (lo, hi) = nat_ports(s, &plan.node);
+        let capacity = u64::from(hi - lo) + 1;
         let mut backends = Vec::new();
         for b in &s.backends {
             let bt = counters.backend(b.id)?;
+            let used = nat_in_use.get(&b.id).copied().unwrap_or(0);
+            if used * 100 >= capacity * WARN_FULL_PERCENT {
+                warnings.push(format!(
+                    "service {:?} backend {:?}: {used} of {capacity} NAT ports in use (range {lo}-{hi} on {})",
+                    s.name, b.name, s.nat_addr
+                ));
+            }
             backends.push(BackendReport {
                 id: b.id,
                 name: b.name.clone(),
@@ -71,6 +99,8 @@ pub fn collect(pin_dir: &Path, state_dir: &Path) -> Result<Report> {
                 packets: bt.packets,
                 bytes: bt.bytes,
                 new_flows: bt.new_flows,
+                nat_ports: used,
+                nat_port_capacity: capacity,
             });
         }
         services.push(ServiceReport {
@@ -88,8 +118,16 @@ pub fn collect(pin_dir: &Path, state_dir: &Path) -> Result<Report> {
     }
     let reasons = counters.reasons()?.into_iter().map(|(r, n)| (r.name(), n)).collect();
     let events = counters.events()?.into_iter().map(|(e, n)| (e.name(), n)).collect();
-    let (conntrack_entries, new_flow_entries) = counters.conntrack_entries();
-    Ok(Report { node: plan.local_node.clone(), services, reasons, events, conntrack_entries, new_flow_entries })
+    let (conntrack_entries, new_flow_entries) = scan.live_counts();
+    for (what, entries, size) in [
+        ("connection table", conntrack_entries, lb_common::maps::CONNTRACK_SIZE),
+        ("new-flow table", new_flow_entries, lb_common::maps::NEW_FLOWS_SIZE),
+    ] {
+        if entries as u64 * 100 >= u64::from(size) * WARN_FULL_PERCENT {
+            warnings.push(format!("{what}: {entries} of {size} entries in use"));
+        }
+    }
+    Ok(Report { node: plan.local_node.clone(), services, reasons, events, conntrack_entries, new_flow_entries, warnings })
 }
 
 /// The human-readable form: services with their backends, nonzero reasons, connection count.
@@ -115,6 +153,7 @@ pub fn table(report: &Report) -> String {
                 Some(node) => format!("{} on {node}", b.addr),
                 None => b.addr.clone(),
             };
+            let at = format!("{at}  nat ports {}/{}", b.nat_ports, b.nat_port_capacity);
             row(&mut out, format!("  {}", b.id), format!("  {}", b.name), b.weight.to_string(), (b.packets, b.bytes, b.new_flows), at);
         }
     }
@@ -141,5 +180,8 @@ pub fn table(report: &Report) -> String {
         report.new_flow_entries,
         lb_common::maps::NEW_FLOWS_SIZE
     );
+    for w in &report.warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
     out
 }

@@ -44,6 +44,8 @@ pub struct Outcome {
 pub struct Datapath {
     pub ebpf: Ebpf,
     pin_dir: PathBuf,
+    /// The agent's one writer (it remembers which ports are draining).
+    writer: Option<Writer>,
     plan: Option<Plan>,
     local_node: Option<String>,
 }
@@ -98,7 +100,7 @@ impl Datapath {
                 .try_into()?;
             prog.load().with_context(|| format!("verifier rejected {name}"))?;
         }
-        Ok(Self { ebpf, pin_dir, plan: None, local_node: None })
+        Ok(Self { ebpf, pin_dir, writer: None, plan: None, local_node: None })
     }
 
     /// Where the maps are pinned (for a `Writer` or `swarmlb` commands of the test's own).
@@ -123,8 +125,19 @@ impl Datapath {
         Ok(())
     }
 
-    fn writer(&self) -> Result<Writer> {
-        Writer::open(&self.pin_dir)
+    fn writer(&mut self) -> Result<&mut Writer> {
+        if self.writer.is_none() {
+            self.writer = Some(Writer::open(&self.pin_dir)?);
+        }
+        Ok(self.writer.as_mut().expect("just opened"))
+    }
+
+    /// The agent's periodic table sweep: idled-out entries removed, ports of removed frontends
+    /// released once their connections are gone. Returns (entries removed, ports released).
+    pub fn sweep(&mut self) -> Result<(usize, Vec<u16>)> {
+        let swept = swarmlb::datapath::tables::Tables::open(&self.pin_dir)?.sweep()?;
+        let released = self.writer()?.release_ports(&swept.client_ports)?;
+        Ok((swept.removed, released))
     }
 
     /// The last applied plan.
@@ -247,6 +260,12 @@ impl Datapath {
             }
         }
         bail!("no entry for {key:?} to age")
+    }
+
+    /// The value of `slb_fe_ports` for `port`.
+    pub fn port_bits(&self, port: u16) -> Result<u8> {
+        let map = aya::maps::Array::<&MapData, u8>::try_from(self.ebpf.map(maps::FE_PORTS).ok_or_else(|| anyhow!("no fe ports"))?)?;
+        Ok(map.get(&(port as u32), 0)?)
     }
 
     /// Every entry of both connection tables.

@@ -284,3 +284,55 @@ fn udp_flow_moves_off_a_removed_backend_while_tcp_stays() {
     e.dp.assert_reasons(&[(Reason::ToBackend, 6), (Reason::ToClient, 1)]);
     assert_eq!(e.dp.service_traffic(SVC).unwrap().new_flows, 2);
 }
+
+#[test]
+fn a_removed_frontend_lets_its_connections_finish_then_releases_its_port() {
+    let mut e = env();
+    e.web();
+    let tcp = lb_common::PROTO_BIT_TCP;
+    let tracked = tcp << lb_common::PORT_TRACKED_SHIFT;
+    assert_eq!(e.dp.port_bits(FE_PORT).unwrap(), tcp | tracked);
+    let open = e.connect(47300);
+
+    // The service goes: new connections are refused, the open one goes on both ways.
+    e.apply(&(node("") + &service("other", "198.18.0.10:81/tcp", "", &[("lan", BACKEND_LAN, BE_PORT, 1)])));
+    assert_eq!(e.dp.port_bits(FE_PORT).unwrap(), tracked, "the port only tracks connections now");
+    let refused = client_syn(47301).build();
+    assert_eq!((e.run(&refused).action, e.run(&refused).frame), (XDP_PASS, refused.clone()));
+    assert_eq!(translated(&e.run(&client_segment(47300, ACK | PSH).build())).dst, BACKEND_LAN);
+    assert_eq!(translated(&e.from_backend(&open, ACK | PSH)).dst, CLIENT);
+
+    // A sweep while it is open releases nothing; once it has closed and idled out, the sweep
+    // removes its entries and releases the port.
+    assert_eq!(e.dp.sweep().unwrap(), (0, vec![]));
+    translated(&e.run(&client_segment(47300, RST).build()));
+    let closing_s = idle_timeout_ns(PROTO_TCP, CT_RESET) / 1_000_000_000;
+    age_connection(&mut e, 47300, &open, closing_s + 1);
+    assert_eq!(e.dp.sweep().unwrap(), (2, vec![FE_PORT]));
+    assert_eq!(e.dp.port_bits(FE_PORT).unwrap(), 0);
+    assert_eq!(e.dp.table_sizes().unwrap(), (0, 0));
+    e.dp.assert_reasons(&[(Reason::ToBackend, 4), (Reason::ToClient, 2), (Reason::PassNoFrontend, 2)]);
+}
+
+#[test]
+fn the_sweep_removes_idled_out_entries_and_nothing_else() {
+    let mut e = env();
+    e.web();
+    let established = e.connect(47400);
+    let half_open = translated(&e.run(&client_syn(47401).build()));
+    let closed = e.connect(47402);
+    translated(&e.run(&client_segment(47402, FIN | ACK).build()));
+    translated(&e.from_backend(&closed, FIN | ACK));
+    assert_eq!(e.dp.table_sizes().unwrap(), (4, 2));
+    assert_eq!(e.dp.sweep().unwrap().0, 0, "nothing has idled out");
+
+    let closing_s = idle_timeout_ns(PROTO_TCP, CT_CLOSING) / 1_000_000_000;
+    let new_s = idle_timeout_ns(PROTO_TCP, CT_NEW) / 1_000_000_000;
+    age_connection(&mut e, 47402, &closed, closing_s + 1);
+    age_connection(&mut e, 47401, &half_open, new_s + 1);
+    // Idle as long as the closed one, but established: it stays.
+    age_connection(&mut e, 47400, &established, closing_s + 1);
+    assert_eq!(e.dp.sweep().unwrap(), (4, vec![]));
+    assert_eq!(e.dp.table_sizes().unwrap(), (2, 0));
+    assert_eq!(translated(&e.run(&client_segment(47400, ACK | PSH).build())).dst, BACKEND_LAN);
+}

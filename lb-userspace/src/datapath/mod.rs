@@ -4,8 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod batch;
 pub mod pins;
 pub mod reader;
+pub mod tables;
 pub mod writer;
 
 /// Every map of the datapath, with the key and value sizes `lb-common` defines: the agent checks

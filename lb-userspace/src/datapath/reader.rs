@@ -1,11 +1,11 @@
-//! Reads the datapath's counters and connection table from the pinned maps, summing per-CPU
-//! values. Read-only, so it runs beside a live `swarmlb run`.
+//! Reads the datapath's counters from the pinned maps, summing per-CPU values (the connection
+//! tables are read by [`super::tables`]). Read-only, so it runs beside a live `swarmlb run`.
 
 use std::path::Path;
 
 use anyhow::Result;
-use aya::maps::{HashMap, MapData, PerCpuArray};
-use lb_common::{CtEvent, Flow, FlowKey, Reason, Traffic, maps as names};
+use aya::maps::{MapData, PerCpuArray};
+use lb_common::{CtEvent, Reason, Traffic, maps as names};
 
 use super::writer::typed;
 
@@ -14,8 +14,6 @@ pub struct Counters {
     be_stats: PerCpuArray<MapData, Traffic>,
     reasons: PerCpuArray<MapData, u64>,
     events: PerCpuArray<MapData, u64>,
-    conntrack: HashMap<MapData, FlowKey, Flow>,
-    new_flows: HashMap<MapData, FlowKey, Flow>,
 }
 
 impl Counters {
@@ -25,8 +23,6 @@ impl Counters {
             be_stats: typed!(pin_dir, names::BE_STATS),
             reasons: typed!(pin_dir, names::REASONS),
             events: typed!(pin_dir, names::CT_EVENTS),
-            conntrack: typed!(pin_dir, names::CONNTRACK),
-            new_flows: typed!(pin_dir, names::NEW_FLOWS),
         })
     }
 
@@ -54,16 +50,6 @@ impl Counters {
             .collect()
     }
 
-    /// Entries in the main connection table and in the new-flow table (two per connection).
-    pub fn conntrack_entries(&self) -> (usize, usize) {
-        (self.conntrack.keys().filter(|k| k.is_ok()).count(), self.new_flows.keys().filter(|k| k.is_ok()).count())
-    }
-
-    /// Every entry of both connection tables, as read while the datapath may change them (an
-    /// entry removed during the walk is skipped).
-    pub fn connections(&self) -> Vec<(FlowKey, Flow)> {
-        self.conntrack.iter().chain(self.new_flows.iter()).filter_map(|e| e.ok()).collect()
-    }
 }
 
 fn sum(per_cpu: &[Traffic]) -> Traffic {

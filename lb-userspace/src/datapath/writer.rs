@@ -7,7 +7,7 @@
 //! connections still on them), then VNIs no network uses, then SNAT addresses no service uses).
 
 use std::{
-    collections::{BTreeSet, HashSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     net::Ipv4Addr,
     path::Path,
 };
@@ -34,6 +34,9 @@ pub struct Writer {
     tx_ports: DevMapHash<MapData>,
     overlays: HashMap<MapData, u32, u32>,
     cpus: usize,
+    /// Ports whose frontends are gone while connections through them may still run: port ->
+    /// its "tracked" bits. [`Writer::release_ports`] clears them once no connection is left.
+    draining: BTreeMap<u16, u8>,
 }
 
 pub(crate) fn open(pin_dir: &Path, name: &str) -> Result<Map> {
@@ -67,6 +70,7 @@ impl Writer {
             tx_ports: typed!(pin_dir, names::TX_PORTS),
             overlays: typed!(pin_dir, names::OVERLAYS),
             cpus: aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?,
+            draining: BTreeMap::new(),
         })
     }
 
@@ -96,6 +100,7 @@ impl Writer {
         }
         for (port, bits) in &diff.fe_ports {
             self.fe_ports.set(*port as u32, bits, 0).with_context(|| format!("writing slb_fe_ports[{port}]"))?;
+            self.note_port(*port, *bits);
         }
         for key in &diff.removed_frontends {
             remove_if_present(self.frontends.remove(key)).with_context(|| format!("removing slb_frontends {key:?}"))?;
@@ -158,6 +163,7 @@ impl Writer {
             // sweep clears them).
             let present = self.fe_ports.get(&port, 0)?;
             let want = ports.get(&(port as u16)).copied().unwrap_or(0) | present & TRACKED_BITS;
+            self.note_port(port as u16, want);
             if present != want {
                 self.fe_ports.set(port, want, 0)?;
                 cleared += 1;
@@ -174,6 +180,37 @@ impl Writer {
             }
         }
         Ok(stale.len() + stale_vnis.len() + stale_snat.len() + cleared + flagged)
+    }
+
+    fn note_port(&mut self, port: u16, bits: u8) {
+        if bits != 0 && bits & !TRACKED_BITS == 0 {
+            self.draining.insert(port, bits);
+        } else {
+            self.draining.remove(&port);
+        }
+    }
+
+    /// Clears the "tracked" bit of every draining port (frontend gone) whose protocol has no
+    /// connection left in `live` ((port, protocol) of live client-side entries, from a table
+    /// scan). Returns the ports released. No new connection can start on a draining port, so a
+    /// scan older than this call cannot miss one.
+    pub fn release_ports(&mut self, live: &BTreeSet<(u16, u8)>) -> Result<Vec<u16>> {
+        let mut released = Vec::new();
+        for (port, bits) in self.draining.clone() {
+            let mut keep = bits;
+            for proto in [crate::model::Proto::Tcp, crate::model::Proto::Udp] {
+                let bit = proto.port_bit() << lb_common::PORT_TRACKED_SHIFT;
+                if bits & bit != 0 && !live.contains(&(port, proto.number())) {
+                    keep &= !bit;
+                }
+            }
+            if keep != bits {
+                self.fe_ports.set(port as u32, keep, 0).with_context(|| format!("writing slb_fe_ports[{port}]"))?;
+                self.note_port(port, keep);
+                released.push(port);
+            }
+        }
+        Ok(released)
     }
 
     /// Makes `slb_local_addrs` exactly `addrs`; returns whether anything changed.

@@ -88,6 +88,10 @@ pub fn render(s: &Snapshot) -> String {
         let bb = counter::<BackendLabels>(&mut r, "backend_bytes", "Bytes translated to or from a backend");
         let bf = counter::<BackendLabels>(&mut r, "backend_new_flows", "New flows sent to a backend");
         let rs = counter::<ReasonLabels>(&mut r, "reason_packets", "Packets by the datapath's decision");
+        let nat = Family::<BackendLabels, Gauge>::default();
+        r.register("backend_nat_ports", "NAT source ports held by a backend's live connections", nat.clone());
+        let nat_cap = Family::<BackendLabels, Gauge>::default();
+        r.register("backend_nat_ports_capacity", "NAT source ports a backend can have (per SNAT address)", nat_cap.clone());
         for svc in &report.services {
             let l = ServiceLabels { service: svc.name.clone(), node: node.clone() };
             sp.get_or_create(&l).inc_by(svc.packets);
@@ -98,6 +102,8 @@ pub fn render(s: &Snapshot) -> String {
                 bp.get_or_create(&l).inc_by(be.packets);
                 bb.get_or_create(&l).inc_by(be.bytes);
                 bf.get_or_create(&l).inc_by(be.new_flows);
+                nat.get_or_create(&l).set(be.nat_ports as i64);
+                nat_cap.get_or_create(&l).set(be.nat_port_capacity as i64);
             }
         }
         for (reason, n) in &report.reasons {
@@ -179,6 +185,8 @@ mod tests {
             packets: p,
             bytes: b,
             new_flows: f,
+            nat_ports: f,
+            nat_port_capacity: 31744,
         };
         let report = Report {
             node: Some("node-1".into()),
@@ -198,6 +206,7 @@ mod tests {
             events: BTreeMap::from([("confirmed", 3)]),
             conntrack_entries: 6,
             new_flow_entries: 2,
+            warnings: Vec::new(),
         };
         let mut sync = SyncState { attempted: true, ok: true, failures: 2, ..Default::default() };
         sync.last_success = Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
@@ -222,6 +231,8 @@ mod tests {
             r#"swarmlb_conntrack_entries{table="unconfirmed",node="node-1"} 2"#,
             r#"swarmlb_conntrack_capacity_entries{table="unconfirmed",node="node-1"} 32768"#,
             r#"swarmlb_conntrack_events_total{event="confirmed",node="node-1"} 3"#,
+            r#"swarmlb_backend_nat_ports{service="web",backend="web.2",node="node-1"} 2"#,
+            r#"swarmlb_backend_nat_ports_capacity{service="web",backend="web.2",node="node-1"} 31744"#,
             r#"swarmlb_datapath_up{node="node-1"} 1"#,
             r#"swarmlb_sync_ok{node="node-1"} 1"#,
             r#"swarmlb_sync_failures_total{node="node-1"} 2"#,
