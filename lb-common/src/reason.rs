@@ -33,7 +33,7 @@ Reason {
     TranslatedToKernel = "translated_to_kernel",
     /// Not IPv4: passed untouched.
     PassNotIpv4 = "pass_not_ipv4",
-    /// IPv4 but neither TCP nor UDP (ICMP, ...): passed untouched.
+    /// IPv4 but neither TCP, UDP nor ICMP (or ICMP other than an error): passed untouched.
     PassNotTcpUdp = "pass_not_tcp_udp",
     /// TCP/UDP not addressed to a frontend nor part of a tracked connection: passed untouched.
     PassNoFrontend = "pass_no_frontend",
@@ -45,7 +45,8 @@ Reason {
     PassTtlExpired = "pass_ttl_expired",
     /// No route to the backend: passed untouched to the kernel.
     PassNoRoute = "pass_no_route",
-    /// Too big for the egress MTU: passed untouched to the kernel.
+    /// Too big for the egress MTU and fragmentable (no "don't fragment"): translated and handed to
+    /// the kernel, which fragments it.
     PassTooBig = "pass_too_big",
     /// VXLAN on the swarm's data-path port with a VNI of this swarm: passed to the kernel's
     /// VXLAN device.
@@ -73,6 +74,21 @@ Reason {
     /// (or that idled out): passed to the kernel, which answers with a reset, rather than moved
     /// to a backend mid-stream.
     PassNoConnection = "pass_no_connection",
+    /// Truncated ICMP header, or an ICMP error whose quoted header is cut short or invalid.
+    MalformedIcmp = "malformed_icmp",
+    /// An ICMP error (destination unreachable, fragmentation needed, time exceeded) about a
+    /// tracked connection: translated back (outer and quoted headers) and sent to the other side.
+    IcmpTranslated = "icmp_translated",
+    /// An ICMP error about no tracked connection: passed untouched.
+    PassIcmpUntracked = "pass_icmp_untracked",
+    /// A packet with "don't fragment" too big for the egress MTU: answered from XDP with ICMP
+    /// fragmentation needed (the egress MTU), so path-MTU discovery works through swarmlb.
+    FragNeededSent = "frag_needed_sent",
+    /// The egress interface was not in the redirect map when the packet was sent: dropped.
+    DropRedirectFailed = "drop_redirect_failed",
+    /// The frame could not be rewritten (bounds the verifier demands, unreachable after
+    /// parsing): passed untouched.
+    PassRewriteFailed = "pass_rewrite_failed",
 }
 }
 

@@ -3,10 +3,10 @@
 //!
 //! MTU rule: the egress MTU is checked *before* translating. A packet bigger than the egress
 //! MTU (possible only when the egress link has a smaller MTU than the ingress one, e.g. an
-//! overlay endpoint) is passed to the kernel untranslated and counted as `PassTooBig`: the datapath never fragments, and an
-//! ICMP "fragmentation needed" built by the kernel from a translated packet would go to the
-//! wrong party (the SNAT address, i.e. this node). Clients behind such paths rely on the
-//! backend's MSS, or on the service's MSS clamp (`mss`).
+//! overlay endpoint) with "don't fragment" set is answered from XDP with ICMP fragmentation
+//! needed (`icmp::frag_needed`): the sender learns the path MTU, as through a router. Without
+//! "don't fragment" it is translated and handed to the kernel, which fragments it
+//! (`PassTooBig`). The datapath itself never fragments.
 
 use core::mem::size_of;
 
@@ -14,14 +14,15 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{
         BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
-        xdp_action::{XDP_PASS, XDP_TX},
+        xdp_action::{XDP_DROP, XDP_TX},
     },
     helpers::generated::{bpf_check_mtu, bpf_fib_lookup},
     programs::XdpContext,
 };
-use lb_common::{DIR_TO_CLIENT, Flow, NEXT_HOP_TTL_NS, NextHop, Reason};
+use lb_common::{DIR_TO_CLIENT, Flow, FlowKey, NEXT_HOP_TTL_NS, NextHop, Reason};
 
 use crate::{
+    icmp,
     maps::TX_PORTS_MAP,
     nat,
     parse::{Packet, ptr_at},
@@ -39,8 +40,8 @@ pub enum Route {
     Kernel,
     /// No route: pass untranslated.
     NoRoute,
-    /// Too big for the egress MTU: pass untranslated.
-    TooBig,
+    /// Too big for the egress MTU, which is this.
+    TooBig(u16),
 }
 
 /// The next hop of the flow's translated packets: the cached one while it is fresh, else a
@@ -70,8 +71,9 @@ pub fn resolve_next_hop(ctx: &XdpContext, flow: &mut Flow, pkt: &Packet, now: u6
         return Route::Kernel;
     }
     if ret == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
-        // Too big for the route's MTU: untranslated, see the module doc.
-        return Route::TooBig;
+        // Too big for the route's MTU, which the FIB reports: see the module doc.
+        // SAFETY: on FRAG_NEEDED the kernel fills in mtu_result.
+        return Route::TooBig(unsafe { params.__bindgen_anon_1.mtu_result });
     }
     if ret != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return Route::NoRoute;
@@ -98,45 +100,73 @@ pub fn resolve_next_hop(ctx: &XdpContext, flow: &mut Flow, pkt: &Packet, now: u6
 
 #[inline(always)]
 fn fit_mtu(hop: NextHop, pkt: &Packet) -> Route {
-    if pkt.ip_len > hop.mtu { Route::TooBig } else { Route::Via(hop) }
+    if pkt.ip_len > hop.mtu { Route::TooBig(hop.mtu) } else { Route::Via(hop) }
 }
 
-/// Translates the packet per `flow` and sends it along `route`.
+/// How a packet of a flow is rewritten on its way.
+#[derive(Clone, Copy)]
+pub enum Rewrite<'a> {
+    /// A packet of the connection: NAT per the entry (`nat::rewrite`).
+    Nat,
+    /// An ICMP error about the connection, quoting this tuple (`icmp::translate_error`).
+    IcmpError(&'a FlowKey),
+}
+
 #[inline(always)]
-pub fn deliver(ctx: &XdpContext, pkt: &Packet, flow: &Flow, route: Route) -> Verdict {
+fn rewrite(ctx: &XdpContext, pkt: &Packet, flow: &Flow, how: Rewrite) -> bool {
+    match how {
+        Rewrite::Nat => nat::rewrite(ctx, pkt, flow),
+        Rewrite::IcmpError(quoted) => icmp::translate_error(ctx, pkt, flow, quoted),
+    }
+}
+
+/// Rewrites the packet per `flow` and `how` and sends it along `route`.
+#[inline(always)]
+pub fn deliver(ctx: &XdpContext, pkt: &Packet, flow: &Flow, route: Route, how: Rewrite) -> Verdict {
+    let icmp_error = matches!(how, Rewrite::IcmpError(_));
     let hop = match route {
         Route::NoRoute => return Verdict::pass(Reason::PassNoRoute),
-        Route::TooBig => return Verdict::pass(Reason::PassTooBig),
-        Route::Kernel => return to_kernel(ctx, pkt, flow),
+        // Never an ICMP error about an ICMP error (RFC 1122).
+        Route::TooBig(mtu) if pkt.dont_fragment && !icmp_error => return icmp::frag_needed(ctx, pkt, mtu),
+        Route::TooBig(_) => return to_kernel(ctx, pkt, flow, how, Reason::PassTooBig),
+        Route::Kernel => return to_kernel(ctx, pkt, flow, how, Reason::TranslatedToKernel),
         Route::Via(hop) => hop,
     };
     // Only interfaces the agent manages may be transmitted on directly; anything else is
     // forwarded by the kernel (which needs the frame still addressed to this node's MAC).
     if TX_PORTS_MAP.get_ifindex(hop.ifindex).is_none() {
-        return to_kernel(ctx, pkt, flow);
+        return to_kernel(ctx, pkt, flow, how, Reason::TranslatedToKernel);
     }
-    if !nat::rewrite(ctx, pkt, flow) || !set_macs(ctx, &hop) {
-        return Verdict::pass(Reason::PassNoRoute);
+    if !rewrite(ctx, pkt, flow, how) || !set_macs(ctx, &hop) {
+        return Verdict::pass(Reason::PassRewriteFailed);
     }
-    stats::count_traffic(flow, pkt.frame_len as u64);
-    let reason = if flow.direction == DIR_TO_CLIENT { Reason::ToClient } else { Reason::ToBackend };
-    if hop.ifindex == ctx.ingress_ifindex() as u32 {
-        return Verdict { action: XDP_TX, reason };
-    }
-    let action = match TX_PORTS_MAP.redirect(hop.ifindex, XDP_PASS as u64) {
-        Ok(action) => action,
-        Err(action) => action,
+    let reason = if icmp_error {
+        Reason::IcmpTranslated
+    } else if flow.direction == DIR_TO_CLIENT {
+        Reason::ToClient
+    } else {
+        Reason::ToBackend
     };
+    let action = if hop.ifindex == ctx.ingress_ifindex() as u32 {
+        XDP_TX
+    } else {
+        // The interface may have left the map since the lookup above (the agent detached it).
+        match TX_PORTS_MAP.redirect(hop.ifindex, XDP_DROP as u64) {
+            Ok(action) => action,
+            Err(action) => return Verdict { action, reason: Reason::DropRedirectFailed },
+        }
+    };
+    stats::count_traffic(flow, pkt.frame_len as u64);
     Verdict { action, reason }
 }
 
 #[inline(always)]
-fn to_kernel(ctx: &XdpContext, pkt: &Packet, flow: &Flow) -> Verdict {
-    if !nat::rewrite(ctx, pkt, flow) {
-        return Verdict::pass(Reason::PassNoRoute);
+fn to_kernel(ctx: &XdpContext, pkt: &Packet, flow: &Flow, how: Rewrite, reason: Reason) -> Verdict {
+    if !rewrite(ctx, pkt, flow, how) {
+        return Verdict::pass(Reason::PassRewriteFailed);
     }
     stats::count_traffic(flow, pkt.frame_len as u64);
-    Verdict::pass(Reason::TranslatedToKernel)
+    Verdict::pass(reason)
 }
 
 /// Rewrites the Ethernet addresses for the next hop.

@@ -5,6 +5,7 @@
 
 mod conntrack;
 mod forward;
+mod icmp;
 mod l4csum;
 mod maps;
 mod mss;
@@ -21,7 +22,10 @@ use aya_ebpf::{
 };
 use lb_common::{CT_NEW, DIR_TO_BACKEND, DIR_TO_CLIENT, Flow, FlowKey, PROTO_TCP, Reason, Settings};
 
-use crate::{parse::Packet, verdict::Verdict};
+use crate::{
+    parse::{PROTO_ICMP, Packet},
+    verdict::Verdict,
+};
 
 #[xdp]
 pub fn swarmlb(ctx: XdpContext) -> u32 {
@@ -46,6 +50,9 @@ fn balance(ctx: &XdpContext) -> Verdict {
     let settings = maps::settings();
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
+    if pkt.key.proto == PROTO_ICMP {
+        return forward_icmp(ctx, &pkt, now);
+    }
 
     // Tracked traffic is a client's packet to a frontend port (or to a port whose frontend was
     // removed while connections on it may still run) or a backend's reply to a SNAT address and
@@ -128,7 +135,26 @@ fn forward_tracked(ctx: &XdpContext, pkt: &Packet, tracked: conntrack::Tracked, 
     // SAFETY: map value pointer, valid until the program returns.
     let flow = unsafe { &mut *tracked.flow };
     let route = forward::resolve_next_hop(ctx, flow, pkt, now);
-    forward::deliver(ctx, pkt, flow, route)
+    forward::deliver(ctx, pkt, flow, route, forward::Rewrite::Nat)
+}
+
+/// An ICMP error about a tracked connection goes to the other side of it, translated back;
+/// any other ICMP passes.
+#[inline(always)]
+fn forward_icmp(ctx: &XdpContext, pkt: &Packet, now: u64) -> Verdict {
+    let (tracked, quoted) = match icmp::find_error_flow(ctx, now) {
+        Ok(icmp::ErrorAbout::Connection(tracked, quoted)) => (tracked, quoted),
+        Ok(icmp::ErrorAbout::Nothing) => return Verdict::pass(Reason::PassIcmpUntracked),
+        Ok(icmp::ErrorAbout::NotAnError) => return Verdict::pass(Reason::PassNotTcpUdp),
+        Err(verdict) => return verdict,
+    };
+    if pkt.ttl <= 1 {
+        return Verdict::pass(Reason::PassTtlExpired);
+    }
+    // SAFETY: map value pointer, valid until the program returns.
+    let flow = unsafe { &mut *tracked.flow };
+    let route = forward::resolve_next_hop(ctx, flow, pkt, now);
+    forward::deliver(ctx, pkt, flow, route, forward::Rewrite::IcmpError(&quoted))
 }
 
 /// The first packet of a connection: pick a backend, claim a NAT port, record both directions
@@ -173,7 +199,7 @@ fn forward_new(ctx: &XdpContext, pkt: &Packet, service_id: u32, now: u64) -> Ver
         return Verdict::drop(Reason::DropConntrackFull);
     }
     stats::count_new_flow(service_id, backend_id);
-    forward::deliver(ctx, pkt, &forward, route)
+    forward::deliver(ctx, pkt, &forward, route, forward::Rewrite::Nat)
 }
 
 #[cfg(not(test))]

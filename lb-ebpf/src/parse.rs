@@ -1,4 +1,4 @@
-//! Bounds-checked parsing of Ethernet / IPv4 / TCP / UDP. Every read is preceded by a check
+//! Bounds-checked parsing of Ethernet / IPv4 / TCP / UDP / ICMP. Every read is preceded by a check
 //! against `data_end` the verifier can follow; anything unexpected becomes a counted verdict.
 
 use core::mem::size_of;
@@ -14,8 +14,11 @@ pub const IPV4_LEN: usize = 20;
 pub const L4_OFF: usize = ETH_LEN + IPV4_LEN;
 pub const TCP_LEN: usize = 20;
 pub const UDP_LEN: usize = 8;
+pub const ICMP_LEN: usize = 8;
+pub const PROTO_ICMP: u8 = 1;
 
 const ETH_P_IPV4: u16 = 0x0800;
+const IP_DF: u16 = 0x4000;
 const IP_MF: u16 = 0x2000;
 const IP_OFFSET: u16 = 0x1fff;
 
@@ -25,7 +28,8 @@ pub const TCP_FLAG_SYN: u8 = 0x02;
 pub const TCP_FLAG_RST: u8 = 0x04;
 pub const TCP_FLAG_ACK: u8 = 0x10;
 
-/// A TCP or UDP over IPv4 packet, fully bounds-checked up to the end of its L4 header.
+/// A TCP, UDP or ICMP over IPv4 packet, bounds-checked up to the end of its L4 header (ICMP:
+/// its 8-byte header; ports are 0).
 pub struct Packet {
     pub frame_len: u32,
     /// The 5-tuple as on the wire (addresses in network order, ports in host order).
@@ -33,8 +37,10 @@ pub struct Packet {
     /// IPv4 total length (host order).
     pub ip_len: u16,
     pub ttl: u8,
-    /// TCP flags (0 for UDP).
+    /// TCP flags (0 for UDP and ICMP).
     pub tcp_flags: u8,
+    /// The IPv4 "don't fragment" bit.
+    pub dont_fragment: bool,
 }
 
 impl Packet {
@@ -141,7 +147,7 @@ pub fn parse_packet(ctx: &XdpContext) -> Result<Packet, Verdict> {
     };
     let l4_len = ip_len as u32 - IPV4_LEN as u32;
 
-    // TCP / UDP
+    // TCP / UDP / ICMP
     let tcp_flags = match proto {
         PROTO_TCP => {
             let (Some(doff), Some(flags)) = (read_u8(ctx, L4_OFF + 12), read_u8(ctx, L4_OFF + 13))
@@ -163,6 +169,20 @@ pub fn parse_packet(ctx: &XdpContext) -> Result<Packet, Verdict> {
             }
             0
         }
+        PROTO_ICMP => {
+            if ptr_at::<[u8; ICMP_LEN]>(ctx, L4_OFF).is_none() || l4_len < ICMP_LEN as u32 {
+                return Err(Verdict::malformed(Reason::MalformedIcmp));
+            }
+            // No ports: `icmp` reads what it needs.
+            return Ok(Packet {
+                frame_len,
+                key: FlowKey { src_addr, dst_addr, src_port: 0, dst_port: 0, proto, _pad: [0; 3] },
+                ip_len,
+                ttl,
+                tcp_flags: 0,
+                dont_fragment: frag & IP_DF != 0,
+            });
+        }
         _ => return Err(Verdict::pass(Reason::PassNotTcpUdp)),
     };
     let (Some(src_port), Some(dst_port)) = (read_u16_be(ctx, L4_OFF), read_u16_be(ctx, L4_OFF + 2))
@@ -176,5 +196,6 @@ pub fn parse_packet(ctx: &XdpContext) -> Result<Packet, Verdict> {
         ip_len,
         ttl,
         tcp_flags,
+        dont_fragment: frag & IP_DF != 0,
     })
 }

@@ -383,26 +383,6 @@ fn unmanaged_egress_and_missing_neighbour_go_to_the_kernel_translated() {
 }
 
 #[test]
-fn packet_too_big_for_egress_mtu_is_passed_untranslated() {
-    let mut e = env();
-    sh("ip link set dc mtu 1000").unwrap();
-    e.apply(&(node("") + &service("web", "198.18.0.10:80/tcp", "nat_addr = \"198.18.2.1\"", &[("dc", BACKEND_DC, BE_PORT, 1)])));
-    // A new flow whose first packet is too big (SYN with data, as TFO does): the FIB says so.
-    let big_syn = client_syn(49500).payload(&[0x5a; 1100]).build();
-    let out = e.run(&big_syn);
-    assert_eq!((out.action, &out.frame), (XDP_PASS, &big_syn));
-    // Small packets of the same connection fit and are redirected; the cached next hop knows the MTU.
-    let small = Spec::tcp(CLIENT, 49500, VIP, FE_PORT, ACK).macs(CLIENT_MAC_50, LAN_MAC).build();
-    assert_eq!(e.run(&small).action, XDP_REDIRECT);
-    let f = e.dp.flow(&key(CLIENT, 49500, VIP, FE_PORT, PROTO_TCP)).unwrap().unwrap();
-    assert_eq!((f.next_hop.ifindex, f.next_hop.mtu), (e.net.dc.ifindex, 1000));
-    let big = Spec::tcp(CLIENT, 49500, VIP, FE_PORT, ACK).macs(CLIENT_MAC_50, LAN_MAC).payload(&[0x5a; 1100]).build();
-    let out = e.run(&big);
-    assert_eq!((out.action, &out.frame), (XDP_PASS, &big), "the cached next hop's MTU says so");
-    e.dp.assert_reasons(&[(Reason::PassTooBig, 2), (Reason::ToBackend, 1)]);
-}
-
-#[test]
 fn pass_program_passes_everything() {
     let e = env();
     for frame in [client_syn(1).build(), other_ethertype(ETH_P_ARP, 28), vec![0u8; 14]] {
