@@ -11,6 +11,7 @@ pub mod swarm_config;
 pub mod swarm_lb;
 pub mod topology;
 pub mod frames;
+pub mod icmp_frames;
 pub mod lan;
 pub mod testrun;
 pub mod dind;
