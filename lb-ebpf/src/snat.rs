@@ -5,7 +5,9 @@
 //!
 //! The search: first the client's own source port when it lies in the service's range (what
 //! Linux's nf_nat does: a client that reuses its port reaches the backend on the very tuple it
-//! used before, whose TIME_WAIT accepts the newer SYN), then [`PORT_PROBES`] random ports. When
+//! used before, whose TIME_WAIT accepts the newer SYN); otherwise a port derived from the
+//! client's address and port, so a client reusing its port still lands on the same tuple; then
+//! [`PORT_PROBES`] random ports. When
 //! every probe is taken, the port of the oldest unconfirmed connection met on the way (or of a
 //! holder that has idled out) is taken over, so a SYN flood that fills a backend's range gives
 //! its ports back to real clients at once instead of after the new-flow timeout.
@@ -17,7 +19,7 @@
 //! (`conntrack::is_reopened_by`). Only unconfirmed or idled-out connections are ever taken over.
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32};
-use lb_common::{CtEvent, Flow, FlowKey};
+use lb_common::{CtEvent, Flow, FlowKey, hash::flow_hash};
 
 use crate::{
     conntrack::{Table, is_expired, peer_key},
@@ -105,6 +107,13 @@ pub fn claim_port(key: &FlowKey, reverse_key: &mut FlowKey, reverse: &Flow, rang
         reverse_key.dst_port = key.src_port;
         if consider(key.src_port, try_port(reverse_key, reverse, now)) {
             stats::count_event(CtEvent::PortPreserved);
+            return true;
+        }
+    } else {
+        let hash = flow_hash(key.src_addr, key.dst_addr, key.src_port, key.dst_port, key.proto);
+        let port = min + (hash % span) as u16;
+        reverse_key.dst_port = port;
+        if consider(port, try_port(reverse_key, reverse, now)) {
             return true;
         }
     }

@@ -8,7 +8,7 @@ use lb_common::{CtEvent, PROTO_TCP, Reason, maps::NEW_FLOWS_SIZE};
 use tests::{frames::*, lan::*, testrun::*};
 
 #[test]
-fn the_client_port_is_kept_when_free_and_the_range_searched_when_not() {
+fn the_client_port_is_kept_when_free_else_one_derived_from_it() {
     let mut e = env();
     e.web();
     let inside = SNAT_MIN + 10;
@@ -19,11 +19,15 @@ fn the_client_port_is_kept_when_free_and_the_range_searched_when_not() {
     let p = translated(&e.run(&syn));
     assert_ne!(p.sport, inside);
     assert!((SNAT_MIN..=SNAT_MAX).contains(&p.sport));
-    // A client port outside the range: a port from the range.
+    // A client port outside the range: a port from the range, derived from the client's tuple,
+    // so the same client port comes back to the same NAT port (the backend sees the tuple it
+    // knows, whose TIME_WAIT accepts the newer SYN).
     let q = translated(&e.run(&client_syn(40000).build()));
     assert!((SNAT_MIN..=SNAT_MAX).contains(&q.sport), "port {}", q.sport);
+    translated(&e.run(&client_segment(40000, RST).build()));
+    assert_eq!(translated(&e.run(&client_syn(40000).build())).sport, q.sport, "the same client port, the same NAT port");
     assert_eq!(e.dp.event(CtEvent::PortPreserved).unwrap(), 1);
-    e.dp.assert_reasons(&[(Reason::ToBackend, 3)]);
+    e.dp.assert_reasons(&[(Reason::ToBackend, 5)]);
 }
 
 #[test]
