@@ -12,7 +12,12 @@
 //!   XDP with ICMP fragmentation needed, from the address the sender used, quoting its header,
 //!   instead of being handed to the kernel half-translated.
 
-use aya_ebpf::{helpers::generated::bpf_xdp_adjust_tail, programs::XdpContext, EbpfContext};
+use aya_ebpf::{
+    EbpfContext,
+    bindings::xdp_action::XDP_TX,
+    helpers::generated::bpf_xdp_adjust_tail,
+    programs::XdpContext,
+};
 use lb_common::{
     Flow, FlowKey, PROTO_TCP, PROTO_UDP, Reason,
     csum::{fold, replace2, replace4},
@@ -20,6 +25,7 @@ use lb_common::{
 
 use crate::{
     conntrack,
+    maps::TX_PORTS_MAP,
     nat::{load16, store16},
     parse::{ETH_LEN, ICMP_LEN, IPV4_LEN, L4_OFF, Packet, ptr_at},
     verdict::Verdict,
@@ -190,9 +196,8 @@ unsafe fn checksum<const WORDS: usize>(p: *const u8) -> u16 {
     !fold(sum)
 }
 
-/// Turns the frame into an ICMP fragmentation-needed answer to its sender, advertising `mtu`,
-/// and returns XDP_TX's verdict; the frame goes back out of the interface it came in on, to the
-/// MAC it came from. Fails (passing the frame untouched) only if the frame cannot be resized.
+/// Turns the frame into an ICMP fragmentation-needed answer to its sender, advertising `mtu`;
+/// the frame goes back out of the interface it came in on, to the MAC it came from. Fails (passing the frame untouched) only if the frame cannot be resized.
 #[inline(always)]
 pub fn frag_needed(ctx: &XdpContext, pkt: &Packet, mtu: u16) -> Verdict {
     let Some(head) = ptr_at::<[u8; ETH_LEN + QUOTED_LEN]>(ctx, 0) else {
@@ -228,5 +233,11 @@ pub fn frag_needed(ctx: &XdpContext, pkt: &Packet, mtu: u16) -> Verdict {
         core::ptr::copy_nonoverlapping(head.as_ptr().add(ETH_LEN), icmp.add(ICMP_LEN), QUOTED_LEN);
         store16(icmp.add(2), checksum::<{ (ICMP_LEN + QUOTED_LEN) / 2 }>(icmp));
     }
-    Verdict { action: aya_ebpf::bindings::xdp_action::XDP_TX, reason: Reason::FragNeededSent }
+    // Back out of the ingress interface. Through the redirect map rather than XDP_TX: a veth
+    // wakes its peer for a redirected frame even when the peer runs no XDP program, and not for
+    // an XDP_TX one. An interface missing from the map falls back to XDP_TX.
+    let action = match TX_PORTS_MAP.redirect(ctx.ingress_ifindex() as u32, XDP_TX as u64) {
+        Ok(action) | Err(action) => action,
+    };
+    Verdict { action, reason: Reason::FragNeededSent }
 }

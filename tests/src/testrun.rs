@@ -46,13 +46,17 @@ pub struct Datapath {
     pin_dir: PathBuf,
     /// The agent's one writer (it remembers which ports are draining).
     writer: Option<Writer>,
+    /// Whether the pins are this datapath's own (removed on drop) or a running agent's.
+    owns_pins: bool,
     plan: Option<Plan>,
     local_node: Option<String>,
 }
 
 impl Drop for Datapath {
     fn drop(&mut self) {
-        let _ = pins::unload(&self.pin_dir);
+        if self.owns_pins {
+            let _ = pins::unload(&self.pin_dir);
+        }
     }
 }
 
@@ -81,6 +85,20 @@ impl Datapath {
         ));
         let _ = pins::unload(&pin_dir);
         std::fs::create_dir_all(&pin_dir).with_context(|| format!("creating {} (needs root and a bpffs)", pin_dir.display()))?;
+        Self::load_with_pins(pin_dir, true)
+    }
+
+    /// Loads a second instance of the program over the maps a running agent pinned in
+    /// `pin_dir` (left in place on drop): frames run through it act on the live datapath's
+    /// state, as packets on the agent's interfaces would.
+    pub fn attach_pinned(pin_dir: &Path) -> Result<Self> {
+        for (name, _, _) in MAPS {
+            ensure!(pin_dir.join(name).exists(), "no map {name} pinned in {}", pin_dir.display());
+        }
+        Self::load_with_pins(pin_dir.to_owned(), false)
+    }
+
+    fn load_with_pins(pin_dir: PathBuf, owns_pins: bool) -> Result<Self> {
         let mut loader = EbpfLoader::new();
         for (name, _, _) in MAPS {
             loader.map_pin_path(name, pin_dir.join(name));
@@ -89,7 +107,9 @@ impl Datapath {
         let mut ebpf = match loaded {
             Ok(ebpf) => ebpf,
             Err(e) => {
-                let _ = pins::unload(&pin_dir);
+                if owns_pins {
+                    let _ = pins::unload(&pin_dir);
+                }
                 return Err(e);
             }
         };
@@ -100,7 +120,7 @@ impl Datapath {
                 .try_into()?;
             prog.load().with_context(|| format!("verifier rejected {name}"))?;
         }
-        Ok(Self { ebpf, pin_dir, writer: None, plan: None, local_node: None })
+        Ok(Self { ebpf, pin_dir, writer: None, owns_pins, plan: None, local_node: None })
     }
 
     /// Where the maps are pinned (for a `Writer` or `swarmlb` commands of the test's own).

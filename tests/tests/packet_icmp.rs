@@ -104,7 +104,7 @@ fn a_dont_fragment_packet_too_big_for_the_egress_is_answered_with_fragmentation_
     // A first packet too big already (SYN with data, as TFO sends): the FIB says so.
     let big_syn = client_syn(49500).payload(&[0x5a; 1100]).build();
     let out = e.run(&big_syn);
-    assert_eq!(out.action, XDP_TX, "answered back out of the ingress link");
+    assert_eq!(out.action, XDP_REDIRECT, "redirected back out of the ingress link");
     let icmp = parse_icmp(&out.frame).unwrap();
     assert_eq!((icmp.src, icmp.dst, icmp.kind, icmp.code), (VIP, CLIENT, DEST_UNREACH, FRAG_NEEDED));
     assert_eq!((icmp.src_mac, icmp.dst_mac), (LAN_MAC, CLIENT_MAC_50));
