@@ -121,16 +121,16 @@ fn long_lived_connection_survives_a_backend_removed_and_readded_by_reload() -> R
     ensure!(!answers.contains_key(&backend_name(removed)), "removed backend still got new connections: {answers:?}");
     conn.exchange("after new connections")?;
 
-    // `swarmlb flows` lists the long-lived connection, open, on its backend, and the 60 closed
-    // ones, none of them on the removed backend.
+    // `swarmlb flows` lists the long-lived connection, established, on its backend, and the 60
+    // closed ones (closing: both sides sent FIN), none of them on the removed backend.
     let flows = agent.flows()?;
     let web: Vec<&Value> = flows.iter().filter(|f| f["service"] == "web" && f["proto"] == "tcp").collect();
-    let open: Vec<&&Value> = web.iter().filter(|f| f["state"] == "open").collect();
+    let open: Vec<&&Value> = web.iter().filter(|f| f["state"] == "established").collect();
     ensure!(
         open.len() == 1 && open[0]["backend"] == conn.backend.as_str() && open[0]["client"].as_str().is_some_and(|c| c.starts_with("198.18.")),
         "open web connections: {open:?}"
     );
-    let closed = web.iter().filter(|f| f["state"] == "fin").count();
+    let closed = web.iter().filter(|f| f["state"] == "closing").count();
     ensure!(closed == 60, "{closed} closed web connections listed, the client made 60: {web:?}");
     ensure!(web.iter().all(|f| f["backend"] != backend_name(removed).as_str()), "a listed flow uses the removed backend: {web:?}");
 
