@@ -62,6 +62,8 @@ pub const CONNTRACK_SIZE: u32 = 1 << 19;
 /// connections, is what a SYN flood can hold at once; at 1 Mpps each lives ~16 ms, 100 times a
 /// local round trip, so real handshakes complete beside it.
 pub const NEW_FLOWS_SIZE: u32 = 1 << 15;
+/// SNAT addresses one service can use on one node (each multiplies its NAT ports).
+pub const MAX_SNAT_PER_SERVICE: usize = 4;
 /// Upper bound of the SNAT addresses in [`SNAT_ADDRS`].
 pub const MAX_SNAT_ADDRS: u32 = 256;
 /// Default NAT port range on a node address: every unprivileged port below the kernel's default

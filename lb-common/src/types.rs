@@ -42,17 +42,19 @@ pub const SERVICE_OVERLAY: u32 = 2;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Service {
-    /// Source address of translated packets, so replies come back to this node.
-    pub snat_addr: [u8; 4],
+    /// Source addresses of translated packets, so replies come back to this node: the first
+    /// `snat_count` are used, each with its own NAT ports towards every backend.
+    pub snat_addrs: [[u8; 4]; crate::maps::MAX_SNAT_PER_SERVICE],
     pub flags: u32,
     /// Backends with a weight above zero; 0 means new connections are dropped.
     pub active_backends: u32,
     /// Largest TCP MSS allowed on SYN and SYN-ACK of this service's connections, so segments
     /// fit the path to the backends (overlay MTU - 40); 0 leaves MSS alone.
     pub mss: u16,
-    pub _pad: u16,
-    /// Inclusive range of NAT source ports on `snat_addr`: wide on an overlay endpoint (no local
-    /// socket uses that address), outside `ip_local_port_range` on a node address.
+    pub snat_count: u8,
+    pub _pad: u8,
+    /// Inclusive range of NAT source ports on each SNAT address: wide on an overlay endpoint (no
+    /// local socket uses that address), outside `ip_local_port_range` on a node address.
     pub snat_port_min: u16,
     pub snat_port_max: u16,
 }
@@ -233,7 +235,7 @@ pub struct Settings {
 const _: () = {
     assert!(size_of::<FrontendKey>() == 8);
     assert!(size_of::<Frontend>() == 4);
-    assert!(size_of::<Service>() == 20);
+    assert!(size_of::<Service>() == 32);
     assert!(size_of::<Backend>() == 8);
     assert!(size_of::<FlowKey>() == 16);
     assert!(size_of::<NextHop>() == 32);

@@ -182,14 +182,13 @@ fn forward_new(ctx: &XdpContext, pkt: &Packet, service_id: u32, now: u64) -> Ver
     };
     let mut reverse_key = FlowKey {
         src_addr: backend.addr,
-        dst_addr: service.snat_addr,
+        dst_addr: [0; 4],
         src_port: backend.port,
         dst_port: 0,
         proto: key.proto,
         _pad: [0; 3],
     };
-    let range = (service.snat_port_min, service.snat_port_max);
-    if !snat::claim_port(key, &mut reverse_key, &reverse, range, now) {
+    if !snat::claim_port(key, &mut reverse_key, &reverse, &service, now) {
         return Verdict::drop(Reason::DropPortsExhausted);
     }
     let mut forward = conntrack::mirror(&reverse_key, &reverse);

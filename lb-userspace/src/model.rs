@@ -150,9 +150,10 @@ pub struct Service {
     pub backends: Vec<Backend>,
     /// Pick the backend from the client address alone.
     pub sticky: bool,
-    /// Source address of packets translated toward this service's backends. `None` only for a
-    /// service with a network, whose source address is the local node's endpoint on it.
-    pub nat_addr: Option<Ipv4Addr>,
+    /// Source addresses of packets translated toward this service's backends (each brings its
+    /// own NAT ports). Empty only for a service with a network, whose source address is the
+    /// local node's endpoint on it.
+    pub nat_addrs: Vec<Ipv4Addr>,
     /// The overlay network its backends (tasks) are on; `None`: reached by plain routing.
     pub network: Option<String>,
 }

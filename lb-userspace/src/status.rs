@@ -43,7 +43,7 @@ pub struct ServiceReport {
     pub sticky: bool,
     /// The overlay network its tasks are on, if any.
     pub network: Option<String>,
-    /// Source address of translated packets.
+    /// Source addresses of translated packets, comma-separated.
     pub nat_addr: String,
     pub packets: u64,
     pub bytes: u64,
@@ -64,7 +64,7 @@ pub struct BackendReport {
     pub new_flows: u64,
     /// NAT source ports its live connections hold (each connection holds one).
     pub nat_ports: u64,
-    /// NAT source ports it can have: the service's port range (per SNAT address).
+    /// NAT source ports it can have: the service's port range times its SNAT addresses.
     pub nat_port_capacity: u64,
 }
 
@@ -79,7 +79,8 @@ pub fn collect(pin_dir: &Path, state_dir: &Path) -> Result<Report> {
     for s in &plan.services {
         let t = counters.service(s.id)?;
         let (lo, hi) = nat_ports(s, &plan.node);
-        let capacity = u64::from(hi - lo) + 1;
+        let addrs: Vec<String> = s.nat_addrs().map(|a| a.to_string()).collect();
+        let capacity = (u64::from(hi - lo) + 1) * addrs.len() as u64;
         let mut backends = Vec::new();
         for b in &s.backends {
             let bt = counters.backend(b.id)?;
@@ -87,7 +88,9 @@ pub fn collect(pin_dir: &Path, state_dir: &Path) -> Result<Report> {
             if used * 100 >= capacity * WARN_FULL_PERCENT {
                 warnings.push(format!(
                     "service {:?} backend {:?}: {used} of {capacity} NAT ports in use (range {lo}-{hi} on {})",
-                    s.name, b.name, s.nat_addr
+                    s.name,
+                    b.name,
+                    addrs.join(", ")
                 ));
             }
             backends.push(BackendReport {
@@ -109,7 +112,7 @@ pub fn collect(pin_dir: &Path, state_dir: &Path) -> Result<Report> {
             frontends: s.frontends.iter().map(ToString::to_string).collect(),
             sticky: s.sticky,
             network: s.network.clone(),
-            nat_addr: s.nat_addr.to_string(),
+            nat_addr: addrs.join(","),
             packets: t.packets,
             bytes: t.bytes,
             new_flows: t.new_flows,

@@ -100,3 +100,20 @@ fn a_syn_flood_fills_only_the_new_flow_table_and_real_clients_get_through() {
         assert_eq!(translated(&e.from_backend(syn, ACK | PSH)).dport, sport);
     }
 }
+
+#[test]
+fn a_second_nat_address_brings_its_own_ports() {
+    let mut e = env();
+    let second = [198, 18, 0, 3];
+    e.apply(&(node("") + &service("web", "198.18.0.10:80/tcp", r#"nat_addr = ["198.18.0.1", "198.18.0.3"]"#, &[("lan", BACKEND_LAN, BE_PORT, 1)])));
+    // Every port of the first address held by an established connection...
+    for sport in SNAT_MIN..=SNAT_MAX {
+        assert_eq!(e.connect(sport).src, LB_LAN);
+    }
+    // ... so the next one goes out from the second, and its reply comes back from there.
+    let p = translated(&e.run(&client_syn(40000).build()));
+    assert_eq!(p.src, second);
+    let r = translated(&e.from_backend(&p, SYN | ACK));
+    assert_eq!((r.src, r.sport, r.dst, r.dport), (VIP, FE_PORT, CLIENT, 40000));
+    assert_eq!(e.count(Reason::DropPortsExhausted), 0);
+}

@@ -115,8 +115,15 @@ pub fn nat_ports(s: &PlannedService, node: &NodeSettings) -> (u16, u16) {
 
 pub fn service_value(s: &PlannedService, node: &NodeSettings) -> lb_common::Service {
     let (snat_port_min, snat_port_max) = nat_ports(s, node);
+    let mut snat_addrs = [[0u8; 4]; lb_common::maps::MAX_SNAT_PER_SERVICE];
+    let mut snat_count = 0;
+    for (slot, addr) in snat_addrs.iter_mut().zip(s.nat_addrs()) {
+        *slot = addr.octets();
+        snat_count += 1;
+    }
     lb_common::Service {
-        snat_addr: s.nat_addr.octets(),
+        snat_addrs,
+        snat_count,
         flags: if s.sticky { lb_common::SERVICE_STICKY } else { 0 }
             | if s.network.is_some() { lb_common::SERVICE_OVERLAY } else { 0 },
         active_backends: s.backends.iter().filter(|b| b.weight > 0).count() as u32,
@@ -129,7 +136,7 @@ pub fn service_value(s: &PlannedService, node: &NodeSettings) -> lb_common::Serv
 
 /// Every SNAT address of a plan (`slb_snat_addrs`).
 pub fn snat_addrs(plan: &Plan) -> BTreeSet<[u8; 4]> {
-    plan.services.iter().map(|s| s.nat_addr.octets()).collect()
+    plan.services.iter().flat_map(|s| s.nat_addrs()).map(|a| a.octets()).collect()
 }
 
 pub fn backend_value(b: &PlannedBackend) -> lb_common::Backend {
@@ -201,6 +208,7 @@ pub fn diff(prev: Option<&Plan>, next: &Plan) -> Diff {
             Some(o)
                 if o.sticky != svc.sticky
                     || o.nat_addr != svc.nat_addr
+                    || o.more_nat_addrs != svc.more_nat_addrs
                     || o.frontends != svc.frontends
                     || o.network != svc.network
                     || o.mss != svc.mss =>

@@ -71,8 +71,11 @@ pub struct PlannedService {
     pub frontends: Vec<Frontend>,
     pub sticky: bool,
     /// The source address of translated packets: the local node's endpoint on `network`, or
-    /// the configured NAT address.
+    /// the (first) configured NAT address.
     pub nat_addr: Ipv4Addr,
+    /// Further configured NAT addresses, each with its own NAT ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_nat_addrs: Vec<Ipv4Addr>,
     /// The overlay network the backends are tasks on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
@@ -133,6 +136,13 @@ fn take(next: &mut u32, limit: u32, retired: &mut VecDeque<u32>) -> Option<u32> 
         Some(*next - 1)
     } else {
         retired.pop_front()
+    }
+}
+
+impl PlannedService {
+    /// Every NAT address of the service, the first one first.
+    pub fn nat_addrs(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        std::iter::once(self.nat_addr).chain(self.more_nat_addrs.iter().copied())
     }
 }
 
@@ -215,7 +225,7 @@ pub fn plan(cluster: &Cluster, local: Option<&str>, prev: &Plan) -> Result<Plan,
         };
         let mut frontends = service.frontends.clone();
         frontends.sort();
-        let (nat_addr, mss) = match &service.network {
+        let (nat_addrs, mss) = match &service.network {
             Some(net_name) => {
                 let network = cluster.network(net_name).ok_or_else(|| PlanError::UnknownNetwork {
                     service: service.name.clone(),
@@ -226,16 +236,19 @@ pub fn plan(cluster: &Cluster, local: Option<&str>, prev: &Plan) -> Result<Plan,
                     network: net_name.clone(),
                     node: local.map(str::to_owned),
                 })?;
-                (endpoint, network.mtu.saturating_sub(TCP_IPV4_HEADERS))
+                (vec![endpoint], network.mtu.saturating_sub(TCP_IPV4_HEADERS))
             }
-            None => (service.nat_addr.ok_or_else(|| PlanError::NoNatAddr { service: service.name.clone() })?, 0),
+            None if service.nat_addrs.is_empty() => return Err(PlanError::NoNatAddr { service: service.name.clone() }),
+            None => (service.nat_addrs.clone(), 0),
         };
+        let (nat_addr, more_nat_addrs) = (nat_addrs[0], nat_addrs[1..].to_vec());
         services.push(PlannedService {
             id,
             name: service.name.clone(),
             frontends,
             sticky: service.sticky,
             nat_addr,
+            more_nat_addrs,
             network: service.network.clone(),
             mss,
             backends,

@@ -12,7 +12,7 @@ fn svc(name: &str, port: u16, backends: &[(&str, u8, u32)]) -> Service {
             .map(|(n, last, w)| Backend { name: (*n).into(), addr: SocketAddrV4::new(Ipv4Addr::new(198, 18, 2, *last), 8080), weight: *w, node: None })
             .collect(),
         sticky: false,
-        nat_addr: Some(Ipv4Addr::new(198, 18, 2, 1)),
+        nat_addrs: vec![Ipv4Addr::new(198, 18, 2, 1)],
         network: None,
     }
 }
@@ -81,7 +81,8 @@ fn full_diff_writes_everything() {
     assert!(d.maglev.iter().all(|(i, b)| *i >= MAGLEV_SIZE && *b == 1), "drained w2 gets no slot");
     let (lo, hi) = p.node.snat_ports;
     let service = lb_common::Service {
-        snat_addr: [198, 18, 2, 1],
+        snat_addrs: [[198, 18, 2, 1], [0; 4], [0; 4], [0; 4]],
+        snat_count: 1,
         flags: 0,
         active_backends: 1,
         mss: 0,
@@ -184,11 +185,11 @@ mod swarm {
                 })
                 .collect(),
             sticky: true,
-            nat_addr: None,
+            nat_addrs: Vec::new(),
             network: Some("web-net".into()),
         };
         let mut plain = svc("plain", 81, &[("p1", 11, 1)]);
-        plain.nat_addr = Some(Ipv4Addr::new(198, 18, 2, 1));
+        plain.nat_addrs = vec![Ipv4Addr::new(198, 18, 2, 1)];
         Cluster {
             node: NodeSettings::default(),
             swarm: SwarmSettings { vxlan_port: 4790 },
@@ -223,7 +224,8 @@ mod swarm {
             assert_eq!(
                 values[&web.id],
                 lb_common::Service {
-                    snat_addr: [198, 19, 1, endpoint],
+                    snat_addrs: [[198, 19, 1, endpoint], [0; 4], [0; 4], [0; 4]],
+                    snat_count: 1,
                     flags: lb_common::SERVICE_STICKY | lb_common::SERVICE_OVERLAY,
                     active_backends: 4,
                     mss: 1410,
@@ -236,7 +238,8 @@ mod swarm {
             let plain = p.services.iter().find(|s| s.name == "plain").unwrap();
             let (lo, hi) = p.node.snat_ports;
             let routed = lb_common::Service {
-                snat_addr: [198, 18, 2, 1],
+                snat_addrs: [[198, 18, 2, 1], [0; 4], [0; 4], [0; 4]],
+                snat_count: 1,
                 flags: 0,
                 active_backends: 1,
                 mss: 0,

@@ -157,7 +157,7 @@ fn ingress_published_service_on_a_manager() {
     assert_eq!(net.endpoint(OTHER), Some(Ipv4Addr::new(198, 19, 128, 9)));
     let web = &t.cluster.services[0];
     assert_eq!(web.frontends, [Frontend { addr: None, port: 8080, proto: Proto::Tcp }]);
-    assert_eq!((web.network.as_deref(), web.nat_addr, web.sticky), (Some("ingress"), None, false));
+    assert_eq!((web.network.as_deref(), web.nat_addrs.is_empty(), web.sticky), (Some("ingress"), true, false));
     assert_eq!(
         backends(&t, "web"),
         [be("web.1", "198.19.128.4:8080", 1, LOCAL), be("web.2", "198.19.128.5:8080", 1, OTHER), be("web.3", "198.19.128.6:8080", 1, LOCAL)]

@@ -205,7 +205,7 @@ impl Validator<'_> {
     fn cluster(&self, raw: RawFile) -> Result<Cluster, ConfigError> {
         let (node, node_nat) = match &raw.node {
             Some(node) => self.node(node.get_ref())?,
-            None => (NodeSettings { snat_ports: DEFAULT_SNAT_PORTS, malformed: MalformedPolicy::Pass }, None),
+            None => (NodeSettings { snat_ports: DEFAULT_SNAT_PORTS, malformed: MalformedPolicy::Pass }, Vec::new()),
         };
         let (swarm, nodes) = self.swarm(raw.swarm.as_ref())?;
         let networks = self.networks(&raw.network, &nodes)?;
@@ -218,7 +218,7 @@ impl Validator<'_> {
         let mut claimed: HashMap<Frontend, String> = HashMap::new();
         let mut total_backends = 0usize;
         for raw_service in &raw.service {
-            let service = self.service(raw_service, node_nat, &nodes, &networks)?;
+            let service = self.service(raw_service, &node_nat, &nodes, &networks)?;
             if !names.insert(service.name.clone()) {
                 let at = raw_service.get_ref().name.as_ref().map_or(raw_service.span(), Spanned::span);
                 return Err(self.err(at, "", "name", format!("duplicate service name {:?}", service.name)));

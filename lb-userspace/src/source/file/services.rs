@@ -10,9 +10,9 @@ use crate::model::{
 };
 
 impl Validator<'_> {
-    pub(super) fn node(&self, node: &RawNode) -> Result<(NodeSettings, Option<Ipv4Addr>), ConfigError> {
+    pub(super) fn node(&self, node: &RawNode) -> Result<(NodeSettings, Vec<Ipv4Addr>), ConfigError> {
         let ctx = "node: ";
-        let nat = node.nat_addr.as_ref().map(|v| self.ipv4(v, ctx, "nat_addr")).transpose()?;
+        let nat = node.nat_addr.as_ref().map(|v| self.nat_addrs(v, ctx)).transpose()?.unwrap_or_default();
         let snat_ports = match &node.snat_ports {
             None => DEFAULT_SNAT_PORTS,
             Some(v) => {
@@ -44,7 +44,7 @@ impl Validator<'_> {
     pub(super) fn service(
         &self,
         spanned: &Spanned<RawService>,
-        node_nat: Option<Ipv4Addr>,
+        node_nat: &[Ipv4Addr],
         nodes: &[Node],
         networks: &[Network],
     ) -> Result<Service, ConfigError> {
@@ -74,17 +74,18 @@ impl Validator<'_> {
                 self.err(v.span(), &ctx, "sticky", format!("expected true or false, found {}", v.get_ref().type_str()))
             })?,
         };
-        let nat_addr = match (&raw.nat_addr, network) {
+        let nat_addrs = match (&raw.nat_addr, network) {
             (Some(v), Some(net)) => {
                 return Err(self.err(v.span(), &ctx, "nat_addr", format!(
                     "not allowed on a service with a network: its source address is this node's endpoint on network {:?}", net.name
                 )));
             }
-            (Some(v), None) => Some(self.ipv4(v, &ctx, "nat_addr")?),
-            (None, Some(_)) => None,
-            (None, None) => Some(node_nat.ok_or_else(|| {
-                self.err(spanned.span(), &ctx, "nat_addr", "missing: set it here or in [node], or give the service a network")
-            })?),
+            (Some(v), None) => self.nat_addrs(v, &ctx)?,
+            (None, Some(_)) => Vec::new(),
+            (None, None) if node_nat.is_empty() => {
+                return Err(self.err(spanned.span(), &ctx, "nat_addr", "missing: set it here or in [node], or give the service a network"));
+            }
+            (None, None) => node_nat.to_vec(),
         };
         let mut backends: Vec<Backend> = Vec::with_capacity(raw.backend.len());
         for raw_backend in &raw.backend {
@@ -100,7 +101,31 @@ impl Validator<'_> {
             }
             backends.push(backend);
         }
-        Ok(Service { name, frontends, backends, sticky, nat_addr, network: network.map(|n| n.name.clone()) })
+        Ok(Service { name, frontends, backends, sticky, nat_addrs, network: network.map(|n| n.name.clone()) })
+    }
+
+    /// `nat_addr`: one address, or a list of up to `MAX_SNAT_PER_SERVICE` distinct ones (each
+    /// brings its own NAT ports towards every backend).
+    fn nat_addrs(&self, v: &Spanned<Value>, ctx: &str) -> Result<Vec<Ipv4Addr>, ConfigError> {
+        let Value::Array(items) = v.get_ref() else {
+            return Ok(vec![self.ipv4(v, ctx, "nat_addr")?]);
+        };
+        let max = lb_common::maps::MAX_SNAT_PER_SERVICE;
+        if items.is_empty() || items.len() > max {
+            return Err(self.err(v.span(), ctx, "nat_addr", format!("expected 1 to {max} addresses, found {}", items.len())));
+        }
+        let mut addrs = Vec::with_capacity(items.len());
+        for item in items {
+            let addr = item
+                .as_str()
+                .and_then(|s| s.parse::<Ipv4Addr>().ok())
+                .ok_or_else(|| self.err(v.span(), ctx, "nat_addr", format!("invalid IPv4 address {item}")))?;
+            if addrs.contains(&addr) {
+                return Err(self.err(v.span(), ctx, "nat_addr", format!("{addr} is listed twice")));
+            }
+            addrs.push(addr);
+        }
+        Ok(addrs)
     }
 
     /// A service's `network`: it must exist and have an endpoint for this node, whose address

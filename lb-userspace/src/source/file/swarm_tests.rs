@@ -86,7 +86,7 @@ fn parses_nodes_networks_endpoints_and_task_nodes() {
     let db = c.network("db-net").unwrap();
     assert_eq!((db.vni, db.mtu, db.endpoints.len()), (4098, 1400, 1));
     let svc = &c.services[0];
-    assert_eq!((svc.network.as_deref(), svc.nat_addr), (Some("web-net"), None));
+    assert_eq!((svc.network.as_deref(), svc.nat_addrs.is_empty()), (Some("web-net"), true));
     let task_nodes: Vec<Option<&str>> = svc.backends.iter().map(|b| b.node.as_deref()).collect();
     assert_eq!(task_nodes, [Some("node-1"), Some("node-2")]);
     assert_eq!(c.services[1].backends[0].node, None, "a task's node is optional");

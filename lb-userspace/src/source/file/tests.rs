@@ -50,12 +50,12 @@ fn parses_the_documented_format() {
     assert_eq!(c.services.len(), 2);
     let web = &c.services[0];
     assert!(web.sticky);
-    assert_eq!(web.nat_addr, Some(Ipv4Addr::new(198, 18, 2, 1)));
+    assert_eq!(web.nat_addrs, [Ipv4Addr::new(198, 18, 2, 1)]);
     assert_eq!(web.frontends[0].to_string(), "198.18.1.1:80/tcp");
     assert_eq!(web.frontends[1].to_string(), "*:8080/tcp");
     assert_eq!((web.backends[0].weight, web.backends[1].weight), (1, 0));
     let dns = &c.services[1];
-    assert_eq!(dns.nat_addr, Some(Ipv4Addr::new(198, 18, 2, 2)));
+    assert_eq!(dns.nat_addrs, [Ipv4Addr::new(198, 18, 2, 2)]);
     assert_eq!(dns.frontends[0].proto, Proto::Udp);
     assert_eq!(dns.backends[0].weight, 3);
 }
@@ -105,6 +105,11 @@ fn errors_name_file_line_and_field() {
         (r#"frontends = ["*:53/udp"]"#, "", r#"config.toml:21: service "dns": field frontends: missing (required)"#),
         ("sticky = true", "sticky = 1", r#"config.toml:10: service "web": field sticky: expected true or false, found integer"#),
         (r#"nat_addr = "198.18.2.2""#, r#"nat_addr = "198.18.2""#, r#"config.toml:24: service "dns": field nat_addr: invalid IPv4 address "198.18.2""#),
+        (r#"nat_addr = "198.18.2.2""#, r#"nat_addr = ["198.18.2.2", "198.18.2.2"]"#,
+         r#"config.toml:24: service "dns": field nat_addr: 198.18.2.2 is listed twice"#),
+        (r#"nat_addr = "198.18.2.2""#, r#"nat_addr = ["198.18.2.2", "x"]"#,
+         r#"config.toml:24: service "dns": field nat_addr: invalid IPv4 address "x""#),
+        (r#"nat_addr = "198.18.2.2""#, r#"nat_addr = []"#, r#"config.toml:24: service "dns": field nat_addr: expected 1 to 4 addresses, found 0"#),
         (r#"snat_ports = "16384-32767""#, r#"snat_ports = "32767-16384""#,
          r#"config.toml:4: node: field snat_ports: port range "32767-16384" is empty or starts at 0"#),
         (r#"snat_ports = "16384-32767""#, r#"snat_ports = "16384-70000""#,
@@ -118,6 +123,14 @@ fn errors_name_file_line_and_field() {
     for (from, to, want) in cases {
         assert_eq!(&bad(from, to), want, "replacing {from:?} with {to:?}");
     }
+}
+
+#[test]
+fn a_service_may_have_several_nat_addresses() {
+    let text = GOOD.replace(r#"nat_addr = "198.18.2.2""#, r#"nat_addr = ["198.18.2.2", "198.18.2.3"]"#);
+    let c = parse("config.toml", &text, None).unwrap();
+    let dns = c.services.iter().find(|s| s.name == "dns").unwrap();
+    assert_eq!(dns.nat_addrs, [Ipv4Addr::new(198, 18, 2, 2), Ipv4Addr::new(198, 18, 2, 3)]);
 }
 
 #[test]

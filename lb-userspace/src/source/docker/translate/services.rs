@@ -109,7 +109,7 @@ fn services_by_target(want: &Want, net: &NetView, backends: &[TaskBackend]) -> V
                 frontends,
                 backends,
                 sticky: want.sticky,
-                nat_addr: None,
+                nat_addrs: Vec::new(),
                 network: Some(net.network.name.clone()),
             }
         })
