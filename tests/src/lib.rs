@@ -13,5 +13,6 @@ pub mod topology;
 pub mod frames;
 pub mod icmp_frames;
 pub mod lan;
+pub mod load;
 pub mod testrun;
 pub mod dind;

@@ -46,7 +46,11 @@ pub fn test() -> Result<()> {
 
 pub fn bench() -> Result<()> {
     ensure_setup()?;
-    run_cmd(cargo().args(["bench", "--package", "tests", "--bench", "datapath"]))
+    run_cmd(cargo().args(["bench", "--package", "tests", "--bench", "datapath"]))?;
+    // The end-to-end bench runs the real `swarmlb` and `slb-testsrv`, found beside the bench
+    // executable's directory (`sibling_binary`): the bench profile builds into target/release.
+    run_cmd(cargo().args(["build", "--release", "--package", "lb-userspace", "--package", "tests", "--bins"]))?;
+    run_cmd(cargo().args(["bench", "--package", "tests", "--bench", "endtoend"]))
 }
 
 pub fn demo(keep: bool) -> Result<()> {

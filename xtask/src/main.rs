@@ -30,7 +30,8 @@ enum Command {
     },
     /// Run every test: unit, packet (BPF_PROG_TEST_RUN) and namespace tests. Needs root.
     Test,
-    /// Report ns per packet through BPF_PROG_TEST_RUN, as ratios to a no-op program.
+    /// Report ns per packet through BPF_PROG_TEST_RUN, as ratios to a no-op program, then
+    /// end-to-end TCP rates through plain routing, iptables DNAT and swarmlb in namespaces.
     Bench,
     /// Build a client, a load-balancer node and three backends in namespaces, run swarmlb,
     /// send traffic and show where it went. No swarm needed.
