@@ -39,9 +39,7 @@ fn main() -> anyhow::Result<()> {
     ] {
         cargo.env_remove(inherited);
     }
-    let status = cargo
-        .status()
-        .context("cannot run `rustup run nightly cargo`: run `cargo xtask setup` first")?;
+    let status = cargo.status().context("cannot run `rustup run nightly cargo`: run `cargo xtask setup` first")?;
     if !status.success() {
         bail!(
             "building lb-ebpf failed ({status}); `cargo xtask setup` installs the nightly \
@@ -49,7 +47,6 @@ fn main() -> anyhow::Result<()> {
         );
     }
     let object = target_dir.join(EBPF_TARGET).join("release").join("lb-ebpf");
-    std::fs::copy(&object, out_dir.join("lb-ebpf.o"))
-        .with_context(|| format!("copying {}", object.display()))?;
+    std::fs::copy(&object, out_dir.join("lb-ebpf.o")).with_context(|| format!("copying {}", object.display()))?;
     Ok(())
 }

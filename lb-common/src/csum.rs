@@ -15,9 +15,8 @@ pub const fn fold(mut sum: u64) -> u16 {
 /// New checksum after a 32-bit field changes from `old` to `new` (RFC 1624, eqn. 3).
 #[inline(always)]
 pub const fn replace4(check: u16, old: u32, new: u32) -> u16 {
-    let sum = (!check) as u64 + (!old >> 16) as u64 + (!old & 0xffff) as u64
-        + (new >> 16) as u64
-        + (new & 0xffff) as u64;
+    let sum =
+        (!check) as u64 + (!old >> 16) as u64 + (!old & 0xffff) as u64 + (new >> 16) as u64 + (new & 0xffff) as u64;
     !fold(sum)
 }
 

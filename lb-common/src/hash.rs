@@ -20,13 +20,7 @@ const fn mix(h: u32, word: u32) -> u32 {
 
 /// Hash of a connection's client side and frontend, the input of Maglev slot selection.
 #[inline(always)]
-pub const fn flow_hash(
-    src_addr: [u8; 4],
-    dst_addr: [u8; 4],
-    src_port: u16,
-    dst_port: u16,
-    proto: u8,
-) -> u32 {
+pub const fn flow_hash(src_addr: [u8; 4], dst_addr: [u8; 4], src_port: u16, dst_port: u16, proto: u8) -> u32 {
     let mut h = 0x5157_4c42; // "SWLB"
     h = mix(h, u32::from_be_bytes(src_addr));
     h = mix(h, u32::from_be_bytes(dst_addr));

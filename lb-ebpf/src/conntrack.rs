@@ -8,11 +8,14 @@
 //! TCP states move forward only: new -> SYN received -> established -> half-closed -> closing,
 //! and reset from anywhere. Every state has an idle timeout (`lb_common::idle_timeout_ns`).
 
-use aya_ebpf::{bindings::{BPF_ANY, BPF_NOEXIST}, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    programs::XdpContext,
+};
 use lb_common::{
-    CT_ESTABLISHED, CT_HALF_CLOSED, CT_CLOSING, CT_NEW, CT_RESET, CT_SYN_RECV, CtEvent, DIR_TO_BACKEND,
-    DIR_TO_CLIENT, FIN_FROM_BACKEND, FIN_FROM_CLIENT, Flow, FlowKey, LAST_SEEN_GRANULARITY_NS, NextHop,
-    PROTO_TCP, idle_timeout_ns, is_unconfirmed,
+    CT_CLOSING, CT_ESTABLISHED, CT_HALF_CLOSED, CT_NEW, CT_RESET, CT_SYN_RECV, CtEvent, DIR_TO_BACKEND, DIR_TO_CLIENT,
+    FIN_FROM_BACKEND, FIN_FROM_CLIENT, Flow, FlowKey, LAST_SEEN_GRANULARITY_NS, NextHop, PROTO_TCP, idle_timeout_ns,
+    is_unconfirmed,
 };
 
 use crate::{
@@ -274,5 +277,10 @@ pub fn commit_flow(key: &FlowKey, forward: &Flow, reverse_key: &FlowKey) -> bool
 }
 
 // `advance` relies on the forward order of the states.
-const _: () = assert!(CT_NEW < CT_SYN_RECV && CT_SYN_RECV < CT_ESTABLISHED && CT_ESTABLISHED < CT_HALF_CLOSED
-    && CT_HALF_CLOSED < CT_CLOSING && CT_CLOSING < CT_RESET);
+const _: () = assert!(
+    CT_NEW < CT_SYN_RECV
+        && CT_SYN_RECV < CT_ESTABLISHED
+        && CT_ESTABLISHED < CT_HALF_CLOSED
+        && CT_HALF_CLOSED < CT_CLOSING
+        && CT_CLOSING < CT_RESET
+);

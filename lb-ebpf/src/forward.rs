@@ -64,9 +64,7 @@ pub fn resolve_next_hop(ctx: &XdpContext, flow: &mut Flow, pkt: &Packet, now: u6
     params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(flow.new_src_addr);
     params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(flow.new_dst_addr);
     // SAFETY: params is a properly sized, initialised bpf_fib_lookup on the stack.
-    let ret = unsafe {
-        bpf_fib_lookup(ctx.as_ptr(), &mut params, size_of::<FibParams>() as i32, 0)
-    };
+    let ret = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut params, size_of::<FibParams>() as i32, 0) };
     if ret == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         return Route::Kernel;
     }

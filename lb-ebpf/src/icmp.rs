@@ -13,10 +13,7 @@
 //!   instead of being handed to the kernel half-translated.
 
 use aya_ebpf::{
-    EbpfContext,
-    bindings::xdp_action::XDP_TX,
-    helpers::generated::bpf_xdp_adjust_tail,
-    programs::XdpContext,
+    EbpfContext, bindings::xdp_action::XDP_TX, helpers::generated::bpf_xdp_adjust_tail, programs::XdpContext,
 };
 use lb_common::{
     Flow, FlowKey, PROTO_TCP, PROTO_UDP, Reason,
@@ -118,7 +115,8 @@ fn wire16(port: u16) -> u16 {
 /// `flow.new_dst`. False if the frame is shorter than parsing found (unreachable).
 #[inline(always)]
 pub fn translate_error(ctx: &XdpContext, pkt: &Packet, flow: &Flow, quoted: &FlowKey) -> bool {
-    let (Some(ip), Some(icmp)) = (ptr_at::<[u8; IPV4_LEN]>(ctx, ETH_LEN), ptr_at::<[u8; ICMP_LEN + QUOTED_LEN]>(ctx, L4_OFF))
+    let (Some(ip), Some(icmp)) =
+        (ptr_at::<[u8; IPV4_LEN]>(ctx, ETH_LEN), ptr_at::<[u8; ICMP_LEN + QUOTED_LEN]>(ctx, L4_OFF))
     else {
         return false;
     };

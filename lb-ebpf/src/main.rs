@@ -17,9 +17,7 @@ mod stats;
 mod verdict;
 mod vxlan;
 
-use aya_ebpf::{
-    bindings::xdp_action::XDP_PASS, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext,
-};
+use aya_ebpf::{bindings::xdp_action::XDP_PASS, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext};
 use lb_common::{CT_NEW, DIR_TO_BACKEND, DIR_TO_CLIENT, Flow, FlowKey, PROTO_TCP, Reason, Settings};
 
 use crate::{
@@ -89,11 +87,7 @@ fn balance(ctx: &XdpContext) -> Verdict {
 /// passes untouched.
 #[inline(always)]
 fn not_for_a_frontend(ctx: &XdpContext, pkt: &Packet, settings: &Settings) -> Verdict {
-    if vxlan::is_vxlan(pkt, settings) {
-        vxlan::inspect(ctx, pkt)
-    } else {
-        Verdict::pass(Reason::PassNoFrontend)
-    }
+    if vxlan::is_vxlan(pkt, settings) { vxlan::inspect(ctx, pkt) } else { Verdict::pass(Reason::PassNoFrontend) }
 }
 
 /// Whether a tracked flow's packet is balanced afresh instead: a TCP SYN that reopens the tuple
@@ -116,7 +110,9 @@ fn starts_over(tracked: conntrack::Tracked, pkt: &Packet) -> bool {
 /// a SNAT address.
 #[inline(always)]
 fn may_be_reply(settings: &Settings, key: &FlowKey) -> bool {
-    key.dst_port >= settings.snat_port_min && key.dst_port <= settings.snat_port_max && select::is_snat_addr(key.dst_addr)
+    key.dst_port >= settings.snat_port_min
+        && key.dst_port <= settings.snat_port_max
+        && select::is_snat_addr(key.dst_addr)
 }
 
 /// A packet of a tracked connection, either direction.

@@ -18,8 +18,7 @@ pub static SETTINGS_MAP: Array<Settings, 1> = Array::new();
 pub static FE_PORTS_MAP: Array<u8, { FE_PORTS_SIZE as usize }> = Array::new();
 
 #[btf_map(name = "slb_frontends")]
-pub static FRONTENDS_MAP: HashMap<FrontendKey, Frontend, { MAX_FRONTENDS as usize }> =
-    HashMap::new();
+pub static FRONTENDS_MAP: HashMap<FrontendKey, Frontend, { MAX_FRONTENDS as usize }> = HashMap::new();
 
 #[btf_map(name = "slb_local_addrs")]
 pub static LOCAL_ADDRS_MAP: HashMap<[u8; 4], u32, { MAX_LOCAL_ADDRS as usize }> = HashMap::new();
@@ -34,8 +33,7 @@ pub static BACKENDS_MAP: Array<Backend, { MAX_BACKENDS as usize }> = Array::new(
 pub static MAGLEV_MAP: Array<u32, { (MAX_SERVICES * MAGLEV_SIZE) as usize }> = Array::new();
 
 #[btf_map(name = "slb_conntrack")]
-pub static CONNTRACK_MAP: LruHashMap<FlowKey, Flow, { CONNTRACK_SIZE as usize }> =
-    LruHashMap::new();
+pub static CONNTRACK_MAP: LruHashMap<FlowKey, Flow, { CONNTRACK_SIZE as usize }> = LruHashMap::new();
 
 #[btf_map(name = "slb_ct_new")]
 pub static CT_NEW_MAP: LruHashMap<FlowKey, Flow, { NEW_FLOWS_SIZE as usize }> = LruHashMap::new();

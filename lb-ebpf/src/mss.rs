@@ -55,9 +55,8 @@ pub fn clamp_mss(ctx: &XdpContext, max_mss: u16) {
     let mut new = max_mss.to_be_bytes();
     let value_off = TCP_OPTS_OFF + at + 2;
     // SAFETY: two bytes inside the options just loaded; the helper checks the bounds again.
-    let stored = unsafe {
-        bpf_xdp_store_bytes(ctx.as_ptr() as *mut _, value_off as u32, new.as_mut_ptr() as *mut _, 2)
-    };
+    let stored =
+        unsafe { bpf_xdp_store_bytes(ctx.as_ptr() as *mut _, value_off as u32, new.as_mut_ptr() as *mut _, 2) };
     if stored != 0 {
         return;
     }

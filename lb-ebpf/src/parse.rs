@@ -128,11 +128,7 @@ pub fn parse_packet(ctx: &XdpContext) -> Result<Packet, Verdict> {
         return Err(Verdict::malformed(Reason::MalformedIpv4));
     };
     let ihl = (ver_ihl & 0x0f) as u32;
-    if ver_ihl >> 4 != 4
-        || ihl < 5
-        || (ip_len as u32) < ihl * 4
-        || ip_len as u32 > frame_len - ETH_LEN as u32
-    {
+    if ver_ihl >> 4 != 4 || ihl < 5 || (ip_len as u32) < ihl * 4 || ip_len as u32 > frame_len - ETH_LEN as u32 {
         return Err(Verdict::malformed(Reason::MalformedIpv4));
     }
     if ihl > 5 {
@@ -141,8 +137,7 @@ pub fn parse_packet(ctx: &XdpContext) -> Result<Packet, Verdict> {
     if frag & (IP_MF | IP_OFFSET) != 0 {
         return Err(Verdict::pass(Reason::PassFragment));
     }
-    let (Some(src_addr), Some(dst_addr)) = (read_addr(ctx, ETH_LEN + 12), read_addr(ctx, ETH_LEN + 16))
-    else {
+    let (Some(src_addr), Some(dst_addr)) = (read_addr(ctx, ETH_LEN + 12), read_addr(ctx, ETH_LEN + 16)) else {
         return Err(Verdict::malformed(Reason::MalformedIpv4));
     };
     let l4_len = ip_len as u32 - IPV4_LEN as u32;
@@ -150,15 +145,11 @@ pub fn parse_packet(ctx: &XdpContext) -> Result<Packet, Verdict> {
     // TCP / UDP / ICMP
     let tcp_flags = match proto {
         PROTO_TCP => {
-            let (Some(doff), Some(flags)) = (read_u8(ctx, L4_OFF + 12), read_u8(ctx, L4_OFF + 13))
-            else {
+            let (Some(doff), Some(flags)) = (read_u8(ctx, L4_OFF + 12), read_u8(ctx, L4_OFF + 13)) else {
                 return Err(Verdict::malformed(Reason::MalformedTcp));
             };
             let hdr_len = ((doff >> 4) as u32) * 4;
-            if ptr_at::<[u8; TCP_LEN]>(ctx, L4_OFF).is_none()
-                || hdr_len < TCP_LEN as u32
-                || hdr_len > l4_len
-            {
+            if ptr_at::<[u8; TCP_LEN]>(ctx, L4_OFF).is_none() || hdr_len < TCP_LEN as u32 || hdr_len > l4_len {
                 return Err(Verdict::malformed(Reason::MalformedTcp));
             }
             flags
@@ -185,8 +176,7 @@ pub fn parse_packet(ctx: &XdpContext) -> Result<Packet, Verdict> {
         }
         _ => return Err(Verdict::pass(Reason::PassNotTcpUdp)),
     };
-    let (Some(src_port), Some(dst_port)) = (read_u16_be(ctx, L4_OFF), read_u16_be(ctx, L4_OFF + 2))
-    else {
+    let (Some(src_port), Some(dst_port)) = (read_u16_be(ctx, L4_OFF), read_u16_be(ctx, L4_OFF + 2)) else {
         return Err(Verdict::malformed(Reason::MalformedUdp));
     };
 

@@ -2,12 +2,15 @@
 //! backend a new connection goes to (Maglev slot), and whether a flow's backend is still there.
 
 use lb_common::{
-    ANY_LOCAL_ADDR, BACKEND_REMOVED, Backend, Flow, FlowKey, FrontendKey, maps::MAGLEV_SIZE, PORT_TRACKED_SHIFT, PROTO_BIT_TCP, PROTO_BIT_UDP,
-    PROTO_TCP, SERVICE_STICKY, Service,
+    ANY_LOCAL_ADDR, BACKEND_REMOVED, Backend, Flow, FlowKey, FrontendKey, PORT_TRACKED_SHIFT, PROTO_BIT_TCP,
+    PROTO_BIT_UDP, PROTO_TCP, SERVICE_STICKY, Service,
     hash::{client_hash, flow_hash},
+    maps::MAGLEV_SIZE,
 };
 
-use crate::maps::{BACKENDS_MAP, FE_PORTS_MAP, FRONTENDS_MAP, LOCAL_ADDRS_MAP, MAGLEV_MAP, SERVICES_MAP, SNAT_ADDRS_MAP};
+use crate::maps::{
+    BACKENDS_MAP, FE_PORTS_MAP, FRONTENDS_MAP, LOCAL_ADDRS_MAP, MAGLEV_MAP, SERVICES_MAP, SNAT_ADDRS_MAP,
+};
 
 /// Cheap pre-filter: does any frontend of this protocol use the destination port, or did one
 /// whose connections may still be running (`lb_common::PORT_TRACKED_SHIFT`)?

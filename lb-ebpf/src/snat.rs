@@ -110,7 +110,8 @@ pub fn claim_port(key: &FlowKey, reverse_key: &mut FlowKey, reverse: &Flow, serv
     let keep = key.src_port >= min && key.src_port <= max;
     // Outside the range, the client's port shifted by an offset of its own: one client's ports,
     // up to `span` of them in a row (its whole ephemeral range), map to distinct NAT ports.
-    let first = if keep { key.src_port } else { min + ((u32::from(key.src_port) + client_hash(key.src_addr)) % span) as u16 };
+    let first =
+        if keep { key.src_port } else { min + ((u32::from(key.src_port) + client_hash(key.src_addr)) % span) as u16 };
     reverse_key.dst_addr = service.snat_addrs[0];
     reverse_key.dst_port = first;
     if consider(reverse_key.dst_addr, first, try_port(reverse_key, reverse, now)) {

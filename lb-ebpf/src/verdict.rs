@@ -23,10 +23,6 @@ impl Verdict {
     /// A malformed packet: passed or dropped according to the node's `malformed_policy`.
     #[inline(always)]
     pub fn malformed(reason: Reason) -> Self {
-        if crate::maps::settings().malformed_policy == MALFORMED_DROP {
-            Self::drop(reason)
-        } else {
-            Self::pass(reason)
-        }
+        if crate::maps::settings().malformed_policy == MALFORMED_DROP { Self::drop(reason) } else { Self::pass(reason) }
     }
 }

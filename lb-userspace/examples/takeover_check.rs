@@ -38,7 +38,9 @@ async fn main() -> Result<()> {
                 .context("connect timed out")??;
             s.write_all(format!("GET / HTTP/1.0\r\nHost: {to}\r\n\r\n").as_bytes()).await?;
             let mut buf = Vec::new();
-            tokio::time::timeout(std::time::Duration::from_secs(3), s.read_to_end(&mut buf)).await.context("read timed out")??;
+            tokio::time::timeout(std::time::Duration::from_secs(3), s.read_to_end(&mut buf))
+                .await
+                .context("read timed out")??;
             println!("{to}: {:?}", String::from_utf8_lossy(&buf[..buf.len().min(120)]));
         }
         Some("release") => swarmlb::takeover::release_all().await?,

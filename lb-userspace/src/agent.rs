@@ -36,9 +36,9 @@ use crate::{
         writer::Writer,
     },
     host,
+    metrics::{self, SyncStatus},
     model::Cluster,
     planner::{self, Plan},
-    metrics::{self, SyncStatus},
     source::{docker, file},
     state, takeover,
 };
@@ -309,7 +309,12 @@ impl Agent {
                     host::prepare_sysctls(std::slice::from_ref(&a.iface));
                     self.loaded.attach(&a.iface)?;
                     self.writer.add_tx_ports(&[a.ifindex])?;
-                    info!(network = name, iface = a.iface, ifindex = a.ifindex, "overlay endpoint taken over; XDP attached");
+                    info!(
+                        network = name,
+                        iface = a.iface,
+                        ifindex = a.ifindex,
+                        "overlay endpoint taken over; XDP attached"
+                    );
                     self.attached.insert(a.iface.clone(), a.ifindex);
                 }
                 Ok(a)
@@ -381,7 +386,9 @@ impl Agent {
             self.writer.release_ports(&swept.client_ports)
         });
         match released {
-            Ok(ports) if !ports.is_empty() => info!(?ports, "the last connections of removed frontends ended; ports released"),
+            Ok(ports) if !ports.is_empty() => {
+                info!(?ports, "the last connections of removed frontends ended; ports released")
+            }
             Ok(_) => {}
             Err(e) => warn!("connection table sweep failed: {e:#}"),
         }

@@ -134,12 +134,28 @@ mod tests {
             Command::Run(run) => run.dirs,
         };
         let d = parse(&["swarmlb", "status"]);
-        assert_eq!((d.pin_dir.as_path(), d.state_dir()), (Path::new("/sys/fs/bpf/swarmlb"), PathBuf::from("/run/swarmlb")));
+        assert_eq!(
+            (d.pin_dir.as_path(), d.state_dir()),
+            (Path::new("/sys/fs/bpf/swarmlb"), PathBuf::from("/run/swarmlb"))
+        );
         let d = parse(&["swarmlb", "unload", "--pin-dir", "/sys/fs/bpf/slb-node2"]);
         assert_eq!(d.state_dir(), PathBuf::from("/run/slb-node2"));
         let d = parse(&["swarmlb", "flows", "--service", "web", "--pin-dir", "/sys/fs/bpf/slb-node3"]);
         assert_eq!(d.state_dir(), PathBuf::from("/run/slb-node3"));
-        let d = parse(&["swarmlb", "run", "--iface", "eth0", "--config", "c.toml", "--node", "node-1", "--pin-dir", "/sys/fs/bpf/x", "--state-dir", "/tmp/s"]);
+        let d = parse(&[
+            "swarmlb",
+            "run",
+            "--iface",
+            "eth0",
+            "--config",
+            "c.toml",
+            "--node",
+            "node-1",
+            "--pin-dir",
+            "/sys/fs/bpf/x",
+            "--state-dir",
+            "/tmp/s",
+        ]);
         assert_eq!(d.state_dir(), PathBuf::from("/tmp/s"));
     }
 
@@ -150,7 +166,9 @@ mod tests {
             Ok(_) => unreachable!(),
             Err(e) => Err(e.kind()),
         };
-        let r = run(&["swarmlb", "run", "--iface", "eth0", "--source", "docker", "--docker-host", "unix:///tmp/d.sock"]).unwrap();
+        let r =
+            run(&["swarmlb", "run", "--iface", "eth0", "--source", "docker", "--docker-host", "unix:///tmp/d.sock"])
+                .unwrap();
         assert_eq!((r.source, r.config, r.docker_host.as_str()), (SourceKind::Docker, None, "unix:///tmp/d.sock"));
         // `run` refuses the file source without --config (clap ignores defaults in required_if).
         assert_eq!(run(&["swarmlb", "run", "--iface", "eth0"]).unwrap().config, None);

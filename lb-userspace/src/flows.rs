@@ -37,8 +37,9 @@ pub struct FlowReport {
 
 /// The live connections, optionally of one service only, sorted by service, backend, client.
 pub fn collect(pin_dir: &Path, state_dir: &Path, service: Option<&str>) -> Result<Vec<FlowReport>> {
-    let tables = Tables::open(pin_dir)
-        .with_context(|| format!("no swarmlb datapath is pinned in {} (has `swarmlb run` started?)", pin_dir.display()))?;
+    let tables = Tables::open(pin_dir).with_context(|| {
+        format!("no swarmlb datapath is pinned in {} (has `swarmlb run` started?)", pin_dir.display())
+    })?;
     let plan = state::load(state_dir)?.unwrap_or_default();
     let service_names: HashMap<u32, &str> = plan.services.iter().map(|s| (s.id, s.name.as_str())).collect();
     let backend_names: HashMap<u32, &str> =
@@ -98,7 +99,14 @@ mod tests {
 
     #[test]
     fn table_has_a_line_per_connection_and_the_count() {
-        let key = FlowKey { src_addr: [198, 18, 0, 50], dst_addr: [198, 18, 0, 10], src_port: 40000, dst_port: 80, proto: PROTO_TCP, _pad: [0; 3] };
+        let key = FlowKey {
+            src_addr: [198, 18, 0, 50],
+            dst_addr: [198, 18, 0, 10],
+            src_port: 40000,
+            dst_port: 80,
+            proto: PROTO_TCP,
+            _pad: [0; 3],
+        };
         let flow = Flow {
             new_src_addr: [198, 18, 1, 1],
             new_dst_addr: [198, 18, 1, 11],
@@ -109,12 +117,28 @@ mod tests {
             ..Default::default()
         };
         let r = report(&key, &flow, "web".into(), "web-1".into(), 4_500_000_000);
-        assert_eq!((r.client.as_str(), r.nat.as_str(), r.state, r.idle_s), ("198.18.0.50:40000", "198.18.1.1:20001", "half_closed", 3));
+        assert_eq!(
+            (r.client.as_str(), r.nat.as_str(), r.state, r.idle_s),
+            ("198.18.0.50:40000", "198.18.1.1:20001", "half_closed", 3)
+        );
         let table = table(&[r]);
         let lines: Vec<&str> = table.lines().collect();
         assert!(lines[0].starts_with("SERVICE"));
         let row: Vec<&str> = lines[1].split_whitespace().collect();
-        assert_eq!(row, ["web", "web-1", "tcp", "198.18.0.50:40000", "198.18.0.10:80", "198.18.1.1:20001", "198.18.1.11:8080", "half_closed", "3"]);
+        assert_eq!(
+            row,
+            [
+                "web",
+                "web-1",
+                "tcp",
+                "198.18.0.50:40000",
+                "198.18.0.10:80",
+                "198.18.1.1:20001",
+                "198.18.1.11:8080",
+                "half_closed",
+                "3"
+            ]
+        );
         assert_eq!(lines.last(), Some(&"1 connections"));
     }
 }

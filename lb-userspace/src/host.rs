@@ -10,10 +10,7 @@ use tracing::{debug, warn};
 /// Every IPv4 address configured on any interface of this node (its network namespace).
 pub fn local_ipv4_addrs() -> Result<BTreeSet<Ipv4Addr>> {
     let addrs = nix::ifaddrs::getifaddrs().context("getifaddrs")?;
-    Ok(addrs
-        .filter_map(|ifa| ifa.address)
-        .filter_map(|a| a.as_sockaddr_in().map(|sin| sin.ip()))
-        .collect())
+    Ok(addrs.filter_map(|ifa| ifa.address).filter_map(|a| a.as_sockaddr_in().map(|sin| sin.ip())).collect())
 }
 
 pub fn ifindex(iface: &str) -> Result<u32> {

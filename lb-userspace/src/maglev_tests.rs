@@ -63,7 +63,11 @@ fn balance_within_one_percent_of_ideal() {
         let ideal = M as f64 / n as f64;
         let (dev, rel) = max_deviation_slots(&t, |_| ideal, 1..=n as u32);
         let bound = (0.01 * ideal).max(1.0);
-        assert!(dev <= bound, "{n} backends: worst backend off by {dev:.2} slots ({:.3}%), bound {bound:.2}", rel * 100.0);
+        assert!(
+            dev <= bound,
+            "{n} backends: worst backend off by {dev:.2} slots ({:.3}%), bound {bound:.2}",
+            rel * 100.0
+        );
         if ideal >= 100.0 {
             worst_rel = worst_rel.max(rel);
         }

@@ -69,8 +69,9 @@ pub struct BackendReport {
 }
 
 pub fn collect(pin_dir: &Path, state_dir: &Path) -> Result<Report> {
-    let counters = Counters::open(pin_dir)
-        .with_context(|| format!("no swarmlb datapath is pinned in {} (has `swarmlb run` started?)", pin_dir.display()))?;
+    let counters = Counters::open(pin_dir).with_context(|| {
+        format!("no swarmlb datapath is pinned in {} (has `swarmlb run` started?)", pin_dir.display())
+    })?;
     let plan = state::load(state_dir)?.unwrap_or_default();
     let scan = Tables::open(pin_dir)?.scan(monotonic_ns()?)?;
     let nat_in_use = scan.nat_ports_by_backend();
@@ -130,7 +131,15 @@ pub fn collect(pin_dir: &Path, state_dir: &Path) -> Result<Report> {
             warnings.push(format!("{what}: {entries} of {size} entries in use"));
         }
     }
-    Ok(Report { node: plan.local_node.clone(), services, reasons, events, conntrack_entries, new_flow_entries, warnings })
+    Ok(Report {
+        node: plan.local_node.clone(),
+        services,
+        reasons,
+        events,
+        conntrack_entries,
+        new_flow_entries,
+        warnings,
+    })
 }
 
 /// The human-readable form: services with their backends, nonzero reasons, connection count.
@@ -144,7 +153,11 @@ pub fn table(report: &Report) -> String {
         let _ = writeln!(out, "{id:<5} {name:<24} {weight:>6} {:>12} {:>14} {:>10}  {at}", t.0, t.1, t.2);
     };
     let header = ("ID", "SERVICE / BACKEND", "WEIGHT", "PACKETS", "BYTES", "NEW FLOWS");
-    let _ = writeln!(out, "{:<5} {:<24} {:>6} {:>12} {:>14} {:>10}  FRONTENDS / ADDRESS", header.0, header.1, header.2, header.3, header.4, header.5);
+    let _ = writeln!(
+        out,
+        "{:<5} {:<24} {:>6} {:>12} {:>14} {:>10}  FRONTENDS / ADDRESS",
+        header.0, header.1, header.2, header.3, header.4, header.5
+    );
     for s in &report.services {
         let mut at = s.frontends.join(" ") + if s.sticky { " (sticky)" } else { "" };
         if let Some(network) = &s.network {
@@ -157,7 +170,14 @@ pub fn table(report: &Report) -> String {
                 None => b.addr.clone(),
             };
             let at = format!("{at}  nat ports {}/{}", b.nat_ports, b.nat_port_capacity);
-            row(&mut out, format!("  {}", b.id), format!("  {}", b.name), b.weight.to_string(), (b.packets, b.bytes, b.new_flows), at);
+            row(
+                &mut out,
+                format!("  {}", b.id),
+                format!("  {}", b.name),
+                b.weight.to_string(),
+                (b.packets, b.bytes, b.new_flows),
+                at,
+            );
         }
     }
     if report.services.is_empty() {

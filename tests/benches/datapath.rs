@@ -41,7 +41,8 @@ fn main() -> anyhow::Result<()> {
     dp.set_local_node("node-1");
     // `web` on port 80 (routed), and the same backend behind `overlay` on 81, whose replies get
     // their L4 checksum from scratch; the overlay's VNI is known to the VXLAN inspection.
-    let services = swarm_service("web", "198.18.0.10:80/tcp", 8080, false) + &swarm_service("overlay", "198.18.0.10:81/tcp", 8080, true);
+    let services = swarm_service("web", "198.18.0.10:80/tcp", 8080, false)
+        + &swarm_service("overlay", "198.18.0.10:81/tcp", 8080, true);
     dp.apply(&one_node_swarm("pass", 4789, &services))?;
     const VNI: u32 = tests::lan::OVERLAY_VNI;
     let ifindex = net.lan.ifindex;
@@ -51,7 +52,8 @@ fn main() -> anyhow::Result<()> {
     // New connections go to the overlay service, whose NAT range (every unprivileged port) the
     // samples cannot fill.
     let overlay_syn = |src: [u8; 4], sport: u16| Spec::tcp(src, sport, VIP, 81, SYN).macs(CLIENT_MAC, LAN_MAC).build();
-    let syn_ack = |port: u16| Spec::tcp(BACKEND_LAN, 8080, LB_LAN, port, SYN | ACK).macs(BACKEND_LAN_MAC, LAN_MAC).build();
+    let syn_ack =
+        |port: u16| Spec::tcp(BACKEND_LAN, 8080, LB_LAN, port, SYN | ACK).macs(BACKEND_LAN_MAC, LAN_MAC).build();
     // One established connection, for the established and reply cases.
     let first = dp.run(&syn(CLIENT, 1000), ifindex)?;
     anyhow::ensure!(first.action == XDP_TX, "setup SYN not translated: action {}", first.action);
@@ -79,7 +81,9 @@ fn main() -> anyhow::Result<()> {
         .build();
     let vxlan = Spec::udp([198, 18, 0, 60], 51000, LB_LAN, 4789)
         .macs(CLIENT_MAC, LAN_MAC)
-        .payload(&[&vxlan_header(0x08, VNI)[..], &Spec::tcp([198, 19, 10, 2], 1, [198, 19, 10, 3], 2, ACK).build()].concat())
+        .payload(
+            &[&vxlan_header(0x08, VNI)[..], &Spec::tcp([198, 19, 10, 2], 1, [198, 19, 10, 3], 2, ACK).build()].concat(),
+        )
         .build();
 
     let mut rows: Vec<(&str, Stats, &str)> = Vec::new();
@@ -96,7 +100,12 @@ fn main() -> anyhow::Result<()> {
                 break;
             }
             let out = dp.run_prog(prog, &frame_of(i), ifindex, 1)?;
-            anyhow::ensure!(out.action == expect, "{name}: action {} instead of {expect}; {:?}", out.action, dp.reasons());
+            anyhow::ensure!(
+                out.action == expect,
+                "{name}: action {} instead of {expect}; {:?}",
+                out.action,
+                dp.reasons()
+            );
             v.push(out.duration_ns);
         }
         anyhow::ensure!(!v.is_empty(), "{name}: no sample within the time limit");
@@ -104,8 +113,22 @@ fn main() -> anyhow::Result<()> {
         Ok(())
     };
     let before_new = dp.reason(Reason::ToBackend)?;
-    measure("swarmlb_pass (floor)", maps::PROG_PASS, &mut |_| syn(CLIENT, 1000), XDP_PASS, SAMPLES, "reads the Ethernet header")?;
-    measure("passed, not a frontend", maps::PROG_LB, &mut |_| passed.clone(), XDP_PASS, SAMPLES, "parse + fe_ports lookup + range")?;
+    measure(
+        "swarmlb_pass (floor)",
+        maps::PROG_PASS,
+        &mut |_| syn(CLIENT, 1000),
+        XDP_PASS,
+        SAMPLES,
+        "reads the Ethernet header",
+    )?;
+    measure(
+        "passed, not a frontend",
+        maps::PROG_LB,
+        &mut |_| passed.clone(),
+        XDP_PASS,
+        SAMPLES,
+        "parse + fe_ports lookup + range",
+    )?;
     measure(
         "new TCP flow",
         maps::PROG_LB,
@@ -125,10 +148,31 @@ fn main() -> anyhow::Result<()> {
         Spec::tcp(src, sport, VIP, 81, ACK).macs(CLIENT_MAC, LAN_MAC).build()
     };
     let confirm_frames: Vec<Vec<u8>> = (0..NEW_FLOW_SAMPLES).map(&mut confirm_setup).collect();
-    measure("handshake ACK (confirm)", maps::PROG_LB, &mut |i| confirm_frames[i].clone(), XDP_TX, NEW_FLOW_SAMPLES, "2 inserts, 2 removals")?;
-    measure("established flow", maps::PROG_LB, &mut |_| established.clone(), XDP_TX, SAMPLES, "1 lookup, cached next hop")?;
+    measure(
+        "handshake ACK (confirm)",
+        maps::PROG_LB,
+        &mut |i| confirm_frames[i].clone(),
+        XDP_TX,
+        NEW_FLOW_SAMPLES,
+        "2 inserts, 2 removals",
+    )?;
+    measure(
+        "established flow",
+        maps::PROG_LB,
+        &mut |_| established.clone(),
+        XDP_TX,
+        SAMPLES,
+        "1 lookup, cached next hop",
+    )?;
     measure("reply to client", maps::PROG_LB, &mut |_| reply.clone(), XDP_TX, SAMPLES, "1 lookup, cached next hop")?;
-    measure("reply, 1400 B payload", maps::PROG_LB, &mut |_| reply_1400.clone(), XDP_TX, SAMPLES, "incremental csum (same as above)")?;
+    measure(
+        "reply, 1400 B payload",
+        maps::PROG_LB,
+        &mut |_| reply_1400.clone(),
+        XDP_TX,
+        SAMPLES,
+        "incremental csum (same as above)",
+    )?;
     measure(
         "overlay reply, 1400 B",
         maps::PROG_LB,
@@ -137,7 +181,14 @@ fn main() -> anyhow::Result<()> {
         SAMPLES,
         "+ L4 checksum from scratch",
     )?;
-    measure("VXLAN, known VNI", maps::PROG_LB, &mut |_| vxlan.clone(), XDP_PASS, SAMPLES, "parse + vxlan header + overlays lookup")?;
+    measure(
+        "VXLAN, known VNI",
+        maps::PROG_LB,
+        &mut |_| vxlan.clone(),
+        XDP_PASS,
+        SAMPLES,
+        "parse + vxlan header + overlays lookup",
+    )?;
     let to_backend = dp.reason(Reason::ToBackend)? - before_new;
     let to_client = dp.reason(Reason::ToClient)?;
     let vxlan_passed = dp.reason(Reason::PassVxlan)?;

@@ -112,7 +112,8 @@ pub fn udp_spread(ns: &Netns, frontend: SocketAddr, count: usize) -> Result<BTre
         let mut sockets = Vec::with_capacity(count);
         for i in 0..count {
             let socket = UdpSocket::bind("0.0.0.0:0")?;
-            let name = udp_query(&socket, frontend, &format!("question-{i}")).with_context(|| format!("request {i} to {frontend}"))?;
+            let name = udp_query(&socket, frontend, &format!("question-{i}"))
+                .with_context(|| format!("request {i} to {frontend}"))?;
             *answers.entry(name).or_default() += 1;
             sockets.push(socket);
         }

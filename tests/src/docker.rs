@@ -60,7 +60,9 @@ impl DockerSwarm {
         }
         let ingress = docker("network inspect ingress --format '{{range .IPAM.Config}}{{.Subnet}}{{end}}'")?;
         if !ingress.starts_with("198.18.") && !ingress.starts_with("198.19.") {
-            bail!("the Engine's swarm uses {ingress} for ingress; these tests only use 198.18.0.0/15 — leave that swarm first");
+            bail!(
+                "the Engine's swarm uses {ingress} for ingress; these tests only use 198.18.0.0/15 — leave that swarm first"
+            );
         }
         Ok(DockerSwarm { initialised_here })
     }
@@ -121,7 +123,8 @@ pub fn create_overlay(name: &str, subnet: &str) -> Result<Removable> {
 pub fn wait_running(service: &str, replicas: usize) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let states = docker(&format!("service ps {service} --filter desired-state=running --format '{{{{.CurrentState}}}}'"))?;
+        let states =
+            docker(&format!("service ps {service} --filter desired-state=running --format '{{{{.CurrentState}}}}'"))?;
         let running = states.lines().filter(|l| l.starts_with("Running")).count();
         if running == replicas && states.lines().count() == replicas {
             return Ok(());

@@ -171,12 +171,7 @@ pub fn parse_and_verify(frame: &[u8]) -> Result<Parsed> {
     ensure!(eth.ether_type.0 == ETH_P_IPV4, "not ipv4: {:#x}", eth.ether_type.0);
     let (ip, rest) = Ipv4Header::from_slice(rest).context("ipv4")?;
     let ip_check = ip.calc_header_checksum();
-    ensure!(
-        ip.header_checksum == ip_check,
-        "ipv4 checksum {:#06x}, recomputed {:#06x}",
-        ip.header_checksum,
-        ip_check
-    );
+    ensure!(ip.header_checksum == ip_check, "ipv4 checksum {:#06x}, recomputed {:#06x}", ip.header_checksum, ip_check);
     let l4 = &rest[..(ip.total_len as usize - ip.header_len())];
     let mut p = Parsed {
         src_mac: eth.source,

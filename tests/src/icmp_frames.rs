@@ -24,7 +24,15 @@ pub fn internet_checksum(bytes: &[u8]) -> u16 {
 /// An ICMP error `kind`/`code` from `src` to `dst`, its 4 "rest of header" bytes `rest` (the
 /// next-hop MTU for fragmentation needed), quoting the IPv4 header and first 8 L4 bytes of
 /// `offending` (a whole Ethernet frame, as the sender of the error received it).
-pub fn icmp_error(macs: (Mac, Mac), src: [u8; 4], dst: [u8; 4], kind: u8, code: u8, rest: [u8; 4], offending: &[u8]) -> Vec<u8> {
+pub fn icmp_error(
+    macs: (Mac, Mac),
+    src: [u8; 4],
+    dst: [u8; 4],
+    kind: u8,
+    code: u8,
+    rest: [u8; 4],
+    offending: &[u8],
+) -> Vec<u8> {
     let quoted = &offending[14..14 + 28];
     let mut icmp = vec![kind, code, 0, 0];
     icmp.extend_from_slice(&rest);
@@ -65,7 +73,10 @@ pub struct IcmpParsed {
 
 impl IcmpParsed {
     pub fn quoted_ports(&self) -> (u16, u16) {
-        (u16::from_be_bytes([self.quoted_l4[0], self.quoted_l4[1]]), u16::from_be_bytes([self.quoted_l4[2], self.quoted_l4[3]]))
+        (
+            u16::from_be_bytes([self.quoted_l4[0], self.quoted_l4[1]]),
+            u16::from_be_bytes([self.quoted_l4[2], self.quoted_l4[3]]),
+        )
     }
 }
 
@@ -77,7 +88,11 @@ pub fn parse_icmp(frame: &[u8]) -> Result<IcmpParsed> {
     ensure!(ip.protocol.0 == 1, "not icmp: protocol {}", ip.protocol.0);
     ensure!(ip.header_checksum == ip.calc_header_checksum(), "outer ipv4 checksum");
     let icmp = &frame[34..14 + ip.total_len as usize];
-    ensure!(internet_checksum(icmp) == 0, "icmp checksum {:#06x} does not verify", u16::from_be_bytes([icmp[2], icmp[3]]));
+    ensure!(
+        internet_checksum(icmp) == 0,
+        "icmp checksum {:#06x} does not verify",
+        u16::from_be_bytes([icmp[2], icmp[3]])
+    );
     let (quoted_ip, _) = Ipv4Header::from_slice(&icmp[8..]).context("quoted ipv4")?;
     ensure!(quoted_ip.header_checksum == quoted_ip.calc_header_checksum(), "quoted ipv4 checksum");
     Ok(IcmpParsed {

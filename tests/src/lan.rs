@@ -6,7 +6,9 @@ use lb_common::{FlowKey, Reason};
 
 use crate::{
     frames::{ACK, Parsed, SYN, Spec, parse_and_verify},
-    testrun::{BACKEND_DC, BACKEND_DC_MAC, BACKEND_LAN_MAC, CLIENT, DC_MAC, Datapath, LAN_MAC, LB_LAN, Outcome, TestNet},
+    testrun::{
+        BACKEND_DC, BACKEND_DC_MAC, BACKEND_LAN_MAC, CLIENT, DC_MAC, Datapath, LAN_MAC, LB_LAN, Outcome, TestNet,
+    },
 };
 
 pub const VIP: [u8; 4] = [198, 18, 0, 10];
@@ -104,8 +106,11 @@ impl Env {
     /// A segment with `flags` from the backend a translated client packet `p` went to, back to
     /// the NAT address and port it came from, received on that backend's link.
     pub fn from_backend(&self, p: &Parsed, flags: u8) -> Outcome {
-        let (mac, lb_mac, ifindex) =
-            if p.dst == BACKEND_DC { (BACKEND_DC_MAC, DC_MAC, self.net.dc.ifindex) } else { (BACKEND_LAN_MAC, LAN_MAC, self.net.lan.ifindex) };
+        let (mac, lb_mac, ifindex) = if p.dst == BACKEND_DC {
+            (BACKEND_DC_MAC, DC_MAC, self.net.dc.ifindex)
+        } else {
+            (BACKEND_LAN_MAC, LAN_MAC, self.net.lan.ifindex)
+        };
         let frame = Spec::tcp(p.dst, p.dport, p.src, p.sport, flags).macs(mac, lb_mac).build();
         self.dp.run(&frame, ifindex).expect("test run")
     }

@@ -84,7 +84,8 @@ impl Datapath {
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
         let _ = pins::unload(&pin_dir);
-        std::fs::create_dir_all(&pin_dir).with_context(|| format!("creating {} (needs root and a bpffs)", pin_dir.display()))?;
+        std::fs::create_dir_all(&pin_dir)
+            .with_context(|| format!("creating {} (needs root and a bpffs)", pin_dir.display()))?;
         Self::load_with_pins(pin_dir, true)
     }
 
@@ -167,7 +168,8 @@ impl Datapath {
 
     /// The id the planner gave backend `backend` of service `service`.
     pub fn backend_id(&self, service: &str, backend: &str) -> u32 {
-        let s = self.plan().services.iter().find(|s| s.name == service).unwrap_or_else(|| panic!("no service {service}"));
+        let s =
+            self.plan().services.iter().find(|s| s.name == service).unwrap_or_else(|| panic!("no service {service}"));
         s.backends.iter().find(|b| b.name == backend).unwrap_or_else(|| panic!("no backend {backend}")).id
     }
 
@@ -284,7 +286,9 @@ impl Datapath {
 
     /// The value of `slb_fe_ports` for `port`.
     pub fn port_bits(&self, port: u16) -> Result<u8> {
-        let map = aya::maps::Array::<&MapData, u8>::try_from(self.ebpf.map(maps::FE_PORTS).ok_or_else(|| anyhow!("no fe ports"))?)?;
+        let map = aya::maps::Array::<&MapData, u8>::try_from(
+            self.ebpf.map(maps::FE_PORTS).ok_or_else(|| anyhow!("no fe ports"))?,
+        )?;
         Ok(map.get(&(port as u32), 0)?)
     }
 
@@ -422,11 +426,9 @@ impl TestNet {
         sh("ip link set lo up")?;
         sh("sysctl -qw net.ipv4.ip_forward=1")?;
         let mut links = Vec::new();
-        for (name, mac, addr) in [
-            ("lan", LAN_MAC, "198.18.0.1/24"),
-            ("dc", DC_MAC, "198.18.2.1/24"),
-            ("other", OTHER_MAC, "198.18.4.1/24"),
-        ] {
+        for (name, mac, addr) in
+            [("lan", LAN_MAC, "198.18.0.1/24"), ("dc", DC_MAC, "198.18.2.1/24"), ("other", OTHER_MAC, "198.18.4.1/24")]
+        {
             sh(&format!("ip link add {name} address {} type veth peer name {name}-peer", mac_str(mac)))?;
             sh(&format!("ip addr add {addr} dev {name}"))?;
             sh(&format!("ip link set {name} up"))?;

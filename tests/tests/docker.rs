@@ -9,7 +9,9 @@ use serde_json::Value;
 use tests::{
     agent::{Agent, Placement, unload_at},
     client::{EchoConn, http_get, http_get_path, http_spread, udp_spread},
-    docker::{DockerSwarm, HOST_IFACE, HostClient, SharedRoot, Stack, create_overlay, create_service, docker, wait_running},
+    docker::{
+        DockerSwarm, HOST_IFACE, HostClient, SharedRoot, Stack, create_overlay, create_service, docker, wait_running,
+    },
     poll::{wait_until, wait_up_to},
 };
 
@@ -265,7 +267,9 @@ fn the_stack_file_runs_swarmlb_as_a_global_service_that_serves_published_ports()
             Ok(tests::agent::status_at(&default)
                 .map(|s| {
                     s["services"].as_array().is_some_and(|services| {
-                        services.iter().any(|s| s["name"] == "slbt-stack-web" && s["backends"].as_array().map(Vec::len) == Some(2))
+                        services
+                            .iter()
+                            .any(|s| s["name"] == "slbt-stack-web" && s["backends"].as_array().map(Vec::len) == Some(2))
                     })
                 })
                 .unwrap_or(false))

@@ -2,21 +2,15 @@
 //! its interfaces, and backends running real TCP and UDP servers. Needs root; the pinned datapath
 //! is node-wide, so these tests run one at a time.
 
-use std::{
-    collections::BTreeMap,
-    path::PathBuf,
-    sync::Mutex,
-    thread,
-    time::Duration,
-};
+use std::{collections::BTreeMap, path::PathBuf, sync::Mutex, thread, time::Duration};
 
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use tests::{
-    poll::wait_until,
     agent::{self, Agent},
     client::{EchoConn, http_spread, udp_ask_from, udp_spread},
     netns::sh,
+    poll::wait_until,
     topology::{self, LB_FRONT_ADDR, SingleNode, backend_name},
 };
 
@@ -79,7 +73,8 @@ fn spreads_tcp_connections_answers_udp_and_counts_what_it_did() -> Result<()> {
     eprintln!("30 UDP requests: {udp_answers:?}");
     ensure!(udp_answers.len() >= 2, "UDP went to one backend only: {udp_answers:?}");
 
-    topo.client.exec(&format!("ping -c 2 -W 2 {LB_FRONT_ADDR} >/dev/null"))
+    topo.client
+        .exec(&format!("ping -c 2 -W 2 {LB_FRONT_ADDR} >/dev/null"))
         .context("ping to the load-balancer node")?;
 
     let status = agent::status()?;
@@ -88,7 +83,11 @@ fn spreads_tcp_connections_answers_udp_and_counts_what_it_did() -> Result<()> {
     for backend in web["backends"].as_array().context("backends")? {
         let name = backend["name"].as_str().context("name")?;
         let sent = answers.get(name).copied().unwrap_or(0) + published.get(name).copied().unwrap_or(0);
-        ensure!(backend["new_flows"] == sent as u64, "{name}: status {} new flows, clients saw {sent}", backend["new_flows"]);
+        ensure!(
+            backend["new_flows"] == sent as u64,
+            "{name}: status {} new flows, clients saw {sent}",
+            backend["new_flows"]
+        );
     }
     let dns = service(&status, "dns")?;
     ensure!(dns["new_flows"] == 30, "dns new_flows: {}", dns["new_flows"]);
@@ -127,12 +126,17 @@ fn long_lived_connection_survives_a_backend_removed_and_readded_by_reload() -> R
     let web: Vec<&Value> = flows.iter().filter(|f| f["service"] == "web" && f["proto"] == "tcp").collect();
     let open: Vec<&&Value> = web.iter().filter(|f| f["state"] == "established").collect();
     ensure!(
-        open.len() == 1 && open[0]["backend"] == conn.backend.as_str() && open[0]["client"].as_str().is_some_and(|c| c.starts_with("198.18.")),
+        open.len() == 1
+            && open[0]["backend"] == conn.backend.as_str()
+            && open[0]["client"].as_str().is_some_and(|c| c.starts_with("198.18.")),
         "open web connections: {open:?}"
     );
     let closed = web.iter().filter(|f| f["state"] == "closing").count();
     ensure!(closed == 60, "{closed} closed web connections listed, the client made 60: {web:?}");
-    ensure!(web.iter().all(|f| f["backend"] != backend_name(removed).as_str()), "a listed flow uses the removed backend: {web:?}");
+    ensure!(
+        web.iter().all(|f| f["backend"] != backend_name(removed).as_str()),
+        "a listed flow uses the removed backend: {web:?}"
+    );
 
     // The removed backend goes away for real, then comes back; re-added by a file change alone.
     topo.remove_backend(removed)?;
@@ -159,7 +163,9 @@ fn udp_client_that_keeps_its_port_moves_off_a_removed_backend() -> Result<()> {
     // A resolver-like client: every query from the same source port.
     let frontend = topo.frontend(53);
     let ask = |topo: &SingleNode, question: &'static str| -> Result<String> {
-        topo.client.run(move || udp_ask_from(45353, frontend, question))?.with_context(|| format!("query {question:?}: {}", agent::status().map(|s| s["reasons"].to_string()).unwrap_or_default()))
+        topo.client.run(move || udp_ask_from(45353, frontend, question))?.with_context(|| {
+            format!("query {question:?}: {}", agent::status().map(|s| s["reasons"].to_string()).unwrap_or_default())
+        })
     };
     let first = ask(&topo, "first")?;
     ensure!(ask(&topo, "again")? == first, "one source port, one flow, one backend");
@@ -185,9 +191,15 @@ fn udp_client_that_keeps_its_port_moves_off_a_removed_backend() -> Result<()> {
     std::fs::write(&config, topology::config(&last))?;
     let _agent = Agent::start(&topo.lb, &["front", "back"], config.to_str().context("path")?, 2)?;
     // The state file still lists the old agent's services: wait for this agent's plan.
-    wait_until("the restarted agent's plan", || Ok(active_backends("dns")? == [format!("{}-udp", backend_name(last[0]))]))?;
+    wait_until("the restarted agent's plan", || {
+        Ok(active_backends("dns")? == [format!("{}-udp", backend_name(last[0]))])
+    })?;
     let moved = ask(&topo, "after a restart")?;
-    ensure!(moved == backend_name(last[0]), "after the restart the flow went to {moved}, not to {}", backend_name(last[0]));
+    ensure!(
+        moved == backend_name(last[0]),
+        "after the restart the flow went to {moved}, not to {}",
+        backend_name(last[0])
+    );
     agent::unload()
 }
 

@@ -74,7 +74,12 @@ fn a_hundred_thousand_new_connections_in_a_row_are_all_answered() -> Result<()> 
         status["events"],
         status["reasons"]
     );
-    ensure!(run.failed == 0 && run.ok == CONNECTIONS, "{} of {CONNECTIONS} answered; first failure: {:?}", run.ok, run.first_error);
+    ensure!(
+        run.failed == 0 && run.ok == CONNECTIONS,
+        "{} of {CONNECTIONS} answered; first failure: {:?}",
+        run.ok,
+        run.first_error
+    );
     ensure!(reason(&status, "drop_ports_exhausted") == 0, "NAT ports ran out: {}", status["reasons"]);
     ensure!(event(&status, "port_preserved") > 0, "no client port was kept: {}", status["events"]);
     agent::unload()
@@ -139,14 +144,27 @@ fn a_million_spoofed_syns_leave_established_connections_and_new_clients_alone() 
         status["reasons"]
     );
     ensure!(redirected == SPOOFED, "only {redirected} of {SPOOFED} spoofed SYNs were balanced");
-    ensure!(real.ok > 0 && real.failed == 0, "real clients during the flood: {} ok, {} failed ({:?})", real.ok, real.failed, real.first_error);
+    ensure!(
+        real.ok > 0 && real.failed == 0,
+        "real clients during the flood: {} ok, {} failed ({:?})",
+        real.ok,
+        real.failed,
+        real.first_error
+    );
     let unconfirmed = status["new_flow_entries"].as_u64().unwrap_or(0);
     ensure!(unconfirmed <= u64::from(NEW_FLOWS_SIZE), "new-flow table past its size: {unconfirmed}");
-    ensure!(unconfirmed >= u64::from(NEW_FLOWS_SIZE) * 9 / 10, "the flood did not fill the new-flow table: {unconfirmed}");
+    ensure!(
+        unconfirmed >= u64::from(NEW_FLOWS_SIZE) * 9 / 10,
+        "the flood did not fill the new-flow table: {unconfirmed}"
+    );
     // Nothing spoofed ever reached the main table: it holds the held connections and the real
     // clients' (closing ones linger for their 10 s).
     let established = status["conntrack_entries"].as_u64().unwrap_or(0);
-    ensure!(established <= 2 * (20 + real.ok), "{established} established entries for {} real connections", 20 + real.ok);
+    ensure!(
+        established <= 2 * (20 + real.ok),
+        "{established} established entries for {} real connections",
+        20 + real.ok
+    );
     ensure!(reason(&status, "drop_ports_exhausted") == 0, "a SYN found the NAT range closed: {}", status["reasons"]);
     for conn in &mut held {
         conn.exchange("after the flood")?;

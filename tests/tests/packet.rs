@@ -8,7 +8,13 @@ use tests::{frames::*, lan::*, testrun::*};
 
 /// Service `web` on VIP:80 with backends `lan` (198.18.0.100) and `dc` (198.18.2.100).
 fn two_backends(extra: &str) -> String {
-    node("") + &service("web", "198.18.0.10:80/tcp", extra, &[("lan", BACKEND_LAN, BE_PORT, 1), ("dc", BACKEND_DC, BE_PORT, 1)])
+    node("")
+        + &service(
+            "web",
+            "198.18.0.10:80/tcp",
+            extra,
+            &[("lan", BACKEND_LAN, BE_PORT, 1), ("dc", BACKEND_DC, BE_PORT, 1)],
+        )
 }
 
 #[test]
@@ -29,7 +35,10 @@ fn tcp_syn_is_translated_to_backend_and_reply_back_to_client() {
 
     // Both directions are in the table, with the next hop cached on the forward entry.
     let fwd = e.dp.flow(&key(CLIENT, 40000, VIP, FE_PORT, PROTO_TCP)).unwrap().expect("forward entry");
-    assert_eq!((fwd.new_src_addr, fwd.new_src_port, fwd.new_dst_addr, fwd.new_dst_port), (LB_LAN, snat_port, BACKEND_LAN, BE_PORT));
+    assert_eq!(
+        (fwd.new_src_addr, fwd.new_src_port, fwd.new_dst_addr, fwd.new_dst_port),
+        (LB_LAN, snat_port, BACKEND_LAN, BE_PORT)
+    );
     assert_eq!((fwd.service_id, fwd.backend_id, fwd.direction, fwd.state), (SVC, 1, DIR_TO_BACKEND, CT_NEW));
     assert_eq!((fwd.next_hop.ifindex, fwd.next_hop.mtu), (e.net.lan.ifindex, 1500));
     assert_eq!((fwd.next_hop.src_mac, fwd.next_hop.dst_mac), (LAN_MAC, BACKEND_LAN_MAC));
@@ -48,7 +57,9 @@ fn tcp_syn_is_translated_to_backend_and_reply_back_to_client() {
 
     // The client's next segment (acknowledging the SYN-ACK, with data): same backend, same SNAT
     // port, and the connection is now established.
-    let ack = Spec::tcp(CLIENT, 40000, VIP, FE_PORT, ACK | PSH).macs(CLIENT_MAC_50, LAN_MAC).payload(b"GET / HTTP/1.1\r\n\r\n");
+    let ack = Spec::tcp(CLIENT, 40000, VIP, FE_PORT, ACK | PSH)
+        .macs(CLIENT_MAC_50, LAN_MAC)
+        .payload(b"GET / HTTP/1.1\r\n\r\n");
     let out = e.run(&ack.build());
     assert_eq!(out.action, XDP_TX);
     let p2 = translated(&out);
@@ -69,7 +80,10 @@ fn tcp_syn_is_translated_to_backend_and_reply_back_to_client() {
 #[test]
 fn backend_on_another_managed_link_is_redirected() {
     let mut e = env();
-    e.apply(&(node("") + &service("web", "198.18.0.10:80/tcp", "nat_addr = \"198.18.2.1\"", &[("dc", BACKEND_DC, BE_PORT, 1)])));
+    e.apply(
+        &(node("")
+            + &service("web", "198.18.0.10:80/tcp", "nat_addr = \"198.18.2.1\"", &[("dc", BACKEND_DC, BE_PORT, 1)])),
+    );
     let out = e.run(&client_syn(40001).build());
     assert_eq!(out.action, XDP_REDIRECT);
     let p = translated(&out);
@@ -176,7 +190,11 @@ fn any_local_address_frontend() {
     assert_eq!((p.src, p.dst, p.dport), (LB_LAN, BACKEND_LAN, 443));
     let reply = Spec::tcp(BACKEND_LAN, 443, LB_LAN, p.sport, SYN | ACK).macs(BACKEND_LAN_MAC, LAN_MAC);
     let r = translated(&e.run(&reply.build()));
-    assert_eq!((r.src, r.sport, r.dst, r.dport), (LB_LAN, 8443, CLIENT, 41000), "reply from the address the client used");
+    assert_eq!(
+        (r.src, r.sport, r.dst, r.dport),
+        (LB_LAN, 8443, CLIENT, 41000),
+        "reply from the address the client used"
+    );
     // Not a local address: not balanced.
     let stray = Spec::tcp(CLIENT, 41001, [198, 18, 0, 77], 8443, SYN).macs(CLIENT_MAC_50, LAN_MAC).build();
     let out = e.run(&stray);
@@ -237,7 +255,10 @@ fn unrelated_traffic_passes_byte_for_byte() {
         (icmp_echo(CLIENT, VIP), Reason::PassNotTcpUdp),
         // Mid-stream TCP to the frontend without a connection.
         (Spec::tcp(CLIENT, 44001, VIP, FE_PORT, ACK).macs(CLIENT_MAC_50, LAN_MAC).build(), Reason::PassNoConnection),
-        (Spec::tcp(CLIENT, 44001, VIP, FE_PORT, SYN | ACK).macs(CLIENT_MAC_50, LAN_MAC).build(), Reason::PassNoConnection),
+        (
+            Spec::tcp(CLIENT, 44001, VIP, FE_PORT, SYN | ACK).macs(CLIENT_MAC_50, LAN_MAC).build(),
+            Reason::PassNoConnection,
+        ),
     ];
     for (i, (frame, reason)) in frames.iter().enumerate() {
         let before = e.count(*reason);
@@ -246,7 +267,12 @@ fn unrelated_traffic_passes_byte_for_byte() {
         assert_eq!(&out.frame, frame, "frame {i} unchanged");
         assert_eq!(e.count(*reason), before + 1, "frame {i} counted as {}", reason.name());
     }
-    e.dp.assert_reasons(&[(Reason::PassNoFrontend, 5), (Reason::PassNotIpv4, 2), (Reason::PassNotTcpUdp, 1), (Reason::PassNoConnection, 2)]);
+    e.dp.assert_reasons(&[
+        (Reason::PassNoFrontend, 5),
+        (Reason::PassNotIpv4, 2),
+        (Reason::PassNotTcpUdp, 1),
+        (Reason::PassNoConnection, 2),
+    ]);
     assert!(e.dp.flows().unwrap().is_empty());
 }
 
@@ -348,7 +374,11 @@ fn fragments_ip_options_and_ttl_expiry_are_passed_untouched() {
     ] {
         let out = e.run(frame);
         assert_eq!((out.action, &out.frame), (XDP_PASS, frame), "{what}");
-        assert_eq!(e.count(reason), if reason == Reason::PassFragment && what == "fragment offset" { 2 } else { 1 }, "{what}");
+        assert_eq!(
+            e.count(reason),
+            if reason == Reason::PassFragment && what == "fragment offset" { 2 } else { 1 },
+            "{what}"
+        );
     }
     assert!(e.dp.flows().unwrap().is_empty(), "no connection for a TTL-expired SYN");
     // TTL 1 on a tracked flow is also left to the kernel.
@@ -356,16 +386,23 @@ fn fragments_ip_options_and_ttl_expiry_are_passed_untouched() {
     let ack1 = Spec::tcp(CLIENT, 46002, VIP, FE_PORT, ACK).macs(CLIENT_MAC_50, LAN_MAC).ttl(1).build();
     let out = e.run(&ack1);
     assert_eq!((out.action, &out.frame), (XDP_PASS, &ack1));
-    e.dp.assert_reasons(&[(Reason::PassFragment, 2), (Reason::PassIpOptions, 1), (Reason::PassTtlExpired, 2), (Reason::ToBackend, 1)]);
+    e.dp.assert_reasons(&[
+        (Reason::PassFragment, 2),
+        (Reason::PassIpOptions, 1),
+        (Reason::PassTtlExpired, 2),
+        (Reason::ToBackend, 1),
+    ]);
 }
 
 #[test]
 fn unmanaged_egress_and_missing_neighbour_go_to_the_kernel_translated() {
     let mut e = env();
-    e.apply(&(node("")
-        + &service("other", "198.18.0.10:80/tcp", "", &[("other", BACKEND_OTHER, BE_PORT, 1)])
-        + &service("no-neigh", "198.18.0.10:81/tcp", "", &[("no-neigh", BACKEND_NO_NEIGH, BE_PORT, 1)])
-        + &service("no-route", "198.18.0.10:82/tcp", "", &[("no-route", BACKEND_NO_ROUTE, BE_PORT, 1)])));
+    e.apply(
+        &(node("")
+            + &service("other", "198.18.0.10:80/tcp", "", &[("other", BACKEND_OTHER, BE_PORT, 1)])
+            + &service("no-neigh", "198.18.0.10:81/tcp", "", &[("no-neigh", BACKEND_NO_NEIGH, BE_PORT, 1)])
+            + &service("no-route", "198.18.0.10:82/tcp", "", &[("no-route", BACKEND_NO_ROUTE, BE_PORT, 1)])),
+    );
     for (dport, backend) in [(FE_PORT, BACKEND_OTHER), (81, BACKEND_NO_NEIGH)] {
         let syn = Spec::tcp(CLIENT, 49000, VIP, dport, SYN).macs(CLIENT_MAC_50, LAN_MAC).build();
         let out = e.run(&syn);
@@ -407,7 +444,9 @@ fn bpftool_prints_conntrack_field_names() {
     let entries = json.as_array().expect("array of entries");
     assert_eq!(entries.len(), 2, "{json}");
     let text = json.to_string();
-    for field in ["src_addr", "new_dst_addr", "new_src_port", "state", "backend_isn", "last_seen_ns", "next_hop", "dst_mac"] {
+    for field in
+        ["src_addr", "new_dst_addr", "new_src_port", "state", "backend_isn", "last_seen_ns", "next_hop", "dst_mac"]
+    {
         assert!(text.contains(field), "field {field} missing from {text}");
     }
 }

@@ -15,7 +15,8 @@ const BACKEND_ISN: u32 = 0x5555_0000;
 
 fn two_backends(fe_port: u16, lan_weight: u32, dc_weight: u32) -> String {
     let fe = format!("198.18.0.10:{fe_port}/tcp");
-    node("") + &service("web", &fe, "", &[("lan", BACKEND_LAN, BE_PORT, lan_weight), ("dc", BACKEND_DC, BE_PORT, dc_weight)])
+    node("")
+        + &service("web", &fe, "", &[("lan", BACKEND_LAN, BE_PORT, lan_weight), ("dc", BACKEND_DC, BE_PORT, dc_weight)])
 }
 
 fn reverse_key(p: &Parsed) -> lb_common::FlowKey {
@@ -29,10 +30,15 @@ fn the_handshake_confirms_a_connection_into_the_main_table() {
     let fwd = key(CLIENT, 47000, VIP, FE_PORT, PROTO_TCP);
     let syn = translated(&e.run(&client_syn(47000).build()));
     let rev = reverse_key(&syn);
-    assert_eq!((e.dp.confirmed(&fwd).unwrap(), e.dp.confirmed(&rev).unwrap()), (Some(false), Some(false)), "half-open: new-flow table");
+    assert_eq!(
+        (e.dp.confirmed(&fwd).unwrap(), e.dp.confirmed(&rev).unwrap()),
+        (Some(false), Some(false)),
+        "half-open: new-flow table"
+    );
     assert_eq!(e.dp.flow(&rev).unwrap().unwrap().state, CT_NEW);
 
-    let syn_ack = Spec::tcp(BACKEND_LAN, BE_PORT, LB_LAN, syn.sport, SYN | ACK).macs(BACKEND_LAN_MAC, LAN_MAC).seq(BACKEND_ISN);
+    let syn_ack =
+        Spec::tcp(BACKEND_LAN, BE_PORT, LB_LAN, syn.sport, SYN | ACK).macs(BACKEND_LAN_MAC, LAN_MAC).seq(BACKEND_ISN);
     assert_eq!(translated(&e.run(&syn_ack.build())).dst, CLIENT);
     for k in [fwd, rev] {
         let f = e.dp.flow(&k).unwrap().unwrap();
@@ -48,7 +54,11 @@ fn the_handshake_confirms_a_connection_into_the_main_table() {
 
     let ack = client_segment(47000, ACK).ack(BACKEND_ISN + 1).build();
     assert_eq!(translated(&e.run(&ack)).sport, syn.sport);
-    assert_eq!((e.dp.confirmed(&fwd).unwrap(), e.dp.confirmed(&rev).unwrap()), (Some(true), Some(true)), "established: main table");
+    assert_eq!(
+        (e.dp.confirmed(&fwd).unwrap(), e.dp.confirmed(&rev).unwrap()),
+        (Some(true), Some(true)),
+        "established: main table"
+    );
     assert_eq!(e.dp.table_sizes().unwrap(), (2, 0));
     for k in [fwd, rev] {
         assert_eq!(e.dp.flow(&k).unwrap().unwrap().state, CT_ESTABLISHED);
@@ -215,8 +225,11 @@ fn syn_reopens(fe_port: u16) {
     let syn = || Spec::tcp(CLIENT, 47200, VIP, fe_port, SYN).macs(CLIENT_MAC_50, LAN_MAC).build();
     let fwd = key(CLIENT, 47200, VIP, fe_port, PROTO_TCP);
     let first = translated(&e.run(&syn()));
-    let (gone, other, other_addr) = if first.dst == BACKEND_LAN { ("lan", "dc", BACKEND_DC) } else { ("dc", "lan", BACKEND_LAN) };
-    let weights = |gone_weight| if gone == "lan" { two_backends(fe_port, gone_weight, 1) } else { two_backends(fe_port, 1, gone_weight) };
+    let (gone, other, other_addr) =
+        if first.dst == BACKEND_LAN { ("lan", "dc", BACKEND_DC) } else { ("dc", "lan", BACKEND_LAN) };
+    let weights = |gone_weight| {
+        if gone == "lan" { two_backends(fe_port, gone_weight, 1) } else { two_backends(fe_port, 1, gone_weight) }
+    };
 
     // Its backend drained: a retransmitted SYN of the half-open connection still goes where the
     // first one went (the task may have answered; the SYN-ACK was lost).
@@ -224,7 +237,8 @@ fn syn_reopens(fe_port: u16) {
     assert_eq!(translated(&e.run(&syn())).dst, first.dst, "SYN retransmission");
     // Its backend removed (its task was killed before answering): the next retransmission is
     // balanced afresh, and the old NAT port released.
-    let only_other = node("") + &service("web", &format!("198.18.0.10:{fe_port}/tcp"), "", &[(other, other_addr, BE_PORT, 1)]);
+    let only_other =
+        node("") + &service("web", &format!("198.18.0.10:{fe_port}/tcp"), "", &[(other, other_addr, BE_PORT, 1)]);
     e.apply(&only_other);
     let moved = translated(&e.run(&syn()));
     assert_eq!(moved.dst, other_addr);
@@ -256,7 +270,9 @@ fn syn_reopens(fe_port: u16) {
 #[test]
 fn udp_flow_moves_off_a_removed_backend_while_tcp_stays() {
     let mut e = env();
-    let dns = |lan: u32, dc: u32| service("dns", "198.18.0.10:53/udp", "", &[("lan", BACKEND_LAN, 5353, lan), ("dc", BACKEND_DC, 5353, dc)]);
+    let dns = |lan: u32, dc: u32| {
+        service("dns", "198.18.0.10:53/udp", "", &[("lan", BACKEND_LAN, 5353, lan), ("dc", BACKEND_DC, 5353, dc)])
+    };
     let web = service("web", "198.18.0.10:80/tcp", "", &[("web", BACKEND_LAN, BE_PORT, 1)]);
     e.apply(&(node("") + &dns(1, 1) + &web));
     let query = || Spec::udp(CLIENT, 41000, VIP, 53).macs(CLIENT_MAC_50, LAN_MAC).payload(b"q").build();
@@ -277,7 +293,10 @@ fn udp_flow_moves_off_a_removed_backend_while_tcp_stays() {
     let moved = translated(&e.run(&query()));
     assert_eq!((moved.dst, moved.dport), (other_addr, 5353));
     assert!(e.dp.flow(&reverse_key(&first)).unwrap().is_none());
-    assert_eq!(e.dp.flow(&key(CLIENT, 41000, VIP, 53, PROTO_UDP)).unwrap().unwrap().backend_id, e.dp.backend_id("dns", other));
+    assert_eq!(
+        e.dp.flow(&key(CLIENT, 41000, VIP, 53, PROTO_UDP)).unwrap().unwrap().backend_id,
+        e.dp.backend_id("dns", other)
+    );
     // The TCP connection on its removed backend goes on: the task may still be finishing it.
     assert_eq!(translated(&e.run(&client_segment(41001, ACK | PSH).build())).dst, BACKEND_LAN);
 

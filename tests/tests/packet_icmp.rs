@@ -22,7 +22,15 @@ fn fragmentation_needed_from_the_backend_side_reaches_the_client_about_its_own_p
     let data = client_segment(47000, ACK | PSH).payload(&[0x5a; 600]);
     let out = e.run(&data.build());
     assert_eq!(out.action, XDP_TX);
-    let error = icmp_error((BACKEND_LAN_MAC, LAN_MAC), ROUTER_BACK, LB_LAN, DEST_UNREACH, FRAG_NEEDED, [0, 0, 0x02, 0x40], &out.frame);
+    let error = icmp_error(
+        (BACKEND_LAN_MAC, LAN_MAC),
+        ROUTER_BACK,
+        LB_LAN,
+        DEST_UNREACH,
+        FRAG_NEEDED,
+        [0, 0, 0x02, 0x40],
+        &out.frame,
+    );
     let out = e.run(&error);
     assert_eq!(out.action, XDP_TX, "the client is on the ingress link");
     let icmp = parse_icmp(&out.frame).unwrap();
@@ -65,7 +73,8 @@ fn a_udp_port_unreachable_quotes_the_client_datagram_exactly() {
     let out = e.run(&query);
     assert_eq!(out.action, XDP_TX);
     // The backend has no listener: its host answers port unreachable to the node.
-    let error = icmp_error((BACKEND_LAN_MAC, LAN_MAC), BACKEND_LAN, LB_LAN, DEST_UNREACH, PORT_UNREACH, [0; 4], &out.frame);
+    let error =
+        icmp_error((BACKEND_LAN_MAC, LAN_MAC), BACKEND_LAN, LB_LAN, DEST_UNREACH, PORT_UNREACH, [0; 4], &out.frame);
     let icmp = parse_icmp(&e.run(&error).frame).unwrap();
     assert_eq!((icmp.src, icmp.dst, icmp.code), (VIP, CLIENT, PORT_UNREACH));
     // Back to the client's header: addresses, ports, length and the UDP checksum it sent.
@@ -100,7 +109,10 @@ fn icmp_about_nothing_of_ours_passes_untouched() {
 fn a_dont_fragment_packet_too_big_for_the_egress_is_answered_with_fragmentation_needed() {
     let mut e = env();
     sh("ip link set dc mtu 1000").unwrap();
-    e.apply(&(node("") + &service("web", "198.18.0.10:80/tcp", "nat_addr = \"198.18.2.1\"", &[("dc", BACKEND_DC, BE_PORT, 1)])));
+    e.apply(
+        &(node("")
+            + &service("web", "198.18.0.10:80/tcp", "nat_addr = \"198.18.2.1\"", &[("dc", BACKEND_DC, BE_PORT, 1)])),
+    );
     // A first packet too big already (SYN with data, as TFO sends): the FIB says so.
     let big_syn = client_syn(49500).payload(&[0x5a; 1100]).build();
     let out = e.run(&big_syn);
@@ -109,7 +121,10 @@ fn a_dont_fragment_packet_too_big_for_the_egress_is_answered_with_fragmentation_
     assert_eq!((icmp.src, icmp.dst, icmp.kind, icmp.code), (VIP, CLIENT, DEST_UNREACH, FRAG_NEEDED));
     assert_eq!((icmp.src_mac, icmp.dst_mac), (LAN_MAC, CLIENT_MAC_50));
     assert_eq!(u16::from_be_bytes([icmp.rest[2], icmp.rest[3]]), 1000);
-    assert_eq!((icmp.quoted_ip.source, icmp.quoted_ip.destination, icmp.quoted_ports()), (CLIENT, VIP, (49500, FE_PORT)));
+    assert_eq!(
+        (icmp.quoted_ip.source, icmp.quoted_ip.destination, icmp.quoted_ports()),
+        (CLIENT, VIP, (49500, FE_PORT))
+    );
     assert_eq!(out.frame.len(), 14 + 20 + 8 + 28);
 
     // Small packets of the connection fit; the cached next hop knows the MTU for later ones.

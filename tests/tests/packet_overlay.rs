@@ -79,7 +79,9 @@ fn syn_mss_is_clamped_in_every_option_layout() {
 fn syn_ack_mss_is_clamped_on_the_reply() {
     let e = overlay_env(&service("web", "198.18.0.10:80/tcp", 8080, true));
     let p = verified(&e.run(&syn(31000, &mss_option(1460)).build()));
-    for (i, options) in [mss_option(1460).to_vec(), [&[1u8][..], &mss_option(1460), &[1, 1, 1]].concat()].iter().enumerate() {
+    for (i, options) in
+        [mss_option(1460).to_vec(), [&[1u8][..], &mss_option(1460), &[1, 1, 1]].concat()].iter().enumerate()
+    {
         let syn_ack = Spec::tcp(BACKEND_LAN, 8080, LB_LAN, p.sport, SYN | ACK)
             .macs(BACKEND_LAN_MAC, LAN_MAC)
             .tcp_options(options)
@@ -95,7 +97,9 @@ fn syn_ack_mss_is_clamped_on_the_reply() {
 
 #[test]
 fn mss_is_left_alone_when_not_asked_smaller_absent_or_malformed() {
-    let e = overlay_env(&(service("plain", "198.18.0.10:80/tcp", 8080, false) + &service("web", "198.18.0.10:81/tcp", 8081, true)));
+    let e = overlay_env(
+        &(service("plain", "198.18.0.10:80/tcp", 8080, false) + &service("web", "198.18.0.10:81/tcp", 8081, true)),
+    );
     let cases: [(&str, u16, Vec<u8>); 5] = [
         ("service mss 0", 80, mss_option(1460).to_vec()),
         ("already smaller", 81, mss_option(1300).to_vec()),
@@ -141,14 +145,16 @@ fn overlay_tcp_replies_get_checksums_from_scratch() {
     // Lengths around every block size of the from-scratch sum, odd ones included.
     for len in [0usize, 1, 2, 3, 5, 13, 255, 256, 511, 512, 513, 1023, 1400, 1401, 1446] {
         let payload: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
-        let reply = Spec::tcp(BACKEND_LAN, 8080, LB_LAN, p.sport, ACK | PSH).macs(BACKEND_LAN_MAC, LAN_MAC).payload(&payload);
+        let reply =
+            Spec::tcp(BACKEND_LAN, 8080, LB_LAN, p.sport, ACK | PSH).macs(BACKEND_LAN_MAC, LAN_MAC).payload(&payload);
         let mut frame = reply.build();
         let partial = partial_checksum(&frame);
         for check in [partial, 0x0000, 0xbeef] {
             set_l4_checksum(&mut frame, check);
             let out = e.run(&frame);
             assert_eq!(out.action, XDP_TX, "len {len}");
-            let r = parse_and_verify(&out.frame).unwrap_or_else(|err| panic!("len {len}, input checksum {check:#06x}: {err}"));
+            let r = parse_and_verify(&out.frame)
+                .unwrap_or_else(|err| panic!("len {len}, input checksum {check:#06x}: {err}"));
             assert_eq!((r.src, r.sport, r.dst, r.dport, r.payload.len()), (VIP, 80, CLIENT, 33000, len));
             replies += 1;
         }
@@ -165,9 +171,12 @@ fn overlay_tcp_replies_get_checksums_from_scratch() {
 
 #[test]
 fn plain_service_replies_are_updated_incrementally() {
-    let e = overlay_env(&(service("web", "198.18.0.10:80/tcp", 8080, false) + &service("dns", "198.18.0.10:53/udp", 5353, false)));
+    let e = overlay_env(
+        &(service("web", "198.18.0.10:80/tcp", 8080, false) + &service("dns", "198.18.0.10:53/udp", 5353, false)),
+    );
     let p = verified(&e.run(&syn(34000, &[]).build()));
-    let mut reply = Spec::tcp(BACKEND_LAN, 8080, LB_LAN, p.sport, ACK).macs(BACKEND_LAN_MAC, LAN_MAC).payload(b"odd!!").build();
+    let mut reply =
+        Spec::tcp(BACKEND_LAN, 8080, LB_LAN, p.sport, ACK).macs(BACKEND_LAN_MAC, LAN_MAC).payload(b"odd!!").build();
     set_l4_checksum(&mut reply, 0xbeef);
     let error = l4_checksum_error(&reply);
     assert_ne!(error, 0);
@@ -187,7 +196,8 @@ fn plain_service_replies_are_updated_incrementally() {
 fn overlay_udp_replies_get_checksums_from_scratch() {
     let e = overlay_env(&service("dns", "198.18.0.10:53/udp", 5353, true));
     let q = verified(&e.run(&Spec::udp(CLIENT, 35000, VIP, 53).macs(CLIENT_MAC_50, LAN_MAC).build()));
-    let reply = |payload: &[u8]| Spec::udp(BACKEND_LAN, 5353, LB_LAN, q.sport).macs(BACKEND_LAN_MAC, LAN_MAC).payload(payload);
+    let reply =
+        |payload: &[u8]| Spec::udp(BACKEND_LAN, 5353, LB_LAN, q.sport).macs(BACKEND_LAN_MAC, LAN_MAC).payload(payload);
 
     for len in [0usize, 1, 7, 100, 1401] {
         let payload: Vec<u8> = (0..len).map(|i| (i * 13 + 1) as u8).collect();

@@ -25,7 +25,11 @@ fn the_client_port_is_kept_when_free_else_one_derived_from_it() {
     let q = translated(&e.run(&client_syn(40000).build()));
     assert!((SNAT_MIN..=SNAT_MAX).contains(&q.sport), "port {}", q.sport);
     translated(&e.run(&client_segment(40000, RST).build()));
-    assert_eq!(translated(&e.run(&client_syn(40000).build())).sport, q.sport, "the same client port, the same NAT port");
+    assert_eq!(
+        translated(&e.run(&client_syn(40000).build())).sport,
+        q.sport,
+        "the same client port, the same NAT port"
+    );
     assert_eq!(e.dp.event(CtEvent::PortPreserved).unwrap(), 1);
     e.dp.assert_reasons(&[(Reason::ToBackend, 5)]);
 }
@@ -63,7 +67,9 @@ fn a_range_full_of_established_connections_refuses_new_ones_until_one_idles_out(
 /// A spoofed SYN from source number `n`, somewhere in 198.18.0.0/15 outside the test links.
 fn spoofed_syn(n: u32) -> Vec<u8> {
     let src = [198, 19, (n >> 16) as u8 | 0x80, (n >> 8) as u8, n as u8];
-    Spec::tcp([src[0], src[1], src[2], src[3]], 1024 + (n % 60000) as u16, VIP, FE_PORT, SYN).macs([2, 0, 0, 0, 0, 0x99], LAN_MAC).build()
+    Spec::tcp([src[0], src[1], src[2], src[3]], 1024 + (n % 60000) as u16, VIP, FE_PORT, SYN)
+        .macs([2, 0, 0, 0, 0, 0x99], LAN_MAC)
+        .build()
 }
 
 #[test]
@@ -105,7 +111,15 @@ fn a_syn_flood_fills_only_the_new_flow_table_and_real_clients_get_through() {
 fn a_second_nat_address_brings_its_own_ports() {
     let mut e = env();
     let second = [198, 18, 0, 3];
-    e.apply(&(node("") + &service("web", "198.18.0.10:80/tcp", r#"nat_addr = ["198.18.0.1", "198.18.0.3"]"#, &[("lan", BACKEND_LAN, BE_PORT, 1)])));
+    e.apply(
+        &(node("")
+            + &service(
+                "web",
+                "198.18.0.10:80/tcp",
+                r#"nat_addr = ["198.18.0.1", "198.18.0.3"]"#,
+                &[("lan", BACKEND_LAN, BE_PORT, 1)],
+            )),
+    );
     // Every port of the first address held by an established connection...
     for sport in SNAT_MIN..=SNAT_MAX {
         assert_eq!(e.connect(sport).src, LB_LAN);

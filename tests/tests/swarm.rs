@@ -7,8 +7,8 @@ use anyhow::{Context, Result, bail, ensure};
 use aya::maps::{Array, Map, MapData};
 use lb_common::maps::MAGLEV_SIZE;
 use tests::{
-    poll::wait_until,
     client::{EchoConn, http_get, http_spread, udp_spread},
+    poll::wait_until,
     swarm::{Network, Swarm},
     swarm_config::ServiceSpec,
     swarm_lb::SwarmLb,
@@ -109,10 +109,8 @@ fn udp_requests_reach_remote_tasks() -> Result<()> {
 /// Reads `service_id`'s Maglev table from a node's pinned `slb_maglev`, as backend names.
 fn maglev_by_name(lb: &SwarmLb, node: usize, service: &str) -> Result<Vec<String>> {
     let status = lb.status(node)?;
-    let service = status["services"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["name"] == service))
-        .context("service")?;
+    let service =
+        status["services"].as_array().and_then(|s| s.iter().find(|s| s["name"] == service)).context("service")?;
     let id = service["id"].as_u64().context("id")? as u32;
     let names: BTreeMap<u64, String> = service["backends"]
         .as_array()
@@ -166,8 +164,14 @@ fn long_lived_connection_to_a_remote_task_survives_task_churn_and_agent_restart(
 
     // A task added on one node, another removed on a node that is not the connection's.
     lb.swarm.add_task("web.7", other_node, 0)?;
-    let victim = lb.swarm.tasks.iter().find(|t| t.name.starts_with("web.") && t.node == other_node && t.name != "web.7")
-        .context("a task to remove")?.name.clone();
+    let victim = lb
+        .swarm
+        .tasks
+        .iter()
+        .find(|t| t.name.starts_with("web.") && t.node == other_node && t.name != "web.7")
+        .context("a task to remove")?
+        .name
+        .clone();
     lb.swarm.remove_task(&victim)?;
     lb.reconfigure()?;
     wait_until("every node to follow the churn", || {

@@ -41,7 +41,11 @@ pub fn test() -> Result<()> {
     // The namespace tests run the real `swarmlb` binary; the Docker tests run both images.
     run_cmd(cargo().args(["build", "--package", "lb-userspace", "--bins"]))?;
     crate::image::run()?;
-    run_cmd(cargo().args(["test", "--workspace", "--exclude", "lb-ebpf", "--no-fail-fast"]).args(["--", "--test-threads=1"]))
+    run_cmd(
+        cargo()
+            .args(["test", "--workspace", "--exclude", "lb-ebpf", "--no-fail-fast"])
+            .args(["--", "--test-threads=1"]),
+    )
 }
 
 pub fn bench() -> Result<()> {

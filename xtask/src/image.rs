@@ -18,11 +18,14 @@ use crate::setup::{run_cmd, workspace_root};
 pub fn run() -> Result<()> {
     crate::commands::build()?;
     let start = Instant::now();
-    run_cmd(
-        Command::new(env!("CARGO"))
-            .current_dir(workspace_root())
-            .args(["build", "--release", "--package", "tests", "--bin", "slb-testsrv"]),
-    )?;
+    run_cmd(Command::new(env!("CARGO")).current_dir(workspace_root()).args([
+        "build",
+        "--release",
+        "--package",
+        "tests",
+        "--bin",
+        "slb-testsrv",
+    ]))?;
     eprintln!("built slb-testsrv in {:.1?}", start.elapsed());
     let release = workspace_root().join("target/release");
     for (binary, tag) in [("swarmlb", "swarmlb:latest"), ("slb-testsrv", "slb-testsrv:latest")] {
@@ -47,10 +50,7 @@ fn image(binary: &Path, tag: &str) -> Result<String> {
         // `std::fs::copy` follows symlinks: the image gets the file under the name ldd printed.
         copy(&lib, &rootfs.join(lib.strip_prefix("/").unwrap_or(&lib)))?;
     }
-    std::fs::write(
-        context.join("Dockerfile"),
-        format!("FROM scratch\nCOPY rootfs/ /\nENTRYPOINT [\"/{name}\"]\n"),
-    )?;
+    std::fs::write(context.join("Dockerfile"), format!("FROM scratch\nCOPY rootfs/ /\nENTRYPOINT [\"/{name}\"]\n"))?;
     let out = Command::new("docker")
         .args(["build", "--quiet", "--tag", tag])
         .arg(&context)

@@ -38,8 +38,7 @@ pub fn run(verbosity: Verbosity) -> Result<()> {
             eprintln!("setup: {done}");
         }
     };
-    let missing: Vec<&str> =
-        DEBIAN_PACKAGES.iter().copied().filter(|p| !debian_package_installed(p)).collect();
+    let missing: Vec<&str> = DEBIAN_PACKAGES.iter().copied().filter(|p| !debian_package_installed(p)).collect();
     if missing.is_empty() {
         say("Debian packages present");
     } else {
@@ -89,10 +88,8 @@ fn debian_package_installed(package: &str) -> bool {
 }
 
 fn nightly_sysroot() -> Result<PathBuf> {
-    let out = Command::new("rustc")
-        .args(["+nightly", "--print", "sysroot"])
-        .output()
-        .context("running rustc +nightly")?;
+    let out =
+        Command::new("rustc").args(["+nightly", "--print", "sysroot"]).output().context("running rustc +nightly")?;
     if !out.status.success() {
         bail!("the nightly toolchain is missing: {}", String::from_utf8_lossy(&out.stderr));
     }

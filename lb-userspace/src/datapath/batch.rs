@@ -37,10 +37,7 @@ pub enum BatchError {
     #[error("a hash bucket holds more than {0} entries")]
     BucketTooLarge(u32),
     #[error("bpf({cmd}): {source}")]
-    Syscall {
-        cmd: &'static str,
-        source: io::Error,
-    },
+    Syscall { cmd: &'static str, source: io::Error },
 }
 
 /// The `batch` member of `union bpf_attr`.
@@ -67,19 +64,8 @@ const _: () = assert!(size_of::<BatchAttr>() == 56);
 unsafe fn bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
     // SAFETY: `attr` is a live, initialised `bpf_attr` prefix of the size passed; the kernel
     // reads it and writes only `count` within it. The pointers inside are the caller's contract.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut BatchAttr,
-            size_of::<BatchAttr>(),
-        )
-    };
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut BatchAttr, size_of::<BatchAttr>()) };
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
 /// Checks that `map` is a hash or LRU hash map with keys of `K`'s size (and values of
@@ -87,25 +73,17 @@ unsafe fn bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
 /// within our buffers.
 fn check<K: Pod>(map: &MapData, value_size: Option<usize>) -> Result<u32, BatchError> {
     let info = map.info().map_err(|source| BatchError::Info { source })?;
-    let map_type = info
-        .map_type()
-        .map_err(|source| BatchError::Info { source })?;
+    let map_type = info.map_type().map_err(|source| BatchError::Info { source })?;
     if !matches!(map_type, MapType::Hash | MapType::LruHash) {
         return Err(BatchError::MapType(map_type));
     }
     if info.key_size() as usize != size_of::<K>() {
-        return Err(BatchError::KeySize {
-            map: info.key_size(),
-            ty: size_of::<K>(),
-        });
+        return Err(BatchError::KeySize { map: info.key_size(), ty: size_of::<K>() });
     }
     if let Some(ty) = value_size
         && info.value_size() as usize != ty
     {
-        return Err(BatchError::ValueSize {
-            map: info.value_size(),
-            ty,
-        });
+        return Err(BatchError::ValueSize { map: info.value_size(), ty });
     }
     Ok(info.max_entries())
 }
@@ -165,10 +143,7 @@ pub fn dump<K: Pod, V: Pod>(map: &MapData, chunk: u32) -> Result<Vec<(K, V)>, Ba
                 continue;
             }
             Err(source) => {
-                return Err(BatchError::Syscall {
-                    cmd: "BPF_MAP_LOOKUP_BATCH",
-                    source,
-                });
+                return Err(BatchError::Syscall { cmd: "BPF_MAP_LOOKUP_BATCH", source });
             }
         };
         let n = attr.count.min(chunk) as usize;
@@ -195,12 +170,7 @@ pub fn delete<K: Pod>(map: &MapData, keys: &[K]) -> Result<usize, BatchError> {
     let mut rest = keys;
     while !rest.is_empty() {
         let n = rest.len().min(DELETE_CHUNK);
-        let mut attr = BatchAttr {
-            keys: rest.as_ptr() as u64,
-            count: n as u32,
-            map_fd: fd,
-            ..BatchAttr::default()
-        };
+        let mut attr = BatchAttr { keys: rest.as_ptr() as u64, count: n as u32, map_fd: fd, ..BatchAttr::default() };
         // SAFETY: `rest` holds `n` contiguous keys of the map's key size (checked above), which
         // the kernel only reads; the other pointers are null and ignored by this command.
         let result = unsafe { bpf(BPF_MAP_DELETE_BATCH, &mut attr) };
@@ -209,14 +179,9 @@ pub fn delete<K: Pod>(map: &MapData, keys: &[K]) -> Result<usize, BatchError> {
         match result {
             Ok(()) => rest = &rest[n..],
             // The kernel stops at the first missing key, `rest[done]`: skip it.
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                rest = &rest[(done + 1).min(rest.len())..]
-            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => rest = &rest[(done + 1).min(rest.len())..],
             Err(source) => {
-                return Err(BatchError::Syscall {
-                    cmd: "BPF_MAP_DELETE_BATCH",
-                    source,
-                });
+                return Err(BatchError::Syscall { cmd: "BPF_MAP_DELETE_BATCH", source });
             }
         }
     }
@@ -251,10 +216,7 @@ mod tests {
     const N: u64 = 100_000;
 
     fn key(i: u64) -> Key {
-        Key {
-            a: i.wrapping_mul(0x9e37_79b9_7f4a_7c15),
-            b: !i,
-        }
+        Key { a: i.wrapping_mul(0x9e37_79b9_7f4a_7c15), b: !i }
     }
 
     fn value(i: u64) -> Value {
@@ -287,12 +249,7 @@ mod tests {
         };
         // SAFETY: `attr` is a valid `bpf_attr` prefix for BPF_MAP_CREATE, of the size passed.
         let fd = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_CREATE,
-                &attr as *const CreateAttr,
-                size_of::<CreateAttr>(),
-            )
+            libc::syscall(libc::SYS_bpf, BPF_MAP_CREATE, &attr as *const CreateAttr, size_of::<CreateAttr>())
         };
         assert!(fd >= 0, "BPF_MAP_CREATE: {}", io::Error::last_os_error());
         // SAFETY: a new fd that nothing else owns.
@@ -383,23 +340,11 @@ mod tests {
     fn batch_rejects_mismatches() {
         need_root();
         let map = lru_map(16);
-        assert!(matches!(
-            dump::<Key, [u8; 8]>(map.map(), 64),
-            Err(BatchError::ValueSize { map: 72, ty: 8 })
-        ));
-        assert!(matches!(
-            dump::<u64, Value>(map.map(), 64),
-            Err(BatchError::KeySize { map: 16, ty: 8 })
-        ));
-        assert!(matches!(
-            delete::<u32>(map.map(), &[1]),
-            Err(BatchError::KeySize { .. })
-        ));
+        assert!(matches!(dump::<Key, [u8; 8]>(map.map(), 64), Err(BatchError::ValueSize { map: 72, ty: 8 })));
+        assert!(matches!(dump::<u64, Value>(map.map(), 64), Err(BatchError::KeySize { map: 16, ty: 8 })));
+        assert!(matches!(delete::<u32>(map.map(), &[1]), Err(BatchError::KeySize { .. })));
         let percpu = PerCpuHashMap::<MapData, Key, Value>::create(16, 0).unwrap();
         let err = dump::<Key, Value>(percpu.map(), 64).unwrap_err();
-        assert!(
-            matches!(err, BatchError::MapType(MapType::PerCpuHash)),
-            "{err}"
-        );
+        assert!(matches!(err, BatchError::MapType(MapType::PerCpuHash)), "{err}");
     }
 }

@@ -36,20 +36,13 @@ impl Counters {
 
     /// Every reason with its packet count, in map order.
     pub fn reasons(&self) -> Result<Vec<(Reason, u64)>> {
-        Reason::ALL
-            .iter()
-            .map(|r| Ok((*r, self.reasons.get(&(*r as u32), 0)?.iter().sum())))
-            .collect()
+        Reason::ALL.iter().map(|r| Ok((*r, self.reasons.get(&(*r as u32), 0)?.iter().sum()))).collect()
     }
 
     /// Every connection-table event with its count, in map order.
     pub fn events(&self) -> Result<Vec<(CtEvent, u64)>> {
-        CtEvent::ALL
-            .iter()
-            .map(|e| Ok((*e, self.events.get(&(*e as u32), 0)?.iter().sum())))
-            .collect()
+        CtEvent::ALL.iter().map(|e| Ok((*e, self.events.get(&(*e as u32), 0)?.iter().sum()))).collect()
     }
-
 }
 
 fn sum(per_cpu: &[Traffic]) -> Traffic {

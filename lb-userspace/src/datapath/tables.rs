@@ -71,7 +71,11 @@ impl Scan {
     /// (destination port, protocol) of every live client-side entry: the frontend ports that
     /// still carry connections.
     pub fn client_ports(&self) -> BTreeSet<(u16, u8)> {
-        self.live.iter().filter(|(_, f, _)| f.direction == DIR_TO_BACKEND).map(|(k, _, _)| (k.dst_port, k.proto)).collect()
+        self.live
+            .iter()
+            .filter(|(_, f, _)| f.direction == DIR_TO_BACKEND)
+            .map(|(k, _, _)| (k.dst_port, k.proto))
+            .collect()
     }
 }
 
@@ -96,7 +100,8 @@ impl Tables {
     pub fn scan(&self, now: u64) -> Result<Scan> {
         let mut scan = Scan { live: Vec::new(), expired: Vec::new() };
         for (table, name) in [(Table::Main, names::CONNTRACK), (Table::New, names::NEW_FLOWS)] {
-            let entries = batch::dump::<FlowKey, Flow>(self.map(table).map(), CHUNK).with_context(|| format!("reading {name}"))?;
+            let entries = batch::dump::<FlowKey, Flow>(self.map(table).map(), CHUNK)
+                .with_context(|| format!("reading {name}"))?;
             for (key, flow) in entries {
                 let into = if is_live(&key, &flow, now) { &mut scan.live } else { &mut scan.expired };
                 into.push((key, flow, table));

@@ -113,10 +113,12 @@ impl Writer {
             self.backends.set(*id, backend, 0).with_context(|| format!("flagging slb_backends[{id}] removed"))?;
         }
         for vni in &diff.removed_overlays {
-            remove_if_present(self.overlays.remove(vni)).with_context(|| format!("removing VNI {vni} from slb_overlays"))?;
+            remove_if_present(self.overlays.remove(vni))
+                .with_context(|| format!("removing VNI {vni} from slb_overlays"))?;
         }
         for addr in &diff.removed_snat_addrs {
-            remove_if_present(self.snat_addrs.remove(addr)).with_context(|| format!("removing {addr:?} from slb_snat_addrs"))?;
+            remove_if_present(self.snat_addrs.remove(addr))
+                .with_context(|| format!("removing {addr:?} from slb_snat_addrs"))?;
         }
         debug!(
             backends = diff.backends.len(),
@@ -152,7 +154,8 @@ impl Writer {
             remove_if_present(self.overlays.remove(vni))?;
         }
         let snat = snat_addrs(plan);
-        let stale_snat: Vec<[u8; 4]> = self.snat_addrs.keys().filter_map(|k| k.ok()).filter(|a| !snat.contains(a)).collect();
+        let stale_snat: Vec<[u8; 4]> =
+            self.snat_addrs.keys().filter_map(|k| k.ok()).filter(|a| !snat.contains(a)).collect();
         for addr in &stale_snat {
             remove_if_present(self.snat_addrs.remove(addr))?;
         }

@@ -91,7 +91,11 @@ pub fn render(s: &Snapshot) -> String {
         let nat = Family::<BackendLabels, Gauge>::default();
         r.register("backend_nat_ports", "NAT source ports held by a backend's live connections", nat.clone());
         let nat_cap = Family::<BackendLabels, Gauge>::default();
-        r.register("backend_nat_ports_capacity", "NAT source ports a backend can have (range times SNAT addresses)", nat_cap.clone());
+        r.register(
+            "backend_nat_ports_capacity",
+            "NAT source ports a backend can have (range times SNAT addresses)",
+            nat_cap.clone(),
+        );
         for svc in &report.services {
             let l = ServiceLabels { service: svc.name.clone(), node: node.clone() };
             sp.get_or_create(&l).inc_by(svc.packets);

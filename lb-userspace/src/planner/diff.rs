@@ -179,7 +179,8 @@ pub fn diff(prev: Option<&Plan>, next: &Plan) -> Diff {
     let s = &mut d.summary;
 
     let (old_snat, new_snat) = (snat_addrs(prev), snat_addrs(next));
-    d.snat_addrs = if full { new_snat.iter().copied().collect() } else { new_snat.difference(&old_snat).copied().collect() };
+    d.snat_addrs =
+        if full { new_snat.iter().copied().collect() } else { new_snat.difference(&old_snat).copied().collect() };
     d.removed_snat_addrs = old_snat.difference(&new_snat).copied().collect();
     let settings = settings_value(next);
     if full || settings_value(prev) != settings {
@@ -217,7 +218,8 @@ pub fn diff(prev: Option<&Plan>, next: &Plan) -> Diff {
             }
             _ => {}
         }
-        let old_backends: HashMap<u32, &PlannedBackend> = old.map(|o| o.backends.iter().map(|b| (b.id, b)).collect()).unwrap_or_default();
+        let old_backends: HashMap<u32, &PlannedBackend> =
+            old.map(|o| o.backends.iter().map(|b| (b.id, b)).collect()).unwrap_or_default();
         for b in &svc.backends {
             match old_backends.get(&b.id) {
                 None => {

@@ -116,7 +116,12 @@ pub struct IdState {
 
 impl Default for IdState {
     fn default() -> Self {
-        IdState { next_service: 1, next_backend: 1, retired_services: VecDeque::new(), retired_backends: VecDeque::new() }
+        IdState {
+            next_service: 1,
+            next_backend: 1,
+            retired_services: VecDeque::new(),
+            retired_backends: VecDeque::new(),
+        }
     }
 }
 
@@ -188,7 +193,8 @@ pub fn plan(cluster: &Cluster, local: Option<&str>, prev: &Plan) -> Result<Plan,
                 ids.retired_backends.extend(old.backends.iter().map(|b| b.id));
             }
             Some(now) => {
-                let gone = old.backends.iter().filter(|b| !now.backends.iter().any(|n| n.name == b.name && n.addr == b.addr));
+                let gone =
+                    old.backends.iter().filter(|b| !now.backends.iter().any(|n| n.name == b.name && n.addr == b.addr));
                 ids.retired_backends.extend(gone.map(|b| b.id));
             }
         }
@@ -220,7 +226,9 @@ pub fn plan(cluster: &Cluster, local: Option<&str>, prev: &Plan) -> Result<Plan,
         // Reuse the previous table when the backend set is unchanged: building one costs
         // tens of milliseconds.
         let maglev = match old {
-            Some(o) if same_table_input(&o.backends, &backends) && o.maglev.len() == MAGLEV_SIZE as usize => o.maglev.clone(),
+            Some(o) if same_table_input(&o.backends, &backends) && o.maglev.len() == MAGLEV_SIZE as usize => {
+                o.maglev.clone()
+            }
             _ => table_for(&backends),
         };
         let mut frontends = service.frontends.clone();
@@ -231,11 +239,12 @@ pub fn plan(cluster: &Cluster, local: Option<&str>, prev: &Plan) -> Result<Plan,
                     service: service.name.clone(),
                     network: net_name.clone(),
                 })?;
-                let endpoint = local.and_then(|node| network.endpoint(node)).ok_or_else(|| PlanError::NoLocalEndpoint {
-                    service: service.name.clone(),
-                    network: net_name.clone(),
-                    node: local.map(str::to_owned),
-                })?;
+                let endpoint =
+                    local.and_then(|node| network.endpoint(node)).ok_or_else(|| PlanError::NoLocalEndpoint {
+                        service: service.name.clone(),
+                        network: net_name.clone(),
+                        node: local.map(str::to_owned),
+                    })?;
                 (vec![endpoint], network.mtu.saturating_sub(TCP_IPV4_HEADERS))
             }
             None if service.nat_addrs.is_empty() => return Err(PlanError::NoNatAddr { service: service.name.clone() }),
@@ -275,7 +284,10 @@ fn same_table_input(a: &[PlannedBackend], b: &[PlannedBackend]) -> bool {
 
 mod diff;
 
-pub use diff::{Diff, Summary, TRACKED_BITS, backend_value, diff, frontend_key, nat_ports, port_bits, service_value, settings_value, snat_addrs};
+pub use diff::{
+    Diff, Summary, TRACKED_BITS, backend_value, diff, frontend_key, nat_ports, port_bits, service_value,
+    settings_value, snat_addrs,
+};
 
 #[cfg(test)]
 mod tests;

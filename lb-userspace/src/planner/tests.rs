@@ -9,7 +9,12 @@ fn svc(name: &str, port: u16, backends: &[(&str, u8, u32)]) -> Service {
         frontends: vec![Frontend { addr: None, port, proto: Proto::Tcp }],
         backends: backends
             .iter()
-            .map(|(n, last, w)| Backend { name: (*n).into(), addr: SocketAddrV4::new(Ipv4Addr::new(198, 18, 2, *last), 8080), weight: *w, node: None })
+            .map(|(n, last, w)| Backend {
+                name: (*n).into(),
+                addr: SocketAddrV4::new(Ipv4Addr::new(198, 18, 2, *last), 8080),
+                weight: *w,
+                node: None,
+            })
             .collect(),
         sticky: false,
         nat_addrs: vec![Ipv4Addr::new(198, 18, 2, 1)],
@@ -24,19 +29,32 @@ fn cluster(services: Vec<Service>) -> Cluster {
 type Ids = Vec<(String, u32, Vec<(String, u32)>)>;
 
 fn ids(plan: &Plan) -> Ids {
-    plan.services.iter().map(|s| (s.name.clone(), s.id, s.backends.iter().map(|b| (b.name.clone(), b.id)).collect())).collect()
+    plan.services
+        .iter()
+        .map(|s| (s.name.clone(), s.id, s.backends.iter().map(|b| (b.name.clone(), b.id)).collect()))
+        .collect()
 }
 
 #[test]
 fn ids_are_stable_across_plans_and_reorderings() {
     let c1 = cluster(vec![svc("web", 80, &[("w1", 11, 1), ("w2", 12, 1)]), svc("api", 81, &[("a1", 21, 1)])]);
     let p1 = plan(&c1, None, &Plan::default()).unwrap();
-    assert_eq!(ids(&p1), vec![("web".into(), 1, vec![("w1".into(), 1), ("w2".into(), 2)]), ("api".into(), 2, vec![("a1".into(), 3)])]);
+    assert_eq!(
+        ids(&p1),
+        vec![("web".into(), 1, vec![("w1".into(), 1), ("w2".into(), 2)]), ("api".into(), 2, vec![("a1".into(), 3)])]
+    );
 
     // Reordered, one backend added, one reweighted: existing ids do not move.
-    let c2 = cluster(vec![svc("api", 81, &[("a1", 21, 5), ("a2", 22, 1)]), svc("web", 80, &[("w2", 12, 1), ("w1", 11, 1)])]);
+    let c2 =
+        cluster(vec![svc("api", 81, &[("a1", 21, 5), ("a2", 22, 1)]), svc("web", 80, &[("w2", 12, 1), ("w1", 11, 1)])]);
     let p2 = plan(&c2, None, &p1).unwrap();
-    assert_eq!(ids(&p2), vec![("web".into(), 1, vec![("w1".into(), 1), ("w2".into(), 2)]), ("api".into(), 2, vec![("a1".into(), 3), ("a2".into(), 4)])]);
+    assert_eq!(
+        ids(&p2),
+        vec![
+            ("web".into(), 1, vec![("w1".into(), 1), ("w2".into(), 2)]),
+            ("api".into(), 2, vec![("a1".into(), 3), ("a2".into(), 4)])
+        ]
+    );
 
     // Through state.json and back, the same.
     let mut reloaded: Plan = serde_json::from_str(&serde_json::to_string(&p2).unwrap()).unwrap();
@@ -114,7 +132,11 @@ fn removing_a_backend_writes_only_moved_slots() {
     let p2 = plan(&cluster(vec![svc("web", 80, &all[1..])]), None, &p1).unwrap();
     let d = diff(Some(&p1), &p2);
     let removed_slots = p1.services[0].maglev.iter().filter(|b| **b == 1).count();
-    eprintln!("planner: removing 1 of 10 rewrites {} slots ({} were the removed backend's)", d.maglev.len(), removed_slots);
+    eprintln!(
+        "planner: removing 1 of 10 rewrites {} slots ({} were the removed backend's)",
+        d.maglev.len(),
+        removed_slots
+    );
     assert!(d.maglev.len() >= removed_slots && d.maglev.len() < removed_slots + MAGLEV_SIZE as usize / 50);
     assert!(d.backends.is_empty() && d.frontends.is_empty() && d.fe_ports.is_empty());
     assert_eq!(d.services.len(), 1, "active_backends changed");
@@ -127,7 +149,12 @@ fn removing_a_backend_writes_only_moved_slots() {
 
 #[test]
 fn removing_a_service_clears_its_frontends_slots_and_port_but_for_its_connections() {
-    let p1 = plan(&cluster(vec![svc("web", 80, &[("w1", 11, 1)]), svc("api", 81, &[("a1", 21, 1)])]), None, &Plan::default()).unwrap();
+    let p1 = plan(
+        &cluster(vec![svc("web", 80, &[("w1", 11, 1)]), svc("api", 81, &[("a1", 21, 1)])]),
+        None,
+        &Plan::default(),
+    )
+    .unwrap();
     let p2 = plan(&cluster(vec![svc("web", 80, &[("w1", 11, 1)])]), None, &p1).unwrap();
     let d = diff(Some(&p1), &p2);
     assert_eq!(d.removed_frontends, vec![lb_common::FrontendKey { addr: [0; 4], port: 81, proto: 6, _pad: 0 }]);
@@ -139,7 +166,10 @@ fn removing_a_service_clears_its_frontends_slots_and_port_but_for_its_connection
     assert!(d.removed_maglev.iter().all(|(i, b)| *i >= 2 * MAGLEV_SIZE && *b == 0));
     assert!(d.maglev.is_empty() && d.backends.is_empty());
     let a1 = p1.services[1].backends[0].id;
-    assert_eq!(d.removed_backends, vec![(a1, lb_common::Backend { addr: [198, 18, 2, 21], port: 8080, flags: lb_common::BACKEND_REMOVED })]);
+    assert_eq!(
+        d.removed_backends,
+        vec![(a1, lb_common::Backend { addr: [198, 18, 2, 21], port: 8080, flags: lb_common::BACKEND_REMOVED })]
+    );
     assert_eq!(d.summary.to_string(), "1 service removed, 1 backend removed, 1 frontend removed");
 }
 
@@ -153,7 +183,13 @@ fn frontend_moving_between_services_is_rewritten_not_removed() {
     api2.frontends.push(Frontend { addr: None, port: 80, proto: Proto::Tcp });
     let p2 = plan(&cluster(vec![web, api2]), None, &p1).unwrap();
     let d = diff(Some(&p1), &p2);
-    assert_eq!(d.frontends, vec![(lb_common::FrontendKey { addr: [0; 4], port: 80, proto: 6, _pad: 0 }, lb_common::Frontend { service_id: 2 })]);
+    assert_eq!(
+        d.frontends,
+        vec![(
+            lb_common::FrontendKey { addr: [0; 4], port: 80, proto: 6, _pad: 0 },
+            lb_common::Frontend { service_id: 2 }
+        )]
+    );
     assert!(d.removed_frontends.is_empty() && d.fe_ports.is_empty());
 }
 
@@ -193,7 +229,9 @@ mod swarm {
         Cluster {
             node: NodeSettings::default(),
             swarm: SwarmSettings { vxlan_port: 4790 },
-            nodes: (1..=3u8).map(|n| Node { name: format!("node-{n}"), addr: Ipv4Addr::new(198, 18, 0, 10 + n) }).collect(),
+            nodes: (1..=3u8)
+                .map(|n| Node { name: format!("node-{n}"), addr: Ipv4Addr::new(198, 18, 0, 10 + n) })
+                .collect(),
             networks: vec![net("web-net", 4097, 1, 1450), net("db-net", 4098, 2, 1400)],
             services: vec![web, plain],
         }
@@ -205,7 +243,10 @@ mod swarm {
     /// A service's Maglev table with backend names in place of ids.
     fn table_by_name(plan: &Plan, service: &str) -> Vec<String> {
         let s = plan.services.iter().find(|s| s.name == service).unwrap();
-        s.maglev.iter().map(|id| s.backends.iter().find(|b| b.id == *id).map_or(String::new(), |b| b.name.clone())).collect()
+        s.maglev
+            .iter()
+            .map(|id| s.backends.iter().find(|b| b.id == *id).map_or(String::new(), |b| b.name.clone()))
+            .collect()
     }
 
     #[test]
@@ -219,7 +260,10 @@ mod swarm {
             assert_eq!(d.settings.unwrap().vxlan_port, 4790);
             assert_eq!(d.overlays, [4097, 4098]);
             let web = p.services.iter().find(|s| s.name == "web").unwrap();
-            assert_eq!(web.backends.iter().map(|b| b.node.as_deref().unwrap()).collect::<Vec<_>>(), ["node-1", "node-2", "node-3", "node-1"]);
+            assert_eq!(
+                web.backends.iter().map(|b| b.node.as_deref().unwrap()).collect::<Vec<_>>(),
+                ["node-1", "node-2", "node-3", "node-1"]
+            );
             let values: HashMap<u32, lb_common::Service> = d.services.iter().copied().collect();
             assert_eq!(
                 values[&web.id],
@@ -277,7 +321,11 @@ mod swarm {
     fn a_node_without_an_endpoint_cannot_plan_the_service() {
         let mut c = swarm_cluster(TASKS);
         c.networks[0].endpoints.retain(|e| e.node != "node-2");
-        let want = PlanError::NoLocalEndpoint { service: "web".into(), network: "web-net".into(), node: Some("node-2".into()) };
+        let want = PlanError::NoLocalEndpoint {
+            service: "web".into(),
+            network: "web-net".into(),
+            node: Some("node-2".into()),
+        };
         assert_eq!(plan(&c, Some("node-2"), &Plan::default()), Err(want));
         assert!(matches!(plan(&c, None, &Plan::default()), Err(PlanError::NoLocalEndpoint { node: None, .. })));
         assert!(plan(&c, Some("node-1"), &Plan::default()).is_ok());

@@ -26,9 +26,8 @@ fn looks_like_overlay(name: &str) -> bool {
 /// The namespace whose VXLAN device has `vni`, or `None` if this node has no such overlay (yet).
 pub async fn overlay(vni: u32) -> Result<Option<Overlay>> {
     let all = nl::docker_netns(&[])?;
-    let (likely, rest): (Vec<_>, Vec<_>) = all.into_iter().partition(|p| {
-        p.file_name().map(|n| looks_like_overlay(&n.to_string_lossy())).unwrap_or(false)
-    });
+    let (likely, rest): (Vec<_>, Vec<_>) =
+        all.into_iter().partition(|p| p.file_name().map(|n| looks_like_overlay(&n.to_string_lossy())).unwrap_or(false));
     for path in likely.into_iter().chain(rest) {
         let conn = match nl::in_netns(&path).await {
             Ok(c) => c,
@@ -53,9 +52,8 @@ pub async fn overlay(vni: u32) -> Result<Option<Overlay>> {
             if id != Some(vni) {
                 continue;
             }
-            let bridge = nl::link_controller(l).with_context(|| {
-                format!("the VXLAN device of VNI {vni} in {} is not on a bridge", path.display())
-            })?;
+            let bridge = nl::link_controller(l)
+                .with_context(|| format!("the VXLAN device of VNI {vni} in {} is not on a bridge", path.display()))?;
             return Ok(Some(Overlay { path, nl: conn, bridge }));
         }
     }

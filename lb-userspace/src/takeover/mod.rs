@@ -90,6 +90,10 @@ pub async fn release_all() -> Result<()> {
     let host = nl::host()?;
     let gone = veth::delete_all(&host.handle).await?;
     let restored = park::unpark_all().await?;
-    info!("released {} interface(s) {gone:?}, restored {} Docker interface(s) {restored:?}", gone.len(), restored.len());
+    info!(
+        "released {} interface(s) {gone:?}, restored {} Docker interface(s) {restored:?}",
+        gone.len(),
+        restored.len()
+    );
     Ok(())
 }

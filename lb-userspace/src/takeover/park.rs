@@ -12,8 +12,7 @@ use super::{find::Holder, nl};
 pub const PARKED_ALIAS: &str = "swarmlb-parked";
 
 pub async fn park(h: &Holder) -> Result<()> {
-    h.nl
-        .handle
+    h.nl.handle
         .link()
         .set(LinkUnspec::new_with_index(h.index).alias(PARKED_ALIAS).down().build())
         .execute()

@@ -71,7 +71,11 @@ pub async fn ensure(host: &Handle, ov: &Overlay, vni: u32, mac: [u8; 6], mtu: u3
 }
 
 async fn create(host: &Handle, ov: &Overlay, name: &str, peer: &str) -> Result<u32> {
-    host.link().add(LinkVeth::new(name, peer).build()).execute().await.with_context(|| format!("creating veth {name}"))?;
+    host.link()
+        .add(LinkVeth::new(name, peer).build())
+        .execute()
+        .await
+        .with_context(|| format!("creating veth {name}"))?;
     let index = nl::link_by_name(host, name).await?.with_context(|| format!("{name} vanished"))?.header.index;
     let peer_index = nl::link_by_name(host, peer).await?.with_context(|| format!("{peer} vanished"))?.header.index;
     let ns = File::open(&ov.path).with_context(|| format!("opening {}", ov.path.display()))?;

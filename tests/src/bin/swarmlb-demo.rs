@@ -69,14 +69,23 @@ fn send_http(swarm: &Swarm) -> Result<Traffic> {
 
 fn print_traffic(title: &str, swarm: &Swarm, traffic: &Traffic) {
     println!("\n{title}");
-    println!("  {:<8} {:<8} {:>8} {:>8} {:>8} {:>7} {:>7}", "task", "on", "via n1", "via n2", "via n3", "total", "share");
+    println!(
+        "  {:<8} {:<8} {:>8} {:>8} {:>8} {:>7} {:>7}",
+        "task", "on", "via n1", "via n2", "via n3", "total", "share"
+    );
     let all: usize = traffic.answers.values().flatten().sum();
     for (name, per_node) in &traffic.answers {
         let on = swarm.task(name).map(|t| node_name(t.node)).unwrap_or_default();
         let total: usize = per_node.iter().sum();
         println!(
             "  {:<8} {:<8} {:>8} {:>8} {:>8} {:>7} {:>6.1}%",
-            name, on, per_node[0], per_node[1], per_node[2], total, 100.0 * total as f64 / all.max(1) as f64
+            name,
+            on,
+            per_node[0],
+            per_node[1],
+            per_node[2],
+            total,
+            100.0 * total as f64 / all.max(1) as f64
         );
     }
     println!(
@@ -89,11 +98,15 @@ fn print_traffic(title: &str, swarm: &Swarm, traffic: &Traffic) {
 
 fn print_node_counters(lb: &SwarmLb) -> Result<()> {
     println!("\nper-node datapath counters (swarmlb status --json)");
-    println!("  {:<8} {:>10} {:>10} {:>10} {:>11} {:>9} {:>10}", "node", "new flows", "to task", "to client", "to kernel", "vxlan", "conntrack");
+    println!(
+        "  {:<8} {:>10} {:>10} {:>10} {:>11} {:>9} {:>10}",
+        "node", "new flows", "to task", "to client", "to kernel", "vxlan", "conntrack"
+    );
     for node in 0..3 {
         let status = lb.status(node)?;
         let reason = |name: &str| status["reasons"][name].as_u64().unwrap_or(0);
-        let flows: u64 = status["services"].as_array().context("services")?.iter().filter_map(|s| s["new_flows"].as_u64()).sum();
+        let flows: u64 =
+            status["services"].as_array().context("services")?.iter().filter_map(|s| s["new_flows"].as_u64()).sum();
         println!(
             "  {:<8} {:>10} {:>10} {:>10} {:>11} {:>9} {:>10}",
             node_name(node),
@@ -194,7 +207,11 @@ fn main() -> Result<()> {
     let swarm = lb.into_swarm();
     install_iptables(&swarm)?;
     let traffic = send_http(&swarm)?;
-    print_traffic("the same connections through iptables DNAT+SNAT on each node (no XDP), for comparison", &swarm, &traffic);
+    print_traffic(
+        "the same connections through iptables DNAT+SNAT on each node (no XDP), for comparison",
+        &swarm,
+        &traffic,
+    );
     println!("\ntearing down");
     Ok(())
 }

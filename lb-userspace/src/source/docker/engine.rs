@@ -45,7 +45,8 @@ impl Engine {
         let path = socket_path(host)?;
         let docker = Docker::connect_with_unix(&path, TIMEOUT_SECS, API_DEFAULT_VERSION)
             .with_context(|| format!("connecting to the Docker Engine at {path}"))?;
-        let docker = docker.negotiate_version().await.with_context(|| format!("negotiating the API version with {path}"))?;
+        let docker =
+            docker.negotiate_version().await.with_context(|| format!("negotiating the API version with {path}"))?;
         Ok(Engine { docker })
     }
 
@@ -68,7 +69,8 @@ impl Engine {
             (None, None, None)
         };
         let filters = HashMap::from([("driver".to_owned(), vec!["overlay".to_owned()])]);
-        let list = d.list_networks(Some(ListNetworksOptions { filters: Some(filters) })).await.context("GET /networks")?;
+        let list =
+            d.list_networks(Some(ListNetworksOptions { filters: Some(filters) })).await.context("GET /networks")?;
         let mut networks = Vec::with_capacity(list.len());
         for n in list {
             let Some(id) = n.id else { continue };

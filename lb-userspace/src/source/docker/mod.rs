@@ -125,12 +125,17 @@ impl Syncer<'_> {
         }
         self.backoff.reset();
         debug!(took_ms = started.elapsed().as_millis() as u64, "Engine read");
-        let update = Update { cluster: t.cluster, local: Some(t.local_node), trigger, read_at: started, notes: t.notes };
+        let update =
+            Update { cluster: t.cluster, local: Some(t.local_node), trigger, read_at: started, notes: t.notes };
         // Events send only changes; the periodic read always sends, so an apply that failed
         // (the agent then does a full sync) is retried even if the swarm did not change.
         let periodic = trigger.is_none();
         let changed = self.tx.send_if_modified(|cur| match cur {
-            Some(c) if !periodic && c.cluster == update.cluster && c.local == update.local && c.notes == update.notes => false,
+            Some(c)
+                if !periodic && c.cluster == update.cluster && c.local == update.local && c.notes == update.notes =>
+            {
+                false
+            }
             _ => {
                 *cur = Some(update);
                 true

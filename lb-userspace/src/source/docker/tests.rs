@@ -31,7 +31,11 @@ fn info(manager: bool) -> SystemInfo {
 }
 
 fn node(id: &str, addr: &str) -> Node {
-    Node { id: Some(id.into()), status: Some(NodeStatus { addr: Some(addr.into()), ..Default::default() }), ..Default::default() }
+    Node {
+        id: Some(id.into()),
+        status: Some(NodeStatus { addr: Some(addr.into()), ..Default::default() }),
+        ..Default::default()
+    }
 }
 
 /// A verbose inspect: `tasks` are (service, task name, ip, host ip).
@@ -48,7 +52,10 @@ fn network(name: &str, id: &str, vni: &str, subnet: &str, tasks: &[(&str, &str, 
         driver: Some("overlay".into()),
         ingress: Some(name == "ingress"),
         options: Some(HashMap::from([(OPT_VNI.to_owned(), vni.to_owned())])),
-        ipam: Some(Ipam { config: Some(vec![IpamConfig { subnet: Some(subnet.into()), ..Default::default() }]), ..Default::default() }),
+        ipam: Some(Ipam {
+            config: Some(vec![IpamConfig { subnet: Some(subnet.into()), ..Default::default() }]),
+            ..Default::default()
+        }),
         services: Some(
             services
                 .into_iter()
@@ -96,7 +103,12 @@ fn service(name: &str, ports: &[(i64, i64, P, M)], labels: &[(&str, &str)], netw
             name: Some(name.into()),
             labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
             task_template: Some(TaskSpec {
-                networks: Some(networks.iter().map(|n| NetworkAttachmentConfig { target: Some(n.to_string()), ..Default::default() }).collect()),
+                networks: Some(
+                    networks
+                        .iter()
+                        .map(|n| NetworkAttachmentConfig { target: Some(n.to_string()), ..Default::default() })
+                        .collect(),
+                ),
                 ..Default::default()
             }),
             endpoint_spec: Some(EndpointSpec {
@@ -136,7 +148,8 @@ fn manager_snapshot() -> Snapshot {
 }
 
 fn backends(t: &Translation, service: &str) -> Vec<(String, String, u32, Option<String>)> {
-    let s = t.cluster.services.iter().find(|s| s.name == service).unwrap_or_else(|| panic!("no service {service}: {t:#?}"));
+    let s =
+        t.cluster.services.iter().find(|s| s.name == service).unwrap_or_else(|| panic!("no service {service}: {t:#?}"));
     s.backends.iter().map(|b| (b.name.clone(), b.addr.to_string(), b.weight, b.node.clone())).collect()
 }
 
@@ -152,7 +165,10 @@ fn ingress_published_service_on_a_manager() {
     let names: Vec<(&str, Ipv4Addr)> = t.cluster.nodes.iter().map(|n| (n.name.as_str(), n.addr)).collect();
     assert_eq!(names, [(LOCAL, Ipv4Addr::new(198, 18, 254, 1)), (OTHER, Ipv4Addr::new(198, 18, 254, 2))]);
     let net = &t.cluster.networks[0];
-    assert_eq!((net.name.as_str(), net.vni, net.subnet.to_string(), net.mtu), ("ingress", 4096, "198.19.128.0/24".into(), 1450));
+    assert_eq!(
+        (net.name.as_str(), net.vni, net.subnet.to_string(), net.mtu),
+        ("ingress", 4096, "198.19.128.0/24".into(), 1450)
+    );
     assert_eq!(net.endpoint(LOCAL), Some(Ipv4Addr::new(198, 19, 128, 2)));
     assert_eq!(net.endpoint(OTHER), Some(Ipv4Addr::new(198, 19, 128, 9)));
     let web = &t.cluster.services[0];
@@ -160,7 +176,11 @@ fn ingress_published_service_on_a_manager() {
     assert_eq!((web.network.as_deref(), web.nat_addrs.is_empty(), web.sticky), (Some("ingress"), true, false));
     assert_eq!(
         backends(&t, "web"),
-        [be("web.1", "198.19.128.4:8080", 1, LOCAL), be("web.2", "198.19.128.5:8080", 1, OTHER), be("web.3", "198.19.128.6:8080", 1, LOCAL)]
+        [
+            be("web.1", "198.19.128.4:8080", 1, LOCAL),
+            be("web.2", "198.19.128.5:8080", 1, OTHER),
+            be("web.3", "198.19.128.6:8080", 1, LOCAL)
+        ]
     );
     // The model is sound for the planner: this node plans it.
     crate::planner::plan(&t.cluster, Some(LOCAL), &Default::default()).unwrap();
@@ -177,7 +197,10 @@ fn task_states_running_starting_and_draining() {
         task("ccc", LOCAL, TaskState::RUNNING, TaskState::STARTING),
     ]);
     let t = translate(&snap).unwrap();
-    assert_eq!(backends(&t, "web"), [be("web.1", "198.19.128.4:8080", 1, LOCAL), be("web.2", "198.19.128.5:8080", 0, OTHER)]);
+    assert_eq!(
+        backends(&t, "web"),
+        [be("web.1", "198.19.128.4:8080", 1, LOCAL), be("web.2", "198.19.128.5:8080", 0, OTHER)]
+    );
     // Shut down already, or unknown to /tasks: left out.
     snap.tasks = Some(vec![running("aaa", LOCAL), task("bbb", OTHER, TaskState::SHUTDOWN, TaskState::SHUTDOWN)]);
     assert_eq!(backends(&translate(&snap).unwrap(), "web"), [be("web.1", "198.19.128.4:8080", 1, LOCAL)]);
@@ -201,7 +224,10 @@ fn a_draining_task_sharing_its_slot_with_its_replacement_is_renamed() {
     snap.networks = vec![net];
     snap.tasks = Some(vec![task("old", LOCAL, TaskState::SHUTDOWN, TaskState::RUNNING), running("new", LOCAL)]);
     let t = translate(&snap).unwrap();
-    assert_eq!(backends(&t, "web"), [be("web.1", "198.19.128.7:8080", 1, LOCAL), be("web.1.old", "198.19.128.4:8080", 0, LOCAL)]);
+    assert_eq!(
+        backends(&t, "web"),
+        [be("web.1", "198.19.128.7:8080", 1, LOCAL), be("web.1.old", "198.19.128.4:8080", 0, LOCAL)]
+    );
 }
 
 #[test]
@@ -209,13 +235,22 @@ fn host_mode_ports_are_skipped_with_a_note_and_target_ports_split_services() {
     let mut snap = manager_snapshot();
     snap.services = Some(vec![service(
         "web",
-        &[(8080, 8080, P::TCP, M::INGRESS), (5353, 5353, P::UDP, M::INGRESS), (8443, 8080, P::TCP, M::INGRESS), (9000, 9000, P::TCP, M::HOST)],
+        &[
+            (8080, 8080, P::TCP, M::INGRESS),
+            (5353, 5353, P::UDP, M::INGRESS),
+            (8443, 8080, P::TCP, M::INGRESS),
+            (9000, 9000, P::TCP, M::HOST),
+        ],
         &[],
         &[],
     )]);
     let t = translate(&snap).unwrap();
     assert_eq!(t.notes.len(), 1, "{:?}", t.notes);
-    assert!(t.notes[0].contains("\"web\"") && t.notes[0].contains("9000") && t.notes[0].contains("host mode"), "{:?}", t.notes);
+    assert!(
+        t.notes[0].contains("\"web\"") && t.notes[0].contains("9000") && t.notes[0].contains("host mode"),
+        "{:?}",
+        t.notes
+    );
     let names: Vec<&str> = t.cluster.services.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["web/5353", "web/8080"]);
     let s = &t.cluster.services[1];
@@ -230,13 +265,20 @@ fn user_net() -> NetworkInspect {
         "dnetid0000000000000000000",
         "4097,4098",
         "198.19.129.0/24",
-        &[("d-dns", "d-dns.1.t1", "198.19.129.2", "198.18.254.1"), ("d-dns", "d-dns.2.t2", "198.19.129.3", "198.18.254.2")],
+        &[
+            ("d-dns", "d-dns.1.t1", "198.19.129.2", "198.18.254.1"),
+            ("d-dns", "d-dns.2.t2", "198.19.129.3", "198.18.254.2"),
+        ],
     );
     n.options.as_mut().unwrap().insert(OPT_MTU.into(), "1400".into());
     // Docker 20.10 gossips no endpoint for user overlays: the local one is in Containers only.
     n.containers = Some(HashMap::from([(
         "lb-d-net".to_owned(),
-        EndpointResource { name: Some("d-net-endpoint".into()), ipv4_address: Some("198.19.129.4/24".into()), ..Default::default() },
+        EndpointResource {
+            name: Some("d-net-endpoint".into()),
+            ipv4_address: Some("198.19.129.4/24".into()),
+            ..Default::default()
+        },
     )]));
     n
 }
@@ -255,11 +297,17 @@ fn dnsrr_service_opts_in_by_label_on_its_first_network() {
     let t = translate(&snap).unwrap();
     assert_eq!(t.notes, Vec::<String>::new());
     let net = t.cluster.network("d-net").unwrap();
-    assert_eq!((net.vni, net.mtu, net.endpoint(LOCAL), net.endpoint(OTHER)), (4097, 1400, Some(Ipv4Addr::new(198, 19, 129, 4)), None));
+    assert_eq!(
+        (net.vni, net.mtu, net.endpoint(LOCAL), net.endpoint(OTHER)),
+        (4097, 1400, Some(Ipv4Addr::new(198, 19, 129, 4)), None)
+    );
     let s = t.cluster.services.iter().find(|s| s.name == "d-dns").unwrap();
     assert_eq!(s.frontends.iter().map(|f| f.to_string()).collect::<Vec<_>>(), ["*:9090/tcp", "*:9090/udp"]);
     assert_eq!((s.network.as_deref(), s.sticky), (Some("d-net"), true));
-    assert_eq!(backends(&t, "d-dns"), [be("d-dns.1", "198.19.129.2:8080", 1, LOCAL), be("d-dns.2", "198.19.129.3:8080", 1, OTHER)]);
+    assert_eq!(
+        backends(&t, "d-dns"),
+        [be("d-dns.1", "198.19.129.2:8080", 1, LOCAL), be("d-dns.2", "198.19.129.3:8080", 1, OTHER)]
+    );
     crate::planner::plan(&t.cluster, Some(LOCAL), &Default::default()).unwrap();
 }
 
@@ -275,8 +323,16 @@ fn a_bad_label_leaves_out_only_that_service_and_names_it() {
     let names: Vec<&str> = t.cluster.services.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["web"]);
     assert_eq!(t.notes.len(), 3, "{:#?}", t.notes);
-    assert!(t.notes[0].contains("\"d-bad\"") && t.notes[0].contains("swarmlb.publish=\"9090:80/sctp\"") && t.notes[0].contains("sctp"));
-    assert!(t.notes[1].contains("\"d-clash\"") && t.notes[1].contains("8080/tcp") && t.notes[1].contains("\"web\""), "{}", t.notes[1]);
+    assert!(
+        t.notes[0].contains("\"d-bad\"")
+            && t.notes[0].contains("swarmlb.publish=\"9090:80/sctp\"")
+            && t.notes[0].contains("sctp")
+    );
+    assert!(
+        t.notes[1].contains("\"d-clash\"") && t.notes[1].contains("8080/tcp") && t.notes[1].contains("\"web\""),
+        "{}",
+        t.notes[1]
+    );
     assert!(t.notes[2].contains("\"d-nonet\"") && t.notes[2].contains("\"nope\""));
 }
 
@@ -301,7 +357,9 @@ fn publish_label_syntax() {
 
 #[test]
 fn network_parsing_rejects_bad_vni_mtu_and_subnet() {
-    for (opt, val, why) in [(OPT_VNI, "x", "not a VNI"), (OPT_VNI, "16777216", "not a VNI"), (OPT_MTU, "100", "not an MTU")] {
+    for (opt, val, why) in
+        [(OPT_VNI, "x", "not a VNI"), (OPT_VNI, "16777216", "not a VNI"), (OPT_MTU, "100", "not an MTU")]
+    {
         let mut snap = manager_snapshot();
         snap.networks[0].options.as_mut().unwrap().insert(opt.into(), val.into());
         let t = translate(&snap).unwrap();
@@ -316,7 +374,8 @@ fn network_parsing_rejects_bad_vni_mtu_and_subnet() {
 #[test]
 fn a_service_on_a_network_without_a_local_endpoint_is_left_out() {
     let mut snap = manager_snapshot();
-    snap.networks[0] = network("ingress", "x", "4096", "198.19.128.0/24", &[("web", "web.1.aaa", "198.19.128.4", "198.18.254.1")]);
+    snap.networks[0] =
+        network("ingress", "x", "4096", "198.19.128.0/24", &[("web", "web.1.aaa", "198.19.128.4", "198.18.254.1")]);
     let t = translate(&snap).unwrap();
     assert!(t.cluster.services.is_empty());
     assert!(t.notes[0].contains("\"web\"") && t.notes[0].contains("no load-balancer endpoint"), "{:?}", t.notes);
@@ -346,7 +405,14 @@ fn worker_falls_back_to_what_the_node_sees() {
         }),
         ..Default::default()
     };
-    let snap = Snapshot { info: info(false), nodes: None, services: None, tasks: None, networks: vec![ingress(), user], containers: vec![container] };
+    let snap = Snapshot {
+        info: info(false),
+        nodes: None,
+        services: None,
+        tasks: None,
+        networks: vec![ingress(), user],
+        containers: vec![container],
+    };
     let t = translate(&snap).unwrap();
     // Peers are known by address only.
     let nodes: Vec<&str> = t.cluster.nodes.iter().map(|n| n.name.as_str()).collect();
@@ -382,7 +448,14 @@ fn worker_publishes_both_protocols_except_on_a_number_two_services_share() {
         "dns".into(),
         json!({"VIP": "<nil>", "Ports": ["Target: 9000, Publish: 9000", "Target: 5353, Publish: 53"], "Tasks": [dns_task]}),
     );
-    let snap = Snapshot { info: info(false), nodes: None, services: None, tasks: None, networks: vec![ing], containers: vec![] };
+    let snap = Snapshot {
+        info: info(false),
+        nodes: None,
+        services: None,
+        tasks: None,
+        networks: vec![ing],
+        containers: vec![],
+    };
     let t = translate(&snap).unwrap();
     let frontends = |name: &str| -> Vec<String> {
         let svc = t.cluster.services.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no service {name}"));

@@ -41,8 +41,7 @@ pub enum ConfigError {
 /// for a single-node setup).
 pub fn load(path: &Path, local: Option<&str>) -> Result<Cluster, ConfigError> {
     let display = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Read { path: display.clone(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: display.clone(), source })?;
     parse(&display, &text, local)
 }
 
@@ -154,7 +153,13 @@ impl Validator<'_> {
         (self.fail)(span, format!("{ctx}field {field}: {msg}"))
     }
 
-    fn required<'v>(&self, v: &'v Field, at: Range<usize>, ctx: &str, field: &str) -> Result<&'v Spanned<Value>, ConfigError> {
+    fn required<'v>(
+        &self,
+        v: &'v Field,
+        at: Range<usize>,
+        ctx: &str,
+        field: &str,
+    ) -> Result<&'v Spanned<Value>, ConfigError> {
         v.as_ref().ok_or_else(|| self.err(at, ctx, field, "missing (required)"))
     }
 
@@ -178,11 +183,21 @@ impl Validator<'_> {
         Ok(ip)
     }
 
-    fn integer(&self, v: &Spanned<Value>, ctx: &str, field: &str, range: RangeInclusive<i64>) -> Result<i64, ConfigError> {
+    fn integer(
+        &self,
+        v: &Spanned<Value>,
+        ctx: &str,
+        field: &str,
+        range: RangeInclusive<i64>,
+    ) -> Result<i64, ConfigError> {
         match v.get_ref().as_integer() {
             Some(n) if range.contains(&n) => Ok(n),
-            Some(n) => Err(self.err(v.span(), ctx, field, format!("{n} is out of range {}..={}", range.start(), range.end()))),
-            None => Err(self.err(v.span(), ctx, field, format!("expected an integer, found {}", v.get_ref().type_str()))),
+            Some(n) => {
+                Err(self.err(v.span(), ctx, field, format!("{n} is out of range {}..={}", range.start(), range.end())))
+            }
+            None => {
+                Err(self.err(v.span(), ctx, field, format!("expected an integer, found {}", v.get_ref().type_str())))
+            }
         }
     }
 
@@ -193,11 +208,14 @@ impl Validator<'_> {
     /// A name (of a service, backend, node or network) in `field`.
     fn name_field(&self, v: &Spanned<Value>, ctx: &str, field: &str) -> Result<String, ConfigError> {
         let s = self.string(v, ctx, field)?;
-        let ok = !s.is_empty()
-            && s.len() <= 128
-            && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        let ok = !s.is_empty() && s.len() <= 128 && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
         if !ok {
-            return Err(self.err(v.span(), ctx, field, format!("invalid name {s:?} (1-128 characters of A-Z a-z 0-9 - _ .)")));
+            return Err(self.err(
+                v.span(),
+                ctx,
+                field,
+                format!("invalid name {s:?} (1-128 characters of A-Z a-z 0-9 - _ .)"),
+            ));
         }
         Ok(s.to_owned())
     }
@@ -237,10 +255,16 @@ impl Validator<'_> {
             }
             total_backends += service.backends.len();
             if total_backends >= MAX_BACKENDS as usize {
-                return Err((self.fail)(raw_service.span(), format!("too many backends (at most {} in all)", MAX_BACKENDS - 1)));
+                return Err((self.fail)(
+                    raw_service.span(),
+                    format!("too many backends (at most {} in all)", MAX_BACKENDS - 1),
+                ));
             }
             if claimed.len() > MAX_FRONTENDS as usize {
-                return Err((self.fail)(raw_service.span(), format!("too many frontends (at most {MAX_FRONTENDS} in all)")));
+                return Err((self.fail)(
+                    raw_service.span(),
+                    format!("too many frontends (at most {MAX_FRONTENDS} in all)"),
+                ));
             }
             services.push(service);
         }

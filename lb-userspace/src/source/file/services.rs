@@ -17,15 +17,32 @@ impl Validator<'_> {
             None => DEFAULT_SNAT_PORTS,
             Some(v) => {
                 let s = self.string(v, ctx, "snat_ports")?;
-                let bad = || self.err(v.span(), ctx, "snat_ports", format!("invalid port range {s:?} (expected \"FIRST-LAST\", e.g. \"16384-32767\")"));
+                let bad = || {
+                    self.err(
+                        v.span(),
+                        ctx,
+                        "snat_ports",
+                        format!("invalid port range {s:?} (expected \"FIRST-LAST\", e.g. \"16384-32767\")"),
+                    )
+                };
                 let (lo, hi) = s.split_once('-').ok_or_else(bad)?;
                 let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
                 let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
                 if lo == 0 || lo > hi {
-                    return Err(self.err(v.span(), ctx, "snat_ports", format!("port range {s:?} is empty or starts at 0")));
+                    return Err(self.err(
+                        v.span(),
+                        ctx,
+                        "snat_ports",
+                        format!("port range {s:?} is empty or starts at 0"),
+                    ));
                 }
                 if hi - lo < 1023 {
-                    return Err(self.err(v.span(), ctx, "snat_ports", format!("port range {s:?} is too small (at least 1024 ports)")));
+                    return Err(self.err(
+                        v.span(),
+                        ctx,
+                        "snat_ports",
+                        format!("port range {s:?} is too small (at least 1024 ports)"),
+                    ));
                 }
                 (lo, hi)
             }
@@ -35,7 +52,14 @@ impl Validator<'_> {
             Some(v) => match self.string(v, ctx, "malformed")? {
                 "pass" => MalformedPolicy::Pass,
                 "drop" => MalformedPolicy::Drop,
-                other => return Err(self.err(v.span(), ctx, "malformed", format!("expected \"pass\" or \"drop\", found {other:?}"))),
+                other => {
+                    return Err(self.err(
+                        v.span(),
+                        ctx,
+                        "malformed",
+                        format!("expected \"pass\" or \"drop\", found {other:?}"),
+                    ));
+                }
             },
         };
         Ok((NodeSettings { snat_ports, malformed }, nat))
@@ -55,7 +79,12 @@ impl Validator<'_> {
         let network = raw.network.as_ref().map(|v| self.service_network(v, &ctx, networks)).transpose()?;
         let frontends_v = self.required(&raw.frontends, spanned.span(), &ctx, "frontends")?;
         let Value::Array(items) = frontends_v.get_ref() else {
-            return Err(self.err(frontends_v.span(), &ctx, "frontends", format!("expected an array of strings, found {}", frontends_v.get_ref().type_str())));
+            return Err(self.err(
+                frontends_v.span(),
+                &ctx,
+                "frontends",
+                format!("expected an array of strings, found {}", frontends_v.get_ref().type_str()),
+            ));
         };
         if items.is_empty() {
             return Err(self.err(frontends_v.span(), &ctx, "frontends", "at least one frontend is required"));
@@ -65,7 +94,9 @@ impl Validator<'_> {
             let s = item.as_str().ok_or_else(|| {
                 self.err(frontends_v.span(), &ctx, "frontends", format!("expected strings, found {}", item.type_str()))
             })?;
-            let frontend = parse_frontend(s).map_err(|why| self.err(frontends_v.span(), &ctx, "frontends", format!("invalid frontend {s:?}: {why}")))?;
+            let frontend = parse_frontend(s).map_err(|why| {
+                self.err(frontends_v.span(), &ctx, "frontends", format!("invalid frontend {s:?}: {why}"))
+            })?;
             frontends.push(frontend);
         }
         let sticky = match &raw.sticky {
@@ -83,7 +114,12 @@ impl Validator<'_> {
             (Some(v), None) => self.nat_addrs(v, &ctx)?,
             (None, Some(_)) => Vec::new(),
             (None, None) if node_nat.is_empty() => {
-                return Err(self.err(spanned.span(), &ctx, "nat_addr", "missing: set it here or in [node], or give the service a network"));
+                return Err(self.err(
+                    spanned.span(),
+                    &ctx,
+                    "nat_addr",
+                    "missing: set it here or in [node], or give the service a network",
+                ));
             }
             (None, None) => node_nat.to_vec(),
         };
@@ -97,7 +133,12 @@ impl Validator<'_> {
             if backends.iter().any(|b| b.addr == backend.addr) {
                 let at = raw_backend.get_ref().addr.as_ref().map_or(raw_backend.span(), Spanned::span);
                 let ctx = format!("service {name:?} backend {:?}: ", backend.name);
-                return Err(self.err(at, &ctx, "addr", format!("address {} already used by another backend of this service", backend.addr)));
+                return Err(self.err(
+                    at,
+                    &ctx,
+                    "addr",
+                    format!("address {} already used by another backend of this service", backend.addr),
+                ));
             }
             backends.push(backend);
         }
@@ -112,7 +153,12 @@ impl Validator<'_> {
         };
         let max = lb_common::maps::MAX_SNAT_PER_SERVICE;
         if items.is_empty() || items.len() > max {
-            return Err(self.err(v.span(), ctx, "nat_addr", format!("expected 1 to {max} addresses, found {}", items.len())));
+            return Err(self.err(
+                v.span(),
+                ctx,
+                "nat_addr",
+                format!("expected 1 to {max} addresses, found {}", items.len()),
+            ));
         }
         let mut addrs = Vec::with_capacity(items.len());
         for item in items {
@@ -130,12 +176,16 @@ impl Validator<'_> {
 
     /// A service's `network`: it must exist and have an endpoint for this node, whose address
     /// becomes the service's source address.
-    fn service_network<'n>(&self, v: &Spanned<Value>, ctx: &str, networks: &'n [Network]) -> Result<&'n Network, ConfigError> {
+    fn service_network<'n>(
+        &self,
+        v: &Spanned<Value>,
+        ctx: &str,
+        networks: &'n [Network],
+    ) -> Result<&'n Network, ConfigError> {
         let name = self.string(v, ctx, "network")?;
-        let network = networks
-            .iter()
-            .find(|n| n.name == name)
-            .ok_or_else(|| self.err(v.span(), ctx, "network", format!("unknown network {name:?} (no [[network]] has that name)")))?;
+        let network = networks.iter().find(|n| n.name == name).ok_or_else(|| {
+            self.err(v.span(), ctx, "network", format!("unknown network {name:?} (no [[network]] has that name)"))
+        })?;
         match self.local {
             None => Err(self.err(v.span(), ctx, "network", format!(
                 "network {name:?} needs this node's endpoint address, but no node was named (run with --node NAME)"
@@ -147,28 +197,46 @@ impl Validator<'_> {
         }
     }
 
-    fn backend(&self, spanned: &Spanned<RawBackend>, service: &str, nodes: &[Node], network: Option<&Network>) -> Result<Backend, ConfigError> {
+    fn backend(
+        &self,
+        spanned: &Spanned<RawBackend>,
+        service: &str,
+        nodes: &[Node],
+        network: Option<&Network>,
+    ) -> Result<Backend, ConfigError> {
         let raw = spanned.get_ref();
         let bctx = format!("service {service:?} backend: ");
         let name = self.name(self.required(&raw.name, spanned.span(), &bctx, "name")?, &bctx)?;
         let ctx = format!("service {service:?} backend {name:?}: ");
         let addr_v = self.required(&raw.addr, spanned.span(), &ctx, "addr")?;
         let s = self.string(addr_v, &ctx, "addr")?;
-        let addr: SocketAddrV4 = s.parse().map_err(|_| self.err(addr_v.span(), &ctx, "addr", format!("invalid socket address {s:?}")))?;
+        let addr: SocketAddrV4 =
+            s.parse().map_err(|_| self.err(addr_v.span(), &ctx, "addr", format!("invalid socket address {s:?}")))?;
         if addr.port() == 0 || addr.ip().is_unspecified() || addr.ip().is_broadcast() || addr.ip().is_multicast() {
-            return Err(self.err(addr_v.span(), &ctx, "addr", format!("{s:?} is not a unicast address with a nonzero port")));
+            return Err(self.err(
+                addr_v.span(),
+                &ctx,
+                "addr",
+                format!("{s:?} is not a unicast address with a nonzero port"),
+            ));
         }
         if let Some(net) = network {
             let ip = *addr.ip();
             if !net.subnet.contains(ip) || net.subnet.is_reserved(ip) {
-                return Err(self.err(addr_v.span(), &ctx, "addr", format!(
-                    "{ip} is not a host address of network {:?} ({})", net.name, net.subnet
-                )));
+                return Err(self.err(
+                    addr_v.span(),
+                    &ctx,
+                    "addr",
+                    format!("{ip} is not a host address of network {:?} ({})", net.name, net.subnet),
+                ));
             }
             if let Some(e) = net.endpoints.iter().find(|e| e.addr == ip) {
-                return Err(self.err(addr_v.span(), &ctx, "addr", format!(
-                    "{ip} is node {:?}'s load-balancer endpoint on network {:?}, not a task", e.node, net.name
-                )));
+                return Err(self.err(
+                    addr_v.span(),
+                    &ctx,
+                    "addr",
+                    format!("{ip} is node {:?}'s load-balancer endpoint on network {:?}, not a task", e.node, net.name),
+                ));
             }
         }
         let weight = match &raw.weight {
@@ -180,7 +248,12 @@ impl Validator<'_> {
             Some(v) => {
                 let node = self.string(v, &ctx, "node")?;
                 if !nodes.iter().any(|n| n.name == node) {
-                    return Err(self.err(v.span(), &ctx, "node", format!("unknown node {node:?} (not a [[swarm.node]])")));
+                    return Err(self.err(
+                        v.span(),
+                        &ctx,
+                        "node",
+                        format!("unknown node {node:?} (not a [[swarm.node]])"),
+                    ));
                 }
                 Some(node.to_owned())
             }
@@ -205,7 +278,8 @@ fn parse_frontend(s: &str) -> Result<Frontend, String> {
     let addr = match addr {
         "*" => None,
         a => {
-            let ip: Ipv4Addr = a.parse().map_err(|_| format!("invalid IPv4 address {a:?} (or * for any local address)"))?;
+            let ip: Ipv4Addr =
+                a.parse().map_err(|_| format!("invalid IPv4 address {a:?} (or * for any local address)"))?;
             if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
                 return Err(format!("{ip} is not a unicast address (use * for any local address)"));
             }
@@ -214,5 +288,3 @@ fn parse_frontend(s: &str) -> Result<Frontend, String> {
     };
     Ok(Frontend { addr, port, proto })
 }
-
-

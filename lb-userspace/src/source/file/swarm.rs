@@ -35,7 +35,12 @@ impl Validator<'_> {
                 let addr_v = self.required(&node.addr, spanned.span(), &ctx, "addr")?;
                 let addr = self.unicast(addr_v, &ctx, "addr")?;
                 if let Some(other) = nodes.iter().find(|n| n.addr == addr) {
-                    return Err(self.err(addr_v.span(), &ctx, "addr", format!("{addr} is already node {:?}'s address", other.name)));
+                    return Err(self.err(
+                        addr_v.span(),
+                        &ctx,
+                        "addr",
+                        format!("{addr} is already node {:?}'s address", other.name),
+                    ));
                 }
                 nodes.push(Node { name, addr });
             }
@@ -43,14 +48,17 @@ impl Validator<'_> {
         let first = raw.and_then(|r| r.node.first()).map(Spanned::span);
         let known = || nodes.iter().map(|n| format!("{:?}", n.name)).collect::<Vec<_>>().join(", ");
         match (self.local, first) {
-            (None, Some(at)) => Err((self.fail)(at, format!(
-                "swarm node: this file describes swarm nodes ({}): run with --node NAME to say which one this is",
-                known()
-            ))),
-            (Some(local), Some(at)) if !nodes.iter().any(|n| n.name == local) => Err((self.fail)(at, format!(
-                "swarm node: --node {local:?} is not one of the swarm nodes ({})",
-                known()
-            ))),
+            (None, Some(at)) => Err((self.fail)(
+                at,
+                format!(
+                    "swarm node: this file describes swarm nodes ({}): run with --node NAME to say which one this is",
+                    known()
+                ),
+            )),
+            (Some(local), Some(at)) if !nodes.iter().any(|n| n.name == local) => Err((self.fail)(
+                at,
+                format!("swarm node: --node {local:?} is not one of the swarm nodes ({})", known()),
+            )),
             (Some(local), None) => Err(ConfigError::File {
                 path: self.path.to_owned(),
                 what: format!("--node {local:?} given, but the file has no [[swarm.node]]"),
@@ -61,7 +69,10 @@ impl Validator<'_> {
 
     pub(super) fn networks(&self, raw: &[Spanned<RawNetwork>], nodes: &[Node]) -> Result<Vec<Network>, ConfigError> {
         if raw.len() > MAX_OVERLAYS as usize {
-            return Err((self.fail)(raw[MAX_OVERLAYS as usize].span(), format!("too many networks (at most {MAX_OVERLAYS})")));
+            return Err((self.fail)(
+                raw[MAX_OVERLAYS as usize].span(),
+                format!("too many networks (at most {MAX_OVERLAYS})"),
+            ));
         }
         let mut networks: Vec<Network> = Vec::with_capacity(raw.len());
         for spanned in raw {
@@ -76,14 +87,22 @@ impl Validator<'_> {
             let vni_v = self.required(&net.vni, spanned.span(), &ctx, "vni")?;
             let vni = self.integer(vni_v, &ctx, "vni", 1..=MAX_VNI)? as u32;
             if let Some(other) = networks.iter().find(|n| n.vni == vni) {
-                return Err(self.err(vni_v.span(), &ctx, "vni", format!("VNI {vni} is already network {:?}'s", other.name)));
+                return Err(self.err(
+                    vni_v.span(),
+                    &ctx,
+                    "vni",
+                    format!("VNI {vni} is already network {:?}'s", other.name),
+                ));
             }
             let subnet_v = self.required(&net.subnet, spanned.span(), &ctx, "subnet")?;
             let subnet = self.subnet(subnet_v, &ctx)?;
             if let Some(other) = networks.iter().find(|n| n.subnet.overlaps(&subnet)) {
-                return Err(self.err(subnet_v.span(), &ctx, "subnet", format!(
-                    "{subnet} overlaps network {:?}'s subnet {}", other.name, other.subnet
-                )));
+                return Err(self.err(
+                    subnet_v.span(),
+                    &ctx,
+                    "subnet",
+                    format!("{subnet} overlaps network {:?}'s subnet {}", other.name, other.subnet),
+                ));
             }
             let mtu = match &net.mtu {
                 None => DEFAULT_OVERLAY_MTU,
@@ -99,7 +118,12 @@ impl Validator<'_> {
         Ok(networks)
     }
 
-    fn endpoint(&self, spanned: &Spanned<RawEndpoint>, network: &Network, nodes: &[Node]) -> Result<Endpoint, ConfigError> {
+    fn endpoint(
+        &self,
+        spanned: &Spanned<RawEndpoint>,
+        network: &Network,
+        nodes: &[Node],
+    ) -> Result<Endpoint, ConfigError> {
         let raw = spanned.get_ref();
         let ctx = format!("network {:?} endpoint: ", network.name);
         let node_v = self.required(&raw.node, spanned.span(), &ctx, "node")?;
@@ -108,16 +132,31 @@ impl Validator<'_> {
             return Err(self.err(node_v.span(), &ctx, "node", format!("unknown node {node:?} (not a [[swarm.node]])")));
         }
         if network.endpoint(node).is_some() {
-            return Err(self.err(node_v.span(), &ctx, "node", format!("node {node:?} already has an endpoint on this network")));
+            return Err(self.err(
+                node_v.span(),
+                &ctx,
+                "node",
+                format!("node {node:?} already has an endpoint on this network"),
+            ));
         }
         let ctx = format!("network {:?} endpoint of node {node:?}: ", network.name);
         let addr_v = self.required(&raw.addr, spanned.span(), &ctx, "addr")?;
         let addr = self.unicast(addr_v, &ctx, "addr")?;
         if !network.subnet.contains(addr) || network.subnet.is_reserved(addr) {
-            return Err(self.err(addr_v.span(), &ctx, "addr", format!("{addr} is not a host address of subnet {}", network.subnet)));
+            return Err(self.err(
+                addr_v.span(),
+                &ctx,
+                "addr",
+                format!("{addr} is not a host address of subnet {}", network.subnet),
+            ));
         }
         if let Some(other) = network.endpoints.iter().find(|e| e.addr == addr) {
-            return Err(self.err(addr_v.span(), &ctx, "addr", format!("{addr} is already node {:?}'s endpoint", other.node)));
+            return Err(self.err(
+                addr_v.span(),
+                &ctx,
+                "addr",
+                format!("{addr} is already node {:?}'s endpoint", other.node),
+            ));
         }
         Ok(Endpoint { node: node.to_owned(), addr })
     }
@@ -126,9 +165,13 @@ impl Validator<'_> {
     fn subnet(&self, v: &Spanned<Value>, ctx: &str) -> Result<Subnet, ConfigError> {
         let s = self.string(v, ctx, "subnet")?;
         let bad = |why: String| self.err(v.span(), ctx, "subnet", why);
-        let (addr, prefix) = s.split_once('/').ok_or_else(|| bad(format!("invalid subnet {s:?} (expected ADDR/PREFIX, e.g. \"198.19.1.0/24\")")))?;
-        let addr: Ipv4Addr = addr.parse().map_err(|_| bad(format!("invalid subnet {s:?}: {addr:?} is not an IPv4 address")))?;
-        let prefix: u8 = prefix.parse().map_err(|_| bad(format!("invalid subnet {s:?}: bad prefix length {prefix:?}")))?;
+        let (addr, prefix) = s
+            .split_once('/')
+            .ok_or_else(|| bad(format!("invalid subnet {s:?} (expected ADDR/PREFIX, e.g. \"198.19.1.0/24\")")))?;
+        let addr: Ipv4Addr =
+            addr.parse().map_err(|_| bad(format!("invalid subnet {s:?}: {addr:?} is not an IPv4 address")))?;
+        let prefix: u8 =
+            prefix.parse().map_err(|_| bad(format!("invalid subnet {s:?}: bad prefix length {prefix:?}")))?;
         if !(1..=30).contains(&prefix) {
             return Err(bad(format!("invalid subnet {s:?}: prefix length must be 1..=30")));
         }

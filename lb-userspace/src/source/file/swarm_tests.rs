@@ -119,43 +119,117 @@ fn the_swarm_example_parses_as_every_node() {
 fn swarm_errors_name_file_line_and_field() {
     let cases: &[(&str, &str, &str)] = &[
         ("vxlan_port = 4790", "vxlan_port = 0", "config.toml:5: swarm: field vxlan_port: 0 is out of range 1..=65535"),
-        (r#"name = "node-2""#, r#"name = "node-1""#, r#"config.toml:12: swarm node: field name: duplicate node name "node-1""#),
-        (r#"addr = "198.18.0.12""#, r#"addr = "198.18.0.11""#,
-         r#"config.toml:13: swarm node "node-2": field addr: 198.18.0.11 is already node "node-1"'s address"#),
-        (r#"addr = "198.18.0.12""#, r#"addr = "224.0.0.1""#, r#"config.toml:13: swarm node "node-2": field addr: 224.0.0.1 is not a unicast address"#),
-        (r#"name = "db-net""#, r#"name = "web-net""#, r#"config.toml:29: network: field name: duplicate network name "web-net""#),
-        ("vni = 4097", "vni = 16777216", r#"config.toml:17: network "web-net": field vni: 16777216 is out of range 1..=16777215"#),
-        ("vni = 4098", "vni = 4097", r#"config.toml:30: network "db-net": field vni: VNI 4097 is already network "web-net"'s"#),
-        (r#"subnet = "198.19.1.0/24""#, r#"subnet = "198.19.1.5/24""#,
-         r#"config.toml:18: network "web-net": field subnet: "198.19.1.5/24" has host bits set (did you mean "198.19.1.0/24"?)"#),
-        (r#"subnet = "198.19.1.0/24""#, r#"subnet = "198.19.1.0""#,
-         r#"config.toml:18: network "web-net": field subnet: invalid subnet "198.19.1.0" (expected ADDR/PREFIX, e.g. "198.19.1.0/24")"#),
-        (r#"subnet = "198.19.2.0/24""#, r#"subnet = "198.19.0.0/16""#,
-         r#"config.toml:31: network "db-net": field subnet: 198.19.0.0/16 overlaps network "web-net"'s subnet 198.19.1.0/24"#),
+        (
+            r#"name = "node-2""#,
+            r#"name = "node-1""#,
+            r#"config.toml:12: swarm node: field name: duplicate node name "node-1""#,
+        ),
+        (
+            r#"addr = "198.18.0.12""#,
+            r#"addr = "198.18.0.11""#,
+            r#"config.toml:13: swarm node "node-2": field addr: 198.18.0.11 is already node "node-1"'s address"#,
+        ),
+        (
+            r#"addr = "198.18.0.12""#,
+            r#"addr = "224.0.0.1""#,
+            r#"config.toml:13: swarm node "node-2": field addr: 224.0.0.1 is not a unicast address"#,
+        ),
+        (
+            r#"name = "db-net""#,
+            r#"name = "web-net""#,
+            r#"config.toml:29: network: field name: duplicate network name "web-net""#,
+        ),
+        (
+            "vni = 4097",
+            "vni = 16777216",
+            r#"config.toml:17: network "web-net": field vni: 16777216 is out of range 1..=16777215"#,
+        ),
+        (
+            "vni = 4098",
+            "vni = 4097",
+            r#"config.toml:30: network "db-net": field vni: VNI 4097 is already network "web-net"'s"#,
+        ),
+        (
+            r#"subnet = "198.19.1.0/24""#,
+            r#"subnet = "198.19.1.5/24""#,
+            r#"config.toml:18: network "web-net": field subnet: "198.19.1.5/24" has host bits set (did you mean "198.19.1.0/24"?)"#,
+        ),
+        (
+            r#"subnet = "198.19.1.0/24""#,
+            r#"subnet = "198.19.1.0""#,
+            r#"config.toml:18: network "web-net": field subnet: invalid subnet "198.19.1.0" (expected ADDR/PREFIX, e.g. "198.19.1.0/24")"#,
+        ),
+        (
+            r#"subnet = "198.19.2.0/24""#,
+            r#"subnet = "198.19.0.0/16""#,
+            r#"config.toml:31: network "db-net": field subnet: 198.19.0.0/16 overlaps network "web-net"'s subnet 198.19.1.0/24"#,
+        ),
         ("mtu = 1400", "mtu = 100", r#"config.toml:32: network "db-net": field mtu: 100 is out of range 576..=9216"#),
-        ("mtu = 1400", "mtu = \"big\"", r#"config.toml:32: network "db-net": field mtu: expected an integer, found string"#),
-        ("node = \"node-1\"\naddr = \"198.19.2.2\"", "node = \"node-9\"\naddr = \"198.19.2.2\"",
-         r#"config.toml:35: network "db-net" endpoint: field node: unknown node "node-9" (not a [[swarm.node]])"#),
-        ("node = \"node-2\"\naddr = \"198.19.1.3\"", "node = \"node-1\"\naddr = \"198.19.1.3\"",
-         r#"config.toml:25: network "web-net" endpoint: field node: node "node-1" already has an endpoint on this network"#),
-        (r#"addr = "198.19.1.3""#, r#"addr = "198.19.1.2""#,
-         r#"config.toml:26: network "web-net" endpoint of node "node-2": field addr: 198.19.1.2 is already node "node-1"'s endpoint"#),
-        (r#"addr = "198.19.1.3""#, r#"addr = "198.19.9.3""#,
-         r#"config.toml:26: network "web-net" endpoint of node "node-2": field addr: 198.19.9.3 is not a host address of subnet 198.19.1.0/24"#),
-        (r#"addr = "198.19.1.3""#, r#"addr = "198.19.1.255""#,
-         r#"config.toml:26: network "web-net" endpoint of node "node-2": field addr: 198.19.1.255 is not a host address of subnet 198.19.1.0/24"#),
-        ("addr = \"198.19.2.2\"\n", "", r#"config.toml:34: network "db-net" endpoint of node "node-1": field addr: missing (required)"#),
-        (r#"network = "db-net""#, r#"network = "nope""#,
-         r#"config.toml:55: service "db": field network: unknown network "nope" (no [[network]] has that name)"#),
-        ("network = \"web-net\"\n", "network = \"web-net\"\nnat_addr = \"198.18.2.1\"\n",
-         r#"config.toml:41: service "web": field nat_addr: not allowed on a service with a network: its source address is this node's endpoint on network "web-net""#),
-        (r#"addr = "198.19.1.101:8080""#, r#"addr = "198.18.5.101:8080""#,
-         r#"config.toml:50: service "web" backend "web.2": field addr: 198.18.5.101 is not a host address of network "web-net" (198.19.1.0/24)"#),
-        (r#"addr = "198.19.1.101:8080""#, r#"addr = "198.19.1.3:8080""#,
-         r#"config.toml:50: service "web" backend "web.2": field addr: 198.19.1.3 is node "node-2"'s load-balancer endpoint on network "web-net", not a task"#),
-        ("addr = \"198.19.1.101:8080\"\nnode = \"node-2\"", "addr = \"198.19.1.101:8080\"\nnode = \"node-3\"",
-         r#"config.toml:51: service "web" backend "web.2": field node: unknown node "node-3" (not a [[swarm.node]])"#),
-        ("mtu = 1400", "mtux = 1400", "config.toml:32: unknown field `mtux`, expected one of `name`, `vni`, `subnet`, `mtu`, `endpoint`"),
+        (
+            "mtu = 1400",
+            "mtu = \"big\"",
+            r#"config.toml:32: network "db-net": field mtu: expected an integer, found string"#,
+        ),
+        (
+            "node = \"node-1\"\naddr = \"198.19.2.2\"",
+            "node = \"node-9\"\naddr = \"198.19.2.2\"",
+            r#"config.toml:35: network "db-net" endpoint: field node: unknown node "node-9" (not a [[swarm.node]])"#,
+        ),
+        (
+            "node = \"node-2\"\naddr = \"198.19.1.3\"",
+            "node = \"node-1\"\naddr = \"198.19.1.3\"",
+            r#"config.toml:25: network "web-net" endpoint: field node: node "node-1" already has an endpoint on this network"#,
+        ),
+        (
+            r#"addr = "198.19.1.3""#,
+            r#"addr = "198.19.1.2""#,
+            r#"config.toml:26: network "web-net" endpoint of node "node-2": field addr: 198.19.1.2 is already node "node-1"'s endpoint"#,
+        ),
+        (
+            r#"addr = "198.19.1.3""#,
+            r#"addr = "198.19.9.3""#,
+            r#"config.toml:26: network "web-net" endpoint of node "node-2": field addr: 198.19.9.3 is not a host address of subnet 198.19.1.0/24"#,
+        ),
+        (
+            r#"addr = "198.19.1.3""#,
+            r#"addr = "198.19.1.255""#,
+            r#"config.toml:26: network "web-net" endpoint of node "node-2": field addr: 198.19.1.255 is not a host address of subnet 198.19.1.0/24"#,
+        ),
+        (
+            "addr = \"198.19.2.2\"\n",
+            "",
+            r#"config.toml:34: network "db-net" endpoint of node "node-1": field addr: missing (required)"#,
+        ),
+        (
+            r#"network = "db-net""#,
+            r#"network = "nope""#,
+            r#"config.toml:55: service "db": field network: unknown network "nope" (no [[network]] has that name)"#,
+        ),
+        (
+            "network = \"web-net\"\n",
+            "network = \"web-net\"\nnat_addr = \"198.18.2.1\"\n",
+            r#"config.toml:41: service "web": field nat_addr: not allowed on a service with a network: its source address is this node's endpoint on network "web-net""#,
+        ),
+        (
+            r#"addr = "198.19.1.101:8080""#,
+            r#"addr = "198.18.5.101:8080""#,
+            r#"config.toml:50: service "web" backend "web.2": field addr: 198.18.5.101 is not a host address of network "web-net" (198.19.1.0/24)"#,
+        ),
+        (
+            r#"addr = "198.19.1.101:8080""#,
+            r#"addr = "198.19.1.3:8080""#,
+            r#"config.toml:50: service "web" backend "web.2": field addr: 198.19.1.3 is node "node-2"'s load-balancer endpoint on network "web-net", not a task"#,
+        ),
+        (
+            "addr = \"198.19.1.101:8080\"\nnode = \"node-2\"",
+            "addr = \"198.19.1.101:8080\"\nnode = \"node-3\"",
+            r#"config.toml:51: service "web" backend "web.2": field node: unknown node "node-3" (not a [[swarm.node]])"#,
+        ),
+        (
+            "mtu = 1400",
+            "mtux = 1400",
+            "config.toml:32: unknown field `mtux`, expected one of `name`, `vni`, `subnet`, `mtu`, `endpoint`",
+        ),
     ];
     for (from, to, want) in cases {
         assert_eq!(&bad(from, to), want, "replacing {from:?} with {to:?}");
@@ -178,7 +252,10 @@ fn the_local_node_is_checked_against_the_file() {
         r#"config.toml:55: service "db": field network: network "db-net" has no endpoint for this node "node-2" (add a [[network.endpoint]] with node = "node-2")"#
     );
     let single = "[node]\nnat_addr = \"198.18.2.1\"\n";
-    assert_eq!(err_as(Some("node-1"), single), r#"config.toml: --node "node-1" given, but the file has no [[swarm.node]]"#);
+    assert_eq!(
+        err_as(Some("node-1"), single),
+        r#"config.toml: --node "node-1" given, but the file has no [[swarm.node]]"#
+    );
     let no_nodes = "[[network]]\nname = \"n\"\nvni = 5000\nsubnet = \"198.19.3.0/24\"\n\n[[service]]\nname = \"s\"\nnetwork = \"n\"\nfrontends = [\"*:80/tcp\"]\n";
     assert_eq!(
         err_as(None, no_nodes),

@@ -89,7 +89,10 @@ fn rename_shared_slots(backends: &mut [TaskBackend], entries: &[NetworkTaskInfo]
     let mut names = BTreeSet::new();
     for (i, b) in backends.iter_mut().enumerate() {
         if !names.insert(b.name.clone()) {
-            let full = entries.iter().find(|e| e.endpoint_ip.as_deref().and_then(parse_ip) == Some(b.ip)).and_then(|e| e.name.clone());
+            let full = entries
+                .iter()
+                .find(|e| e.endpoint_ip.as_deref().and_then(parse_ip) == Some(b.ip))
+                .and_then(|e| e.name.clone());
             b.name = full.unwrap_or_else(|| format!("{}#{i}", b.name));
             names.insert(b.name.clone());
         }

@@ -40,7 +40,9 @@ mod wants;
 
 use std::net::Ipv4Addr;
 
-use bollard::models::{ContainerSummary, NetworkInspect, Node as DockerNode, Service as DockerService, SystemInfo, Task};
+use bollard::models::{
+    ContainerSummary, NetworkInspect, Node as DockerNode, Service as DockerService, SystemInfo, Task,
+};
 
 use crate::model::{Cluster, NodeSettings, SwarmSettings};
 use networks::Networks;

@@ -52,7 +52,8 @@ impl<'a> Networks<'a> {
 
     /// The networks named in `used`, by name.
     pub fn into_used(self, used: &BTreeSet<String>) -> Vec<Network> {
-        let mut networks: Vec<Network> = self.0.into_iter().filter(|n| used.contains(&n.network.name)).map(|n| n.network).collect();
+        let mut networks: Vec<Network> =
+            self.0.into_iter().filter(|n| used.contains(&n.network.name)).map(|n| n.network).collect();
         networks.sort_by(|a, b| a.name.cmp(&b.name));
         networks
     }
@@ -79,7 +80,12 @@ fn network_of(inspect: &NetworkInspect, nodes: &Nodes) -> Result<Network, String
         .ok_or_else(|| format!("option {OPT_VNI}={vni_s:?} is not a VNI"))?;
     let mtu = match options.get(OPT_MTU) {
         None => DEFAULT_OVERLAY_MTU,
-        Some(m) => m.trim().parse::<u16>().ok().filter(|m| (576..=9000).contains(m)).ok_or_else(|| format!("option {OPT_MTU}={m:?} is not an MTU (576-9000)"))?,
+        Some(m) => m
+            .trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|m| (576..=9000).contains(m))
+            .ok_or_else(|| format!("option {OPT_MTU}={m:?} is not an MTU (576-9000)"))?,
     };
     let subnet = inspect
         .ipam
@@ -96,7 +102,11 @@ fn network_of(inspect: &NetworkInspect, nodes: &Nodes) -> Result<Network, String
 fn endpoints_of(inspect: &NetworkInspect, name: &str, subnet: Subnet, nodes: &Nodes) -> Vec<Endpoint> {
     let endpoint_name = format!("{name}-endpoint");
     let mut endpoints: Vec<Endpoint> = Vec::new();
-    let gossiped = inspect.services.as_ref().and_then(|s| s.get("")).and_then(|v| serde_json::from_value::<ServiceInfo>(v.clone()).ok());
+    let gossiped = inspect
+        .services
+        .as_ref()
+        .and_then(|s| s.get(""))
+        .and_then(|v| serde_json::from_value::<ServiceInfo>(v.clone()).ok());
     for task in gossiped.iter().flat_map(|s| s.tasks.iter().flatten()) {
         if task.name.as_deref() != Some(endpoint_name.as_str()) {
             continue;

@@ -63,9 +63,15 @@ fn listed_nodes(listed: &[DockerNode], local: &str, notes: &mut Vec<String>) -> 
     let mut nodes = Vec::new();
     for n in listed {
         let Some(id) = n.id.clone().filter(|i| i != local) else { continue };
-        let status = n.status.as_ref().and_then(|s| s.addr.as_deref()).and_then(parse_ip).filter(|a| !a.is_unspecified());
+        let status =
+            n.status.as_ref().and_then(|s| s.addr.as_deref()).and_then(parse_ip).filter(|a| !a.is_unspecified());
         // A manager bound to 0.0.0.0 reports that as status.addr; its manager address has the IP.
-        let manager = n.manager_status.as_ref().and_then(|m| m.addr.as_deref()).and_then(|a| a.rsplit_once(':')).and_then(|(ip, _)| parse_ip(ip));
+        let manager = n
+            .manager_status
+            .as_ref()
+            .and_then(|m| m.addr.as_deref())
+            .and_then(|a| a.rsplit_once(':'))
+            .and_then(|(ip, _)| parse_ip(ip));
         match status.or(manager) {
             Some(addr) => nodes.push(Node { name: id, addr }),
             None => notes.push(format!("node {id}: no address in status.addr; left out")),

@@ -75,7 +75,9 @@ pub(super) fn ingress_ports(s: &DockerService) -> impl Iterator<Item = PortSpec>
 
 /// The published port numbers of the service's ports published in host mode.
 pub(super) fn host_ports(s: &DockerService) -> impl Iterator<Item = i64> + '_ {
-    endpoint_ports(s).filter(|p| p.publish_mode == Some(EndpointPortConfigPublishModeEnum::HOST)).map(|p| p.published_port.unwrap_or(0))
+    endpoint_ports(s)
+        .filter(|p| p.publish_mode == Some(EndpointPortConfigPublishModeEnum::HOST))
+        .map(|p| p.published_port.unwrap_or(0))
 }
 
 fn endpoint_ports(s: &DockerService) -> impl Iterator<Item = &EndpointPortConfig> {

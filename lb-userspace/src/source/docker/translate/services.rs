@@ -52,10 +52,18 @@ pub(super) fn build(
 }
 
 /// The want's network, if this node can read it and has a load-balancer endpoint on it.
-fn usable_network<'n>(want: &Want, nets: &'n Networks, nodes: &Nodes, notes: &mut Vec<String>) -> Option<&'n NetView<'n>> {
+fn usable_network<'n>(
+    want: &Want,
+    nets: &'n Networks,
+    nodes: &Nodes,
+    notes: &mut Vec<String>,
+) -> Option<&'n NetView<'n>> {
     let name = &want.service;
     let Some(net) = nets.by_ref(&want.network) else {
-        notes.push(format!("service {name:?}: network {:?} is not an overlay network this node can read; service left out", want.network));
+        notes.push(format!(
+            "service {name:?}: network {:?} is not an overlay network this node can read; service left out",
+            want.network
+        ));
         return None;
     };
     if net.network.endpoint(&nodes.local).is_none() {
@@ -73,7 +81,9 @@ fn claim_ports(claimed: &mut Claimed, want: &Want) -> Result<(), String> {
     let clash: Vec<String> = want
         .ports
         .iter()
-        .filter_map(|p| claimed.get(&(p.published, p.proto)).map(|o| format!("{}/{} (service {o:?})", p.published, p.proto.name())))
+        .filter_map(|p| {
+            claimed.get(&(p.published, p.proto)).map(|o| format!("{}/{} (service {o:?})", p.published, p.proto.name()))
+        })
         .collect();
     if !clash.is_empty() {
         return Err(format!("port(s) {} already published", clash.join(", ")));
@@ -98,11 +108,17 @@ fn services_by_target(want: &Want, net: &NetView, backends: &[TaskBackend]) -> V
     by_target
         .into_iter()
         .map(|(target, ports)| {
-            let mut frontends: Vec<Frontend> = ports.iter().map(|p| Frontend { addr: None, port: p.published, proto: p.proto }).collect();
+            let mut frontends: Vec<Frontend> =
+                ports.iter().map(|p| Frontend { addr: None, port: p.published, proto: p.proto }).collect();
             frontends.sort();
             let backends = backends
                 .iter()
-                .map(|b| Backend { name: b.name.clone(), addr: SocketAddrV4::new(b.ip, target), weight: b.weight, node: b.node.clone() })
+                .map(|b| Backend {
+                    name: b.name.clone(),
+                    addr: SocketAddrV4::new(b.ip, target),
+                    weight: b.weight,
+                    node: b.node.clone(),
+                })
                 .collect();
             Service {
                 name: if split { format!("{name}/{target}") } else { name.clone() },

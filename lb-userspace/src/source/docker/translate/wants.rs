@@ -90,7 +90,9 @@ fn labelled_service(
         .or(spec.networks.as_ref())
         .and_then(|n| n.iter().find_map(|a| a.target.clone()));
     let Some(network) = labels.get(LABEL_NETWORK).cloned().or(first) else {
-        notes.push(format!("service {name:?}: label {LABEL_PUBLISH}: the service is on no overlay network; service left out"));
+        notes.push(format!(
+            "service {name:?}: label {LABEL_PUBLISH}: the service is on no overlay network; service left out"
+        ));
         return None;
     };
     if ingress_ports(s).next().is_some() {
@@ -100,7 +102,13 @@ fn labelled_service(
 }
 
 /// Ports published in host mode are only noted: Docker binds them on the node itself.
-fn ingress_service(s: &DockerService, name: String, sticky: bool, nets: &Networks, notes: &mut Vec<String>) -> Option<Want> {
+fn ingress_service(
+    s: &DockerService,
+    name: String,
+    sticky: bool,
+    nets: &Networks,
+    notes: &mut Vec<String>,
+) -> Option<Want> {
     let host: Vec<String> = host_ports(s).map(|p| p.to_string()).collect();
     if !host.is_empty() {
         notes.push(format!(
@@ -113,7 +121,9 @@ fn ingress_service(s: &DockerService, name: String, sticky: bool, nets: &Network
         return None;
     }
     let Some(ingress) = nets.ingress() else {
-        notes.push(format!("service {name:?}: published in ingress mode but the ingress network is not readable; service left out"));
+        notes.push(format!(
+            "service {name:?}: published in ingress mode but the ingress network is not readable; service left out"
+        ));
         return None;
     };
     Some(Want { service: name, ports, network: ingress.network.name.clone(), sticky, label: false })
@@ -143,10 +153,18 @@ fn ingress_entries(nets: &Networks, notes: &mut Vec<String>) -> Vec<Want> {
         let ports: Vec<PortSpec> = ports
             .iter()
             .filter(|(published, _)| owners[published].len() == 1)
-            .flat_map(|&(published, target)| [Proto::Tcp, Proto::Udp].map(|proto| PortSpec { published, target, proto }))
+            .flat_map(|&(published, target)| {
+                [Proto::Tcp, Proto::Udp].map(|proto| PortSpec { published, target, proto })
+            })
             .collect();
         if !ports.is_empty() {
-            wants.push(Want { service: svc.to_string(), ports, network: ingress.network.name.clone(), sticky: false, label: false });
+            wants.push(Want {
+                service: svc.to_string(),
+                ports,
+                network: ingress.network.name.clone(),
+                sticky: false,
+                label: false,
+            });
         }
     }
     wants
@@ -167,7 +185,9 @@ fn labelled_containers(containers: &[ContainerSummary], nets: &Networks, notes: 
     let mut labelled: BTreeMap<String, &ContainerSummary> = BTreeMap::new();
     for c in containers {
         let labels = c.labels.as_ref();
-        if let (Some(svc), Some(_)) = (labels.and_then(|l| l.get(LABEL_SERVICE_NAME)), labels.and_then(|l| l.get(LABEL_PUBLISH))) {
+        if let (Some(svc), Some(_)) =
+            (labels.and_then(|l| l.get(LABEL_SERVICE_NAME)), labels.and_then(|l| l.get(LABEL_PUBLISH)))
+        {
             labelled.entry(svc.clone()).or_insert(c);
         }
     }
@@ -190,7 +210,9 @@ fn labelled_container(svc: String, c: &ContainerSummary, nets: &Networks, notes:
         .and_then(|n| n.networks.as_ref())
         .and_then(|n| n.keys().filter(|k| nets.by_ref(k).is_some_and(|v| !v.ingress)).min().cloned());
     let Some(network) = labels.get(LABEL_NETWORK).cloned().or(first) else {
-        notes.push(format!("service {svc:?}: container label {LABEL_PUBLISH}: the task is on no overlay network; service left out"));
+        notes.push(format!(
+            "service {svc:?}: container label {LABEL_PUBLISH}: the task is on no overlay network; service left out"
+        ));
         return None;
     };
     Some(Want { service: svc, ports, network, sticky: is_sticky(&labels), label: true })
