@@ -196,7 +196,7 @@ fn main() -> anyhow::Result<()> {
     let floor = rows[0].1.median.max(1) as f64;
     println!();
     println!("swarmlb datapath, BPF_PROG_TEST_RUN, repeat=1 per sample, kernel-measured ns/packet");
-    println!("{:<24} {:>7} {:>7} {:>7} {:>8} {:>6}  {}", "case", "median", "min", "max", "x floor", "n", "path");
+    println!("{:<24} {:>7} {:>7} {:>7} {:>8} {:>6}  path", "case", "median", "min", "max", "x floor", "n");
     println!("{}", "-".repeat(90));
     for (name, s, note) in &rows {
         println!(

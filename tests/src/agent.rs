@@ -127,15 +127,15 @@ impl Agent {
     pub fn wait_for_services(&mut self, count: usize) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(child) = &mut self.child {
-                if let Some(exit) = child.try_wait()? {
-                    bail!("swarmlb run exited ({exit}):\n{}", self.log_text());
-                }
+            if let Some(child) = &mut self.child
+                && let Some(exit) = child.try_wait()?
+            {
+                bail!("swarmlb run exited ({exit}):\n{}", self.log_text());
             }
-            if let Ok(status) = self.status() {
-                if status["services"].as_array().map(Vec::len) == Some(count) {
-                    return Ok(());
-                }
+            if let Ok(status) = self.status()
+                && status["services"].as_array().map(Vec::len) == Some(count)
+            {
+                return Ok(());
             }
             if Instant::now() > deadline {
                 bail!("swarmlb did not program {count} services in 20 s:\n{}", self.log_text());

@@ -95,7 +95,7 @@ impl Spec {
     }
 
     pub fn tcp_options(mut self, options: &[u8]) -> Self {
-        assert!(options.len() % 4 == 0 && options.len() <= 40, "tcp options must fill 32-bit words");
+        assert!(options.len().is_multiple_of(4) && options.len() <= 40, "tcp options must fill 32-bit words");
         self.tcp_options = options.to_vec();
         self
     }

@@ -23,7 +23,7 @@ fn write_config(topo: &SingleNode, backends: &[usize]) -> Result<PathBuf> {
     Ok(path)
 }
 
-fn start(topo: &SingleNode, config: &PathBuf) -> Result<Agent> {
+fn start(topo: &SingleNode, config: &std::path::Path) -> Result<Agent> {
     agent::unload()?;
     Agent::start(&topo.lb, &["front", "back"], config.to_str().context("path")?, 2)
 }
