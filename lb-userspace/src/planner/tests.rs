@@ -22,6 +22,22 @@ fn svc(name: &str, port: u16, backends: &[(&str, u8, u32)]) -> Service {
     }
 }
 
+/// The datapath value of a routed service with one backend, NAT from 198.18.2.1 on the node's
+/// port range.
+fn routed_service(p: &Plan) -> lb_common::Service {
+    let (lo, hi) = p.node.snat_ports;
+    lb_common::Service {
+        snat_addrs: [[198, 18, 2, 1], [0; 4], [0; 4], [0; 4]],
+        snat_count: 1,
+        flags: 0,
+        active_backends: 1,
+        mss: 0,
+        _pad: 0,
+        snat_port_min: lo,
+        snat_port_max: hi,
+    }
+}
+
 fn cluster(services: Vec<Service>) -> Cluster {
     Cluster { node: NodeSettings::default(), swarm: Default::default(), nodes: vec![], networks: vec![], services }
 }
@@ -97,18 +113,7 @@ fn full_diff_writes_everything() {
     assert_eq!(d.backends.len(), 2);
     assert_eq!(d.maglev.len(), MAGLEV_SIZE as usize);
     assert!(d.maglev.iter().all(|(i, b)| *i >= MAGLEV_SIZE && *b == 1), "drained w2 gets no slot");
-    let (lo, hi) = p.node.snat_ports;
-    let service = lb_common::Service {
-        snat_addrs: [[198, 18, 2, 1], [0; 4], [0; 4], [0; 4]],
-        snat_count: 1,
-        flags: 0,
-        active_backends: 1,
-        mss: 0,
-        _pad: 0,
-        snat_port_min: lo,
-        snat_port_max: hi,
-    };
-    assert_eq!(d.services, vec![(1, service)]);
+    assert_eq!(d.services, vec![(1, routed_service(&p))]);
     assert_eq!(d.snat_addrs, [[198, 18, 2, 1]]);
     assert_eq!(d.frontends.len(), 1);
     assert_eq!(d.frontends[0].0, lb_common::FrontendKey { addr: [0; 4], port: 80, proto: 6, _pad: 0 });
@@ -280,18 +285,7 @@ mod swarm {
                 "as {node}"
             );
             let plain = p.services.iter().find(|s| s.name == "plain").unwrap();
-            let (lo, hi) = p.node.snat_ports;
-            let routed = lb_common::Service {
-                snat_addrs: [[198, 18, 2, 1], [0; 4], [0; 4], [0; 4]],
-                snat_count: 1,
-                flags: 0,
-                active_backends: 1,
-                mss: 0,
-                _pad: 0,
-                snat_port_min: lo,
-                snat_port_max: hi,
-            };
-            assert_eq!(values[&plain.id], routed);
+            assert_eq!(values[&plain.id], routed_service(&p));
             let settings = d.settings.unwrap();
             assert_eq!((settings.snat_port_min, settings.snat_port_max), (1024, 65535), "the union of both ranges");
         }
