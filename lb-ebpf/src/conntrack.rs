@@ -122,11 +122,33 @@ pub enum Step {
     Confirm,
 }
 
+/// The fields of an entry a packet can move along (both entries of a connection share them).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Progress {
+    state: u8,
+    fins: u8,
+    backend_isn: u32,
+}
+
+impl Progress {
+    #[inline(always)]
+    fn of(f: &Flow) -> Progress {
+        Progress { state: f.state, fins: f.fins, backend_isn: f.backend_isn }
+    }
+
+    #[inline(always)]
+    fn write(self, f: &mut Flow) {
+        f.state = self.state;
+        f.fins = self.fins;
+        f.backend_isn = self.backend_isn;
+    }
+}
+
 /// The entry's state, FIN bits and backend ISN after this packet, and whether it confirms the
 /// connection.
 #[inline(always)]
-fn advance(ctx: &XdpContext, f: &Flow, pkt: &Packet) -> (Flow, Step) {
-    let mut next = *f;
+fn advance(ctx: &XdpContext, f: &Flow, pkt: &Packet) -> (Progress, Step) {
+    let mut next = Progress::of(f);
     if pkt.key.proto != PROTO_TCP {
         if f.state == CT_NEW && f.direction == DIR_TO_CLIENT {
             next.state = CT_ESTABLISHED;
@@ -177,13 +199,10 @@ pub fn touch_flow(ctx: &XdpContext, t: Tracked, pkt: &Packet, now: u64) -> Step 
     let f = unsafe { &mut *t.flow };
     let (next, step) = advance(ctx, f, pkt);
     let stale = now.saturating_sub(f.last_seen_ns) > LAST_SEEN_GRANULARITY_NS;
-    let changed = next.state != f.state || next.fins != f.fins || next.backend_isn != f.backend_isn;
-    if !stale && !changed {
+    if !stale && next == Progress::of(f) {
         return step;
     }
-    f.state = next.state;
-    f.fins = next.fins;
-    f.backend_isn = next.backend_isn;
+    next.write(f);
     if step == Step::Confirm {
         // `confirm` copies this entry, and rebuilds the peer from it.
         return step;
@@ -194,9 +213,7 @@ pub fn touch_flow(ctx: &XdpContext, t: Tracked, pkt: &Packet, now: u64) -> Step 
     if let Some(p) = lookup(t.table, &peer_key(f, pkt.key.proto)) {
         // SAFETY: map value pointer.
         let p = unsafe { &mut *p };
-        p.state = next.state;
-        p.fins = next.fins;
-        p.backend_isn = next.backend_isn;
+        next.write(p);
         if stale {
             p.last_seen_ns = now;
         }

@@ -23,7 +23,7 @@ use lb_common::{
 use crate::{
     conntrack,
     maps::TX_PORTS_MAP,
-    nat::{load16, store16},
+    nat::{load16, rewrite_ipv4, store_addr, store16, wire16, wire32},
     parse::{ETH_LEN, ICMP_LEN, IPV4_LEN, L4_OFF, Packet, ptr_at},
     verdict::Verdict,
 };
@@ -99,16 +99,6 @@ pub fn find_error_flow(ctx: &XdpContext, now: u64) -> Result<ErrorAbout, Verdict
     })
 }
 
-#[inline(always)]
-fn wire32(addr: [u8; 4]) -> u32 {
-    u32::from_ne_bytes(addr)
-}
-
-#[inline(always)]
-fn wire16(port: u16) -> u16 {
-    u16::from_ne_bytes(port.to_be_bytes())
-}
-
 /// Rewrites the ICMP error `pkt` about the connection entry `flow`, whose translation the quoted
 /// packet `quoted` carries: the quoted packet becomes what its sender sent (source
 /// `flow.new_dst`, destination `flow.new_src`), and the error goes from `flow.new_src` to
@@ -136,8 +126,8 @@ pub fn translate_error(ctx: &XdpContext, pkt: &Packet, flow: &Flow, quoted: &Flo
         let mut q_check = replace4(old_q_check, q_src.0, q_src.1);
         q_check = replace4(q_check, q_dst.0, q_dst.1);
         store16(q.add(10), q_check);
-        (q.add(12) as *mut [u8; 4]).write_unaligned(flow.new_dst_addr);
-        (q.add(16) as *mut [u8; 4]).write_unaligned(flow.new_src_addr);
+        store_addr(q.add(12), flow.new_dst_addr);
+        store_addr(q.add(16), flow.new_src_addr);
         icmp_check = replace4(icmp_check, q_src.0, q_src.1);
         icmp_check = replace4(icmp_check, q_dst.0, q_dst.1);
         icmp_check = replace2(icmp_check, old_q_check, q_check);
@@ -161,18 +151,7 @@ pub fn translate_error(ctx: &XdpContext, pkt: &Packet, flow: &Flow, quoted: &Flo
         store16(icmp.add(2), icmp_check);
 
         // The outer header: from the entry's new source to its new destination, TTL - 1.
-        let (old_src, old_dst) = (wire32(pkt.key.src_addr), wire32(pkt.key.dst_addr));
-        let ttl_proto = ip.add(8);
-        let old_tp = load16(ttl_proto);
-        let new_tp = u16::from_ne_bytes([pkt.ttl.wrapping_sub(1), pkt.key.proto]);
-        let mut check = load16(ip.add(10));
-        check = replace4(check, old_src, wire32(flow.new_src_addr));
-        check = replace4(check, old_dst, wire32(flow.new_dst_addr));
-        check = replace2(check, old_tp, new_tp);
-        store16(ttl_proto, new_tp);
-        store16(ip.add(10), check);
-        (ip.add(12) as *mut [u8; 4]).write_unaligned(flow.new_src_addr);
-        (ip.add(16) as *mut [u8; 4]).write_unaligned(flow.new_dst_addr);
+        rewrite_ipv4(ip, pkt, flow);
     }
     true
 }
@@ -222,8 +201,8 @@ pub fn frag_needed(ctx: &XdpContext, pkt: &Packet, mtu: u16) -> Verdict {
         let ip_hdr: [u8; 12] =
             [0x45, 0, (total >> 8) as u8, total as u8, 0, 0, 0, 0, ICMP_TTL, crate::parse::PROTO_ICMP, 0, 0];
         core::ptr::copy_nonoverlapping(ip_hdr.as_ptr(), ip, 12);
-        (ip.add(12) as *mut [u8; 4]).write_unaligned(pkt.key.dst_addr);
-        (ip.add(16) as *mut [u8; 4]).write_unaligned(pkt.key.src_addr);
+        store_addr(ip.add(12), pkt.key.dst_addr);
+        store_addr(ip.add(16), pkt.key.src_addr);
         store16(ip.add(10), checksum::<{ IPV4_LEN / 2 }>(ip));
         let icmp = ip.add(IPV4_LEN);
         let icmp_hdr: [u8; 8] = [ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, 0, 0, 0, 0, (mtu >> 8) as u8, mtu as u8];

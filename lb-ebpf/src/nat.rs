@@ -33,19 +33,20 @@ pub unsafe fn store16(p: *mut u8, v: u16) {
 }
 
 #[inline(always)]
-unsafe fn store_addr(p: *mut u8, addr: [u8; 4]) {
+pub unsafe fn store_addr(p: *mut u8, addr: [u8; 4]) {
     // SAFETY: caller checked bounds.
     unsafe { (p as *mut [u8; 4]).write_unaligned(addr) }
 }
 
 /// A port as the 16-bit word it is on the wire, in the packet's byte order.
 #[inline(always)]
-fn wire16(port: u16) -> u16 {
+pub fn wire16(port: u16) -> u16 {
     u16::from_ne_bytes(port.to_be_bytes())
 }
 
+/// An address as the 32-bit word it is on the wire, in the packet's byte order.
 #[inline(always)]
-fn wire32(addr: [u8; 4]) -> u32 {
+pub fn wire32(addr: [u8; 4]) -> u32 {
     u32::from_ne_bytes(addr)
 }
 
@@ -72,6 +73,30 @@ pub fn rewrite(ctx: &XdpContext, pkt: &Packet, flow: &Flow) -> bool {
     true
 }
 
+/// Rewrites the IPv4 header at `ip` of `pkt` to `flow`'s new source and destination and
+/// decrements the TTL, updating the header checksum.
+///
+/// # Safety
+/// `ip` must point at the packet's bounds-checked 20-byte IPv4 header.
+#[inline(always)]
+pub unsafe fn rewrite_ipv4(ip: *mut u8, pkt: &Packet, flow: &Flow) {
+    let key = &pkt.key;
+    // SAFETY: offsets 8..20 lie inside the header (the caller's guarantee).
+    unsafe {
+        let ttl_proto = ip.add(8);
+        let old_tp = load16(ttl_proto);
+        let new_tp = u16::from_ne_bytes([pkt.ttl.wrapping_sub(1), key.proto]);
+        let mut check = load16(ip.add(10));
+        check = replace4(check, wire32(key.src_addr), wire32(flow.new_src_addr));
+        check = replace4(check, wire32(key.dst_addr), wire32(flow.new_dst_addr));
+        check = replace2(check, old_tp, new_tp);
+        store16(ttl_proto, new_tp);
+        store16(ip.add(10), check);
+        store_addr(ip.add(12), flow.new_src_addr);
+        store_addr(ip.add(16), flow.new_dst_addr);
+    }
+}
+
 /// Applies `flow`'s rewrite to the packet. Returns false only if the frame shrank under us,
 /// which cannot happen (the bounds were checked by `parse`); the verifier needs the checks.
 #[inline(always)]
@@ -82,21 +107,8 @@ pub fn translate(ctx: &XdpContext, pkt: &Packet, flow: &Flow) -> bool {
     let (old_src, old_dst) = (wire32(key.src_addr), wire32(key.dst_addr));
     let (new_src, new_dst) = (wire32(flow.new_src_addr), wire32(flow.new_dst_addr));
 
-    // IPv4 header: addresses and TTL.
-    // SAFETY: offsets 8..20 lie inside the checked 20-byte header.
-    unsafe {
-        let ttl_proto = ip.add(8);
-        let old_tp = load16(ttl_proto);
-        let new_tp = u16::from_ne_bytes([pkt.ttl.wrapping_sub(1), key.proto]);
-        let mut check = load16(ip.add(10));
-        check = replace4(check, old_src, new_src);
-        check = replace4(check, old_dst, new_dst);
-        check = replace2(check, old_tp, new_tp);
-        store16(ttl_proto, new_tp);
-        store16(ip.add(10), check);
-        store_addr(ip.add(12), flow.new_src_addr);
-        store_addr(ip.add(16), flow.new_dst_addr);
-    }
+    // SAFETY: `ip` is the checked 20-byte header.
+    unsafe { rewrite_ipv4(ip, pkt, flow) };
 
     // L4: ports, and the checksum over the pseudo-header and the ports.
     let (old_sp, old_dp) = (wire16(key.src_port), wire16(key.dst_port));
