@@ -360,11 +360,7 @@ impl Datapath {
 
 /// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads.
 pub fn monotonic_ns() -> u64 {
-    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: t is a valid timespec for the call to fill.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
-    assert_eq!(rc, 0, "clock_gettime");
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+    swarmlb::datapath::tables::monotonic_ns().expect("clock_gettime(CLOCK_MONOTONIC)")
 }
 
 /// Runs `ip` (or another tool) in the calling thread's network namespace.
