@@ -8,6 +8,9 @@ pub const PIN_DIR: &str = "/sys/fs/bpf/swarmlb";
 pub const PROG_LB: &str = "swarmlb";
 /// Name of the pass-everything XDP program, for veth peers that need one to receive redirects.
 pub const PROG_PASS: &str = "swarmlb_pass";
+/// Name of the TC ingress program that sends what the XDP program handed off (a frame whose
+/// next hop has no neighbour entry yet) through the kernel's neighbour resolution.
+pub const PROG_NEIGH: &str = "swarmlb_neigh";
 
 /// Frontends: [`crate::FrontendKey`] -> [`crate::Frontend`].
 pub const FRONTENDS: &str = "slb_frontends";

@@ -28,8 +28,9 @@ Reason {
     ToBackend = "to_backend",
     /// A reply translated back and sent on towards the client.
     ToClient = "to_client",
-    /// Translated, but handed to the kernel to forward (no neighbour entry, or egress interface
-    /// not managed by swarmlb).
+    /// Translated, but handed to the kernel's IP forwarding: needed a neighbour resolution or an
+    /// unmanaged egress interface ([`Reason::ToNeighResolver`]) on a driver that cannot carry
+    /// XDP metadata. Depends on `ip_forward`, `accept_local` and the FORWARD chain.
     TranslatedToKernel = "translated_to_kernel",
     /// Not IPv4: passed untouched.
     PassNotIpv4 = "pass_not_ipv4",
@@ -89,6 +90,11 @@ Reason {
     /// The frame could not be rewritten (bounds the verifier demands, unreachable after
     /// parsing): passed untouched.
     PassRewriteFailed = "pass_rewrite_failed",
+    /// Translated and handed, through XDP metadata, to the TC program `swarmlb_neigh`, which
+    /// sends it out of the egress interface with `bpf_redirect_neigh` (the kernel resolves the
+    /// neighbour, queueing the packet meanwhile): no neighbour entry yet, or an egress interface
+    /// swarmlb does not transmit on itself.
+    ToNeighResolver = "to_neigh_resolver",
 }
 }
 

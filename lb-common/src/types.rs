@@ -179,6 +179,24 @@ pub struct NextHop {
     pub _pad: [u8; 6],
 }
 
+/// `Handoff::magic`: "SLBN".
+pub const HANDOFF_MAGIC: u32 = 0x534c_424e;
+
+/// What the XDP program leaves in a translated frame's metadata (`bpf_xdp_adjust_meta`) for the
+/// TC ingress program on the same interface, which sends the frame through the kernel's
+/// neighbour resolution (`bpf_redirect_neigh`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Handoff {
+    /// [`HANDOFF_MAGIC`]: metadata some other XDP program left is never taken for ours.
+    pub magic: u32,
+    /// Egress interface.
+    pub ifindex: u32,
+    /// The next hop's address as the FIB reported it; all zero: the kernel routes the
+    /// destination itself.
+    pub next_hop: [u8; 4],
+}
+
 /// One direction of a connection: what to rewrite a matching packet's 4-tuple to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -1,5 +1,6 @@
 //! Where a translated packet goes: the next hop (FIB lookup, cached per flow entry), the MAC
-//! rewrite, and XDP_TX / XDP_REDIRECT / XDP_PASS.
+//! rewrite, and XDP_TX / XDP_REDIRECT, or the hand-off to the kernel's neighbour resolution
+//! ([`crate::neigh`]) when XDP cannot send the frame itself.
 //!
 //! MTU rule: the egress MTU is checked *before* translating. A packet bigger than the egress
 //! MTU (possible only when the egress link has a smaller MTU than the ingress one, e.g. an
@@ -24,7 +25,7 @@ use lb_common::{DIR_TO_CLIENT, Flow, FlowKey, NEXT_HOP_TTL_NS, NextHop, Reason};
 use crate::{
     icmp,
     maps::TX_PORTS_MAP,
-    nat,
+    nat, neigh,
     parse::{Packet, ptr_at},
     stats,
     verdict::Verdict,
@@ -36,8 +37,9 @@ const AF_INET: u8 = 2;
 pub enum Route {
     /// Send it ourselves through this next hop.
     Via(NextHop),
-    /// Routable, but no neighbour entry yet: translate and let the kernel resolve and send it.
-    Kernel,
+    /// Routable out of this interface through this next-hop address, but it has no neighbour
+    /// entry yet: translate and hand it to the kernel's neighbour resolution.
+    Unresolved { ifindex: u32, next_hop: [u8; 4] },
     /// No route: pass untranslated.
     NoRoute,
     /// Too big for the egress MTU, which is this.
@@ -66,7 +68,9 @@ pub fn resolve_next_hop(ctx: &XdpContext, flow: &mut Flow, pkt: &Packet, now: u6
     // SAFETY: params is a properly sized, initialised bpf_fib_lookup on the stack.
     let ret = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut params, size_of::<FibParams>() as i32, 0) };
     if ret == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
-        return Route::Kernel;
+        // SAFETY: on NO_NEIGH the kernel has filled in the egress interface and the next hop.
+        let next_hop = unsafe { params.__bindgen_anon_4.ipv4_dst }.to_ne_bytes();
+        return Route::Unresolved { ifindex: params.ifindex, next_hop };
     }
     if ret == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
         // Too big for the route's MTU, which the FIB reports: see the module doc.
@@ -127,13 +131,13 @@ pub fn deliver(ctx: &XdpContext, pkt: &Packet, flow: &Flow, route: Route, how: R
         // Never an ICMP error about an ICMP error (RFC 1122).
         Route::TooBig(mtu) if pkt.dont_fragment && !icmp_error => return icmp::frag_needed(ctx, pkt, mtu),
         Route::TooBig(_) => return to_kernel(ctx, pkt, flow, how, Reason::PassTooBig),
-        Route::Kernel => return to_kernel(ctx, pkt, flow, how, Reason::TranslatedToKernel),
+        Route::Unresolved { ifindex, next_hop } => return to_resolver(ctx, pkt, flow, how, ifindex, next_hop),
         Route::Via(hop) => hop,
     };
-    // Only interfaces the agent manages may be transmitted on directly; anything else is
-    // forwarded by the kernel (which needs the frame still addressed to this node's MAC).
+    // Only interfaces the agent manages may be transmitted on directly; anything else is sent by
+    // the kernel (which routes it again: no next-hop address is cached).
     if TX_PORTS_MAP.get_ifindex(hop.ifindex).is_none() {
-        return to_kernel(ctx, pkt, flow, how, Reason::TranslatedToKernel);
+        return to_resolver(ctx, pkt, flow, how, hop.ifindex, [0; 4]);
     }
     if !rewrite(ctx, pkt, flow, how) || !set_macs(ctx, &hop) {
         return Verdict::pass(Reason::PassRewriteFailed);
@@ -156,6 +160,19 @@ pub fn deliver(ctx: &XdpContext, pkt: &Packet, flow: &Flow, route: Route, how: R
     };
     stats::count_traffic(flow, pkt.frame_len as u64);
     Verdict { action, reason }
+}
+
+/// Translates the frame and hands it to `swarmlb_neigh` (see [`crate::neigh`]); where the
+/// driver cannot carry the hand-off, the kernel's IP forwarding gets the translated frame.
+#[inline(always)]
+fn to_resolver(ctx: &XdpContext, pkt: &Packet, flow: &Flow, how: Rewrite, ifindex: u32, next_hop: [u8; 4]) -> Verdict {
+    if !rewrite(ctx, pkt, flow, how) {
+        return Verdict::pass(Reason::PassRewriteFailed);
+    }
+    stats::count_traffic(flow, pkt.frame_len as u64);
+    let reason =
+        if neigh::hand_over(ctx, ifindex, next_hop) { Reason::ToNeighResolver } else { Reason::TranslatedToKernel };
+    Verdict::pass(reason)
 }
 
 #[inline(always)]

@@ -10,6 +10,7 @@ mod l4csum;
 mod maps;
 mod mss;
 mod nat;
+mod neigh;
 mod parse;
 mod select;
 mod snat;
@@ -17,7 +18,12 @@ mod stats;
 mod verdict;
 mod vxlan;
 
-use aya_ebpf::{bindings::xdp_action::XDP_PASS, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action::XDP_PASS,
+    helpers::bpf_ktime_get_ns,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 use lb_common::{CT_NEW, DIR_TO_BACKEND, DIR_TO_CLIENT, Flow, FlowKey, PROTO_TCP, Reason, Settings};
 
 use crate::{
@@ -37,6 +43,13 @@ pub fn swarmlb(ctx: XdpContext) -> u32 {
 pub fn swarmlb_pass(ctx: XdpContext) -> u32 {
     let _ = parse::ptr_at::<[u8; parse::ETH_LEN]>(&ctx, 0);
     XDP_PASS
+}
+
+/// TC ingress beside `swarmlb`: sends the frames it handed off through the kernel's neighbour
+/// resolution ([`neigh`]).
+#[classifier]
+pub fn swarmlb_neigh(ctx: TcContext) -> i32 {
+    neigh::redirect_handed_over(&ctx)
 }
 
 #[inline(always)]

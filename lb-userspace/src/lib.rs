@@ -9,6 +9,7 @@ pub mod agent;
 pub mod cli;
 pub mod datapath;
 pub mod flows;
+pub mod health;
 pub mod host;
 pub mod maglev;
 pub mod metrics;

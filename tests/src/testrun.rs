@@ -15,7 +15,7 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray},
-    programs::{TestRun, TestRunOptions, Xdp},
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use lb_common::{CtEvent, Flow, FlowKey, Reason, Traffic, maps};
 use swarmlb::{
@@ -36,6 +36,8 @@ pub const XDP_REDIRECT: u32 = 4;
 pub struct Outcome {
     pub action: u32,
     pub frame: Vec<u8>,
+    /// The metadata the program left in front of the frame (`bpf_xdp_adjust_meta`), if any.
+    pub meta: Vec<u8>,
     pub duration_ns: u64,
 }
 
@@ -121,6 +123,11 @@ impl Datapath {
                 .try_into()?;
             prog.load().with_context(|| format!("verifier rejected {name}"))?;
         }
+        let neigh: &mut SchedClassifier = ebpf
+            .program_mut(maps::PROG_NEIGH)
+            .with_context(|| format!("program {} missing from the object", maps::PROG_NEIGH))?
+            .try_into()?;
+        neigh.load().with_context(|| format!("verifier rejected {}", maps::PROG_NEIGH))?;
         Ok(Self { ebpf, pin_dir, writer: None, owns_pins, plan: None, local_node: None })
     }
 
@@ -201,17 +208,22 @@ impl Datapath {
         // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex }
         let md: [u32; 6] = [0, frame.len() as u32, 0, ingress_ifindex, 0, 0];
         let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let mut ctx_out = [0u8; 24];
         let result = prog
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
                 ctx_in: if ingress_ifindex == 0 { None } else { Some(&ctx) },
+                ctx_out: Some(&mut ctx_out),
                 repeat,
                 ..Default::default()
             })
             .context("BPF_PROG_TEST_RUN")?;
         out.truncate(result.data_size_out as usize);
-        Ok(Outcome { action: result.return_value, frame: out, duration_ns: result.duration.as_nanos() as u64 })
+        // The output starts at the metadata; `xdp_md.data` is where the frame begins in it.
+        let meta_len = u32::from_ne_bytes(ctx_out[..4].try_into().expect("4 bytes")) as usize;
+        let frame = out.split_off(meta_len.min(out.len()));
+        Ok(Outcome { action: result.return_value, frame, meta: out, duration_ns: result.duration.as_nanos() as u64 })
     }
 
     fn hash<K: aya::Pod, V: aya::Pod>(&mut self, name: &str) -> Result<HashMap<&mut MapData, K, V>> {

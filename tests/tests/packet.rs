@@ -3,7 +3,7 @@
 //! asserting the reason counter it expects. Every test runs in its own network namespace (see
 //! `TestNet`) so FIB lookups resolve deterministically. Needs root; fails (never skips) without.
 
-use lb_common::{CT_ESTABLISHED, CT_NEW, DIR_TO_BACKEND, DIR_TO_CLIENT, PROTO_TCP, PROTO_UDP, Reason};
+use lb_common::{CT_ESTABLISHED, CT_NEW, DIR_TO_BACKEND, DIR_TO_CLIENT, HANDOFF_MAGIC, Handoff, PROTO_TCP, PROTO_UDP, Reason};
 use tests::{frames::*, lan::*, testrun::*};
 
 /// Service `web` on VIP:80 with backends `lan` (198.18.0.100) and `dc` (198.18.2.100).
@@ -394,8 +394,15 @@ fn fragments_ip_options_and_ttl_expiry_are_passed_untouched() {
     ]);
 }
 
+/// The hand-off `swarmlb_neigh` finds in front of a frame (see `lb-ebpf/src/neigh.rs`).
+fn handoff(out: &Outcome) -> Handoff {
+    assert_eq!(out.meta.len(), std::mem::size_of::<Handoff>(), "no hand-off metadata");
+    let word = |i: usize| u32::from_ne_bytes(out.meta[i..i + 4].try_into().unwrap());
+    Handoff { magic: word(0), ifindex: word(4), next_hop: out.meta[8..12].try_into().unwrap() }
+}
+
 #[test]
-fn unmanaged_egress_and_missing_neighbour_go_to_the_kernel_translated() {
+fn unmanaged_egress_and_missing_neighbour_are_handed_to_the_neighbour_resolver_translated() {
     let mut e = env();
     e.apply(
         &(node("")
@@ -403,18 +410,25 @@ fn unmanaged_egress_and_missing_neighbour_go_to_the_kernel_translated() {
             + &service("no-neigh", "198.18.0.10:81/tcp", "", &[("no-neigh", BACKEND_NO_NEIGH, BE_PORT, 1)])
             + &service("no-route", "198.18.0.10:82/tcp", "", &[("no-route", BACKEND_NO_ROUTE, BE_PORT, 1)])),
     );
-    for (dport, backend) in [(FE_PORT, BACKEND_OTHER), (81, BACKEND_NO_NEIGH)] {
+    // The unmanaged link's neighbour is known: the kernel routes again (no next-hop address).
+    // The missing neighbour is on the same unmanaged link, reached directly: it is the next hop.
+    for (dport, backend, ifindex, next_hop) in [
+        (FE_PORT, BACKEND_OTHER, e.net.other.ifindex, [0; 4]),
+        (81, BACKEND_NO_NEIGH, e.net.other.ifindex, BACKEND_NO_NEIGH),
+    ] {
         let syn = Spec::tcp(CLIENT, 49000, VIP, dport, SYN).macs(CLIENT_MAC_50, LAN_MAC).build();
         let out = e.run(&syn);
         assert_eq!(out.action, XDP_PASS);
         let p = translated(&out);
         assert_eq!((p.src, p.dst, p.dport), (LB_LAN, backend, BE_PORT));
-        assert_eq!((p.src_mac, p.dst_mac), (CLIENT_MAC_50, LAN_MAC), "still addressed to this node for the kernel");
+        assert_eq!((p.src_mac, p.dst_mac), (CLIENT_MAC_50, LAN_MAC), "Ethernet left to the kernel");
+        assert_eq!(handoff(&out), Handoff { magic: HANDOFF_MAGIC, ifindex, next_hop });
     }
     let syn = Spec::tcp(CLIENT, 49000, VIP, 82, SYN).macs(CLIENT_MAC_50, LAN_MAC).build();
     let out = e.run(&syn);
     assert_eq!((out.action, &out.frame), (XDP_PASS, &syn), "no route: untranslated");
-    e.dp.assert_reasons(&[(Reason::TranslatedToKernel, 2), (Reason::PassNoRoute, 1)]);
+    assert!(out.meta.is_empty(), "no route: no hand-off");
+    e.dp.assert_reasons(&[(Reason::ToNeighResolver, 2), (Reason::PassNoRoute, 1)]);
     assert_eq!(e.dp.service_traffic(SVC).unwrap().packets, 1);
     assert_eq!(e.dp.service_traffic(3).unwrap().packets, 0);
 }

@@ -40,11 +40,17 @@ pub(crate) fn pin_path(pin_dir: &Path, name: &str) -> PathBuf {
     pin_dir.join(name)
 }
 
-/// Pinned links are `link_<ifname>`; pinned maps are `slb_<what>`. Nothing else in a pin
-/// directory is ours, so `unload` removes only these.
+/// Pinned links are `link_<ifname>` (XDP) and `link_<ifname>:tc` (TC ingress; no interface name
+/// holds a `:`); pinned maps are `slb_<what>`. Nothing else in a pin directory is ours, so
+/// `unload` removes only these.
 pub(crate) const LINK_PREFIX: &str = "link_";
+pub(crate) const TC_LINK_SUFFIX: &str = ":tc";
 pub(crate) const MAP_PREFIX: &str = "slb_";
 
 pub(crate) fn link_pin_path(pin_dir: &Path, iface: &str) -> PathBuf {
     pin_path(pin_dir, &format!("{LINK_PREFIX}{iface}"))
+}
+
+pub(crate) fn tc_link_pin_path(pin_dir: &Path, iface: &str) -> PathBuf {
+    pin_path(pin_dir, &format!("{LINK_PREFIX}{iface}{TC_LINK_SUFFIX}"))
 }

@@ -1,11 +1,12 @@
-//! Loads the embedded XDP object with every map pinned in the pin directory (`--pin-dir`,
+//! Loads the embedded eBPF object with every map pinned in the pin directory (`--pin-dir`,
 //! default `/sys/fs/bpf/swarmlb`; created on first run, reused afterwards so established
-//! connections survive an agent restart), attaches
-//! the `swarmlb` program to interfaces through pinned bpf_links, and removes it all on `unload`.
+//! connections survive an agent restart), attaches the XDP program `swarmlb` and, beside it, the
+//! TC ingress program `swarmlb_neigh` (the neighbour-resolution hand-off) to interfaces through
+//! pinned bpf_links, and removes it all on `unload`.
 //!
-//! On restart the interface's pinned link is kept and its program swapped atomically with
-//! BPF_LINK_UPDATE (aya's `Xdp::attach_to_link`): the interface is never without a program, and
-//! the new program uses the same pinned maps, so no packet sees an empty table.
+//! On restart an interface's pinned links are kept and their programs swapped atomically with
+//! BPF_LINK_UPDATE (aya's `attach_to_link`): the interface is never without a program, and the
+//! new program uses the same pinned maps, so no packet sees an empty table.
 
 use std::{io::ErrorKind, path::Path};
 
@@ -14,15 +15,16 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::MapData,
     programs::{
-        Xdp, XdpMode,
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, LinkError, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
         xdp::XdpLink,
     },
 };
-use lb_common::maps::PROG_LB;
+use lb_common::maps::{PROG_LB, PROG_NEIGH};
 use tracing::{info, warn};
 
-use super::{LINK_PREFIX, MAP_PREFIX, MAPS, link_pin_path, pin_path};
+use super::{LINK_PREFIX, MAP_PREFIX, MAPS, link_pin_path, pin_path, tc_link_pin_path};
 
 /// The loaded program, kept by the agent so interfaces can be attached after start (the
 /// overlay endpoints the Docker source takes over).
@@ -33,16 +35,39 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    /// Attaches the program to one more interface, pinned as `link_<ifname>` like the others.
+    /// Attaches the programs to one more interface, pinned like the others.
     pub fn attach(&mut self, iface: &str) -> Result<()> {
-        let program: &mut Xdp = self
-            .ebpf
-            .program_mut(PROG_LB)
-            .with_context(|| format!("the XDP object has no program {PROG_LB:?}"))?
-            .try_into()
-            .context("program is not XDP")?;
-        attach(program, &self.pin_dir, iface, self.mode)
+        attach_both(&mut self.ebpf, &self.pin_dir, iface, self.mode)
     }
+}
+
+fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    ebpf.program_mut(PROG_LB)
+        .with_context(|| format!("the eBPF object has no program {PROG_LB:?}"))?
+        .try_into()
+        .context("program is not XDP")
+}
+
+fn tc_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
+    ebpf.program_mut(PROG_NEIGH)
+        .with_context(|| format!("the eBPF object has no program {PROG_NEIGH:?}"))?
+        .try_into()
+        .context("program is not a TC classifier")
+}
+
+/// XDP on `iface`, then the hand-off program beside it. Without the latter (a kernel before 6.6
+/// has no TCX links to pin) frames needing a neighbour resolution go through the kernel's IP
+/// forwarding instead, so it is a warning, not a failure.
+fn attach_both(ebpf: &mut Ebpf, pin_dir: &Path, iface: &str, mode: XdpMode) -> Result<()> {
+    attach(xdp_program(ebpf)?, pin_dir, iface, mode)?;
+    if let Err(e) = attach_tc(tc_program(ebpf)?, pin_dir, iface) {
+        warn!(
+            iface,
+            error = format!("{e:#}"),
+            "TC hand-off not attached: frames whose next hop has no neighbour entry are left to the kernel's IP forwarding"
+        );
+    }
+    Ok(())
 }
 
 /// Loads the object, creating or reusing the maps pinned in `pin_dir`, and attaches it to
@@ -54,15 +79,11 @@ pub fn load_and_attach(object: &[u8], pin_dir: &Path, ifaces: &[String], mode: X
     for (name, _, _) in MAPS {
         loader.map_pin_path(name, pin_path(pin_dir, name));
     }
-    let mut ebpf = loader.load(object).context("loading the XDP object (maps and programs)")?;
-    let program: &mut Xdp = ebpf
-        .program_mut(PROG_LB)
-        .with_context(|| format!("the XDP object has no program {PROG_LB:?}"))?
-        .try_into()
-        .context("program is not XDP")?;
-    program.load().with_context(|| format!("loading program {PROG_LB:?} (verifier)"))?;
+    let mut ebpf = loader.load(object).context("loading the eBPF object (maps and programs)")?;
+    xdp_program(&mut ebpf)?.load().with_context(|| format!("loading program {PROG_LB:?} (verifier)"))?;
+    tc_program(&mut ebpf)?.load().with_context(|| format!("loading program {PROG_NEIGH:?} (verifier)"))?;
     for iface in ifaces {
-        attach(program, pin_dir, iface, mode)?;
+        attach_both(&mut ebpf, pin_dir, iface, mode)?;
     }
     // Dropping `ebpf` closes our descriptors only: links and maps stay pinned and attached.
     Ok(Loaded { ebpf, pin_dir: pin_dir.to_owned(), mode })
@@ -107,39 +128,67 @@ fn drop_incompatible_pins(pin_dir: &Path) -> Result<()> {
 }
 
 fn attach(program: &mut Xdp, pin_dir: &Path, iface: &str, mode: XdpMode) -> Result<()> {
-    let pin = link_pin_path(pin_dir, iface);
-    if pin.exists() {
-        match replace_program(program, &pin) {
-            Ok(()) => {
-                info!(iface, "replaced the program on the pinned link (no detach)");
-                return Ok(());
-            }
-            Err(e) => {
-                // The interface was deleted (the link is defunct) or the pin is not an XDP
-                // link: start over with a fresh link.
-                warn!(iface, error = format!("{e:#}"), "cannot reuse the pinned link; attaching anew");
-                std::fs::remove_file(&pin).with_context(|| format!("removing {}", pin.display()))?;
-            }
-        }
+    let reuse = |fd_link: FdLink| -> Result<()> {
+        let link = XdpLink::try_from(fd_link).context("pinned link is not an XDP link")?;
+        let id = program.attach_to_link(link).context("BPF_LINK_UPDATE")?;
+        // Our descriptor closes; the pin keeps the link, now running the new program.
+        drop(program.take_link(id)?);
+        Ok(())
+    };
+    if reuse_pinned(&link_pin_path(pin_dir, iface), iface, reuse)? {
+        return Ok(());
     }
     let id = program.attach(iface, mode).with_context(|| format!("attaching XDP to {iface} ({mode:?})"))?;
-    let link = program.take_link(id)?;
-    let link: FdLink = link.try_into().map_err(|e: LinkError| {
+    let link: FdLink = program.take_link(id)?.try_into().map_err(|e: LinkError| {
         anyhow::anyhow!("{iface}: the kernel attached through netlink, not a bpf_link, so it cannot be pinned ({e})")
     })?;
-    link.pin(&pin).with_context(|| format!("pinning the link at {}", pin.display()))?;
-    info!(iface, ?mode, "attached");
+    pin(link, &link_pin_path(pin_dir, iface))?;
+    info!(iface, ?mode, "XDP attached");
     Ok(())
 }
 
-/// Swaps the program behind an existing pinned link atomically (BPF_LINK_UPDATE).
-fn replace_program(program: &mut Xdp, pin: &Path) -> Result<()> {
-    let pinned = PinnedLink::from_pin(pin).context("opening the pinned link")?;
-    let fd_link: FdLink = pinned.into();
-    let link = XdpLink::try_from(fd_link).context("pinned link is not an XDP link")?;
-    let id = program.attach_to_link(link).context("BPF_LINK_UPDATE")?;
-    // Our descriptor closes; the pin keeps the link, now running the new program.
-    drop(program.take_link(id)?);
+fn attach_tc(program: &mut SchedClassifier, pin_dir: &Path, iface: &str) -> Result<()> {
+    let reuse = |fd_link: FdLink| -> Result<()> {
+        let link = SchedClassifierLink::try_from(fd_link).context("pinned link is not a TCX link")?;
+        let id = program.attach_to_link(link).context("BPF_LINK_UPDATE")?;
+        drop(program.take_link(id)?);
+        Ok(())
+    };
+    let pin_at = tc_link_pin_path(pin_dir, iface);
+    if reuse_pinned(&pin_at, iface, reuse)? {
+        return Ok(());
+    }
+    let id = program
+        .attach_with_options(iface, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
+        .with_context(|| format!("attaching {PROG_NEIGH} to {iface} (TCX ingress)"))?;
+    let link: FdLink = program.take_link(id)?.try_into().context("a TCX link is a bpf_link")?;
+    pin(link, &pin_at)?;
+    info!(iface, "TC hand-off attached");
+    Ok(())
+}
+
+/// Swaps the program behind the link pinned at `pin_at`, if there is one, with `reuse`
+/// (BPF_LINK_UPDATE, atomic). A pin that cannot be reused (its interface was deleted, so the
+/// link is defunct) is removed so the caller attaches anew. `Ok(true)`: reused.
+fn reuse_pinned(pin_at: &Path, iface: &str, reuse: impl FnOnce(FdLink) -> Result<()>) -> Result<bool> {
+    if !pin_at.exists() {
+        return Ok(false);
+    }
+    match PinnedLink::from_pin(pin_at).context("opening the pinned link").and_then(|p| reuse(p.into())) {
+        Ok(()) => {
+            info!(iface, pin = %pin_at.display(), "replaced the program on the pinned link (no detach)");
+            Ok(true)
+        }
+        Err(e) => {
+            warn!(iface, error = format!("{e:#}"), "cannot reuse the pinned link; attaching anew");
+            std::fs::remove_file(pin_at).with_context(|| format!("removing {}", pin_at.display()))?;
+            Ok(false)
+        }
+    }
+}
+
+fn pin(link: FdLink, at: &Path) -> Result<()> {
+    link.pin(at).with_context(|| format!("pinning the link at {}", at.display()))?;
     Ok(())
 }
 

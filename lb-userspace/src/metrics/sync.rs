@@ -13,7 +13,7 @@ pub struct SyncStatus {
     inner: Mutex<SyncState>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SyncState {
     /// Whether any sync has been recorded yet.
     pub attempted: bool,

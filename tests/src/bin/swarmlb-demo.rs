@@ -99,8 +99,8 @@ fn print_traffic(title: &str, swarm: &Swarm, traffic: &Traffic) {
 fn print_node_counters(lb: &SwarmLb) -> Result<()> {
     println!("\nper-node datapath counters (swarmlb status --json)");
     println!(
-        "  {:<8} {:>10} {:>10} {:>10} {:>11} {:>9} {:>10}",
-        "node", "new flows", "to task", "to client", "to kernel", "vxlan", "conntrack"
+        "  {:<8} {:>10} {:>10} {:>10} {:>11} {:>9} {:>9} {:>10}",
+        "node", "new flows", "to task", "to client", "to kernel", "resolver", "vxlan", "conntrack"
     );
     for node in 0..3 {
         let status = lb.status(node)?;
@@ -108,12 +108,13 @@ fn print_node_counters(lb: &SwarmLb) -> Result<()> {
         let flows: u64 =
             status["services"].as_array().context("services")?.iter().filter_map(|s| s["new_flows"].as_u64()).sum();
         println!(
-            "  {:<8} {:>10} {:>10} {:>10} {:>11} {:>9} {:>10}",
+            "  {:<8} {:>10} {:>10} {:>10} {:>11} {:>9} {:>9} {:>10}",
             node_name(node),
             flows,
             reason("to_backend"),
             reason("to_client"),
             reason("translated_to_kernel"),
+            reason("to_neigh_resolver"),
             reason("pass_vxlan"),
             status["conntrack_entries"].as_u64().unwrap_or(0)
         );
