@@ -35,6 +35,7 @@ use crate::{
         tables::{self, Tables},
         writer::Writer,
     },
+    health::{self, Attachment, Heartbeat},
     host,
     metrics::{self, SyncStatus},
     model::Cluster,
@@ -142,6 +143,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
     host::check_snat_range(plan.node.snat_ports);
     let ifindexes = args.ifaces.iter().map(|i| host::ifindex(i)).collect::<Result<Vec<_>>>()?;
     let loaded = pins::load_and_attach(EBPF_OBJECT, &pin_dir, &args.ifaces, args.xdp_mode.into())?;
+    let mut attached = BTreeMap::new();
+    for (iface, ifindex) in args.ifaces.iter().zip(&ifindexes) {
+        attached.insert(iface.clone(), attachment(&loaded, iface, *ifindex).await);
+    }
 
     let mut writer = Writer::open(&pin_dir)?;
     writer.add_tx_ports(&ifindexes)?;
@@ -159,15 +164,34 @@ pub async fn run(args: RunArgs) -> Result<()> {
         pin_dir: pin_dir.clone(),
         state_dir,
         takeover,
-        attached: args.ifaces.iter().cloned().zip(ifindexes).collect(),
+        attached,
         takeover_errors: BTreeMap::new(),
         status,
+        node: first.local.clone(),
+        started_ns: tables::monotonic_ns()?,
     };
     agent.take_over(&first.cluster, local).await;
     let result = agent.apply(plan);
     agent.record(&result, &first);
+    agent.beat(false);
     result?;
-    agent.serve(source, int, term).await
+    let served = agent.serve(source, int, term).await;
+    agent.beat(true);
+    served
+}
+
+/// What `health.json` says about an interface the programs were just attached to.
+async fn attachment(loaded: &Loaded, iface: &str, ifindex: u32) -> Attachment {
+    let xdp_mode = host::xdp_mode(ifindex).await.unwrap_or_else(|e| {
+        warn!(iface, "cannot read the XDP mode: {e:#}");
+        "unknown"
+    });
+    Attachment {
+        iface: iface.to_owned(),
+        ifindex,
+        xdp_mode: xdp_mode.to_owned(),
+        neigh_handoff: loaded.has_handoff(iface),
+    }
 }
 
 struct Agent {
@@ -179,11 +203,14 @@ struct Agent {
     state_dir: PathBuf,
     /// Whether overlay endpoints are taken over before each apply (Docker source).
     takeover: bool,
-    /// Interfaces the program is attached to (by this run), with their ifindex.
-    attached: BTreeMap<String, u32>,
+    /// Interfaces the programs are attached to (by this run).
+    attached: BTreeMap<String, Attachment>,
     /// The last takeover error per network, to log each once.
     takeover_errors: BTreeMap<String, String>,
     status: Arc<SyncStatus>,
+    /// The swarm node this agent is, for the heartbeat.
+    node: Option<String>,
+    started_ns: u64,
 }
 
 impl Agent {
@@ -232,6 +259,7 @@ impl Agent {
                         }
                     }
                     self.refresh_addrs();
+                    self.beat(false);
                 }
                 _ = sweeps.tick() => self.sweep_tables().await,
                 _ = int.recv() => break,
@@ -304,21 +332,13 @@ impl Agent {
                 .collect::<BTreeSet<_>>()
                 .into_iter()
                 .collect();
-            let attached = takeover::ensure(network, endpoint, &tasks).await.and_then(|a| {
-                if self.attached.get(&a.iface) != Some(&a.ifindex) {
-                    host::prepare_sysctls(std::slice::from_ref(&a.iface));
-                    self.loaded.attach(&a.iface)?;
-                    self.writer.add_tx_ports(&[a.ifindex])?;
-                    info!(
-                        network = name,
-                        iface = a.iface,
-                        ifindex = a.ifindex,
-                        "overlay endpoint taken over; XDP attached"
-                    );
-                    self.attached.insert(a.iface.clone(), a.ifindex);
+            let attached = takeover::ensure(network, endpoint, &tasks).await.and_then(|a| Ok(a));
+            let attached = match attached {
+                Ok(a) if self.attached.get(&a.iface).map(|x| x.ifindex) != Some(a.ifindex) => {
+                    self.attach_endpoint(name, &a.iface, a.ifindex).await
                 }
-                Ok(a)
-            });
+                other => other.map(|_| ()),
+            };
             match attached {
                 Ok(_) => {
                     if self.takeover_errors.remove(name).is_some() {
@@ -336,6 +356,34 @@ impl Agent {
         }
     }
 
+    async fn attach_endpoint(&mut self, network: &str, iface: &str, ifindex: u32) -> Result<()> {
+        host::prepare_sysctls(&[iface.to_owned()]);
+        self.loaded.attach(iface)?;
+        self.writer.add_tx_ports(&[ifindex])?;
+        info!(network, iface, ifindex, "overlay endpoint taken over; XDP attached");
+        let attachment = attachment(&self.loaded, iface, ifindex).await;
+        self.attached.insert(iface.to_owned(), attachment);
+        Ok(())
+    }
+
+    /// Writes `health.json`: alive (or, with `exited`, gone), how the last sync went, and what
+    /// is attached. A failed write is logged: status then reports the agent as not running.
+    fn beat(&self, exited: bool) {
+        let beat = tables::monotonic_ns().map(|now| Heartbeat {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            node: self.node.clone(),
+            started_ns: self.started_ns,
+            beat_ns: now,
+            exited,
+            sync: self.status.snapshot(),
+            interfaces: self.attached.values().cloned().collect(),
+        });
+        if let Err(e) = beat.and_then(|b| health::write(&self.state_dir, &b)) {
+            warn!("cannot write the heartbeat: {e:#}");
+        }
+    }
+
     fn apply(&mut self, plan: Plan) -> Result<()> {
         let full = self.applied.is_none();
         let diff = planner::diff(self.applied.as_ref(), &plan);
@@ -350,8 +398,12 @@ impl Agent {
             }
             return Ok(());
         }
+        // The counters belong to the last applied plan: after a restart, the saved one.
+        let counted = self.applied.clone().or_else(|| state::load(&self.state_dir).ok().flatten());
+        let reset = planner::stats_to_reset(counted.as_ref(), &plan);
         // Until the writes are done, the maps are in between plans.
         let previous = self.applied.take();
+        self.writer.reset_stats(&reset)?;
         self.writer.apply(&diff).inspect_err(|_| self.applied = None)?;
         let swept = if full { self.writer.sweep(&plan)? } else { 0 };
         state::save(&self.state_dir, &plan)?;

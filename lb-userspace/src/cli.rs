@@ -18,7 +18,8 @@ pub enum Command {
     /// Load and attach the datapath, apply the config, and keep it applied (reload on change
     /// or SIGHUP). Exiting leaves the datapath serving.
     Run(RunArgs),
-    /// Show services, backends, counters and the connection count of the running datapath.
+    /// Show whether the agent runs, the attached interfaces, services, backends, counters, table
+    /// fill and problems of the datapath. Exits 3 when no agent is running.
     Status {
         /// Print JSON instead of a table.
         #[arg(long)]

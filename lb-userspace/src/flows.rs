@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use lb_common::{DIR_TO_BACKEND, Flow, FlowKey, PROTO_TCP, state_name};
+use lb_common::{DIR_TO_BACKEND, Flow, FlowKey, PROTO_TCP, is_unconfirmed, state_name};
 use serde::Serialize;
 
 use crate::{
@@ -19,9 +19,10 @@ use crate::{
 
 #[derive(Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
 pub struct FlowReport {
-    /// Service name, or `#<id>` for a service the agent has since removed.
+    /// Service name; `<name> (removed)` for a service the agent has since removed (`#<id>` if
+    /// even its name is gone: its id was handed out again).
     pub service: String,
-    /// Backend name, or `#<id>` for a backend the agent has since removed.
+    /// Backend name, likewise.
     pub backend: String,
     pub proto: &'static str,
     pub client: String,
@@ -32,6 +33,8 @@ pub struct FlowReport {
     /// TCP: `syn_sent`, `syn_recv` (half-open: the handshake has not completed), `established`,
     /// `half_closed` (one FIN), `closing` (both FINs) or `reset`; UDP: `unreplied` or `replied`.
     pub state: &'static str,
+    /// The handshake has not completed (the connection is in the new-flow table).
+    pub half_open: bool,
     pub idle_s: u64,
 }
 
@@ -41,11 +44,18 @@ pub fn collect(pin_dir: &Path, state_dir: &Path, service: Option<&str>) -> Resul
         format!("no swarmlb datapath is pinned in {} (has `swarmlb run` started?)", pin_dir.display())
     })?;
     let plan = state::load(state_dir)?.unwrap_or_default();
-    let service_names: HashMap<u32, &str> = plan.services.iter().map(|s| (s.id, s.name.as_str())).collect();
-    let backend_names: HashMap<u32, &str> =
-        plan.services.iter().flat_map(|s| &s.backends).map(|b| (b.id, b.name.as_str())).collect();
+    let service_names: HashMap<u32, String> = plan.services.iter().map(|s| (s.id, s.name.clone())).collect();
+    let backend_names: HashMap<u32, String> =
+        plan.services.iter().flat_map(|s| &s.backends).map(|b| (b.id, b.name.clone())).collect();
+    let removed = |names: &std::collections::BTreeMap<u32, String>| -> Vec<(u32, String)> {
+        names.iter().map(|(id, n)| (*id, format!("{n} (removed)"))).collect()
+    };
+    let service_names: HashMap<u32, String> =
+        removed(&plan.ids.retired_service_names).into_iter().chain(service_names).collect();
+    let backend_names: HashMap<u32, String> =
+        removed(&plan.ids.retired_backend_names).into_iter().chain(backend_names).collect();
     let now = monotonic_ns()?;
-    let name = |names: &HashMap<u32, &str>, id: u32| names.get(&id).map_or_else(|| format!("#{id}"), |n| n.to_string());
+    let name = |names: &HashMap<u32, String>, id: u32| names.get(&id).cloned().unwrap_or_else(|| format!("#{id}"));
     let mut flows: Vec<FlowReport> = tables
         .scan(now)?
         .live
@@ -69,6 +79,7 @@ fn report(key: &FlowKey, flow: &Flow, service: String, backend: String, now: u64
         nat: at(flow.new_src_addr, flow.new_src_port),
         backend_addr: at(flow.new_dst_addr, flow.new_dst_port),
         state: state_name(key.proto, flow.state),
+        half_open: key.proto == PROTO_TCP && is_unconfirmed(flow.state),
         idle_s: now.saturating_sub(flow.last_seen_ns) / 1_000_000_000,
     }
 }
@@ -86,10 +97,19 @@ pub fn table(flows: &[FlowReport]) -> String {
         let _ = writeln!(
             out,
             "{:<20} {:<20} {:<5} {:<21} {:<21} {:<21} {:<21} {:<11} {:>6}",
-            f.service, f.backend, f.proto, f.client, f.frontend, f.nat, f.backend_addr, f.state, f.idle_s
+            f.service,
+            f.backend,
+            f.proto,
+            f.client,
+            f.frontend,
+            f.nat,
+            f.backend_addr,
+            if f.half_open { format!("{} (half-open)", f.state) } else { f.state.to_string() },
+            f.idle_s
         );
     }
-    let _ = writeln!(out, "\n{} connections", flows.len());
+    let half_open = flows.iter().filter(|f| f.half_open).count();
+    let _ = writeln!(out, "\n{} connections, {half_open} of them half-open", flows.len());
     out
 }
 
@@ -139,6 +159,12 @@ mod tests {
                 "3"
             ]
         );
-        assert_eq!(lines.last(), Some(&"1 connections"));
+        assert_eq!(lines.last(), Some(&"1 connections, 0 of them half-open"));
+        let syn_recv = Flow { state: lb_common::CT_SYN_RECV, ..flow };
+        let r = report(&key, &syn_recv, "web".into(), "web-1".into(), 4_500_000_000);
+        assert!(r.half_open);
+        let text = super::table(&[r]);
+        assert!(text.contains("syn_recv (half-open)"), "{text}");
+        assert!(text.ends_with("1 connections, 1 of them half-open\n"), "{text}");
     }
 }

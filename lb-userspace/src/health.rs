@@ -31,6 +31,8 @@ pub struct Heartbeat {
     /// `CLOCK_MONOTONIC` at the agent's start and at this beat.
     pub started_ns: u64,
     pub beat_ns: u64,
+    /// Written by an agent on its way out: not running from this beat on.
+    pub exited: bool,
     pub sync: SyncState,
     /// Interfaces the datapath is attached to.
     pub interfaces: Vec<Attachment>,
@@ -83,7 +85,7 @@ pub fn read(state_dir: &Path) -> Option<Heartbeat> {
 pub fn liveness(beat: Option<&Heartbeat>, now_ns: u64) -> (Liveness, Option<Duration>) {
     let Some(beat) = beat else { return (Liveness::NeverStarted, None) };
     let age = Duration::from_nanos(now_ns.saturating_sub(beat.beat_ns));
-    (if age > STALE_AFTER { Liveness::NotRunning } else { Liveness::Running }, Some(age))
+    (if beat.exited || age > STALE_AFTER { Liveness::NotRunning } else { Liveness::Running }, Some(age))
 }
 
 #[cfg(test)]
@@ -97,6 +99,7 @@ mod tests {
             node: Some("node-1".into()),
             started_ns: 0,
             beat_ns,
+            exited: false,
             sync: SyncState::default(),
             interfaces: vec![Attachment {
                 iface: "eth0".into(),
@@ -113,6 +116,8 @@ mod tests {
         assert_eq!(liveness(None, 10 * s), (Liveness::NeverStarted, None));
         assert_eq!(liveness(Some(&beat(10 * s)), 11 * s).0, Liveness::Running);
         assert_eq!(liveness(Some(&beat(10 * s)), 16 * s).0, Liveness::NotRunning);
+        let exited = Heartbeat { exited: true, ..beat(10 * s) };
+        assert_eq!(liveness(Some(&exited), 10 * s).0, Liveness::NotRunning);
         // A reader whose clock reads earlier than the beat (it cannot, but) sees age 0.
         assert_eq!(liveness(Some(&beat(10 * s)), 9 * s), (Liveness::Running, Some(Duration::ZERO)));
     }

@@ -58,3 +58,28 @@ pub fn check_snat_range(snat: (u16, u16)) {
         );
     }
 }
+
+/// How XDP runs on `ifindex`, as the kernel reports it (`IFLA_XDP_ATTACHED`): `native`,
+/// `generic`, `offload`, `multiple` or `none`.
+pub async fn xdp_mode(ifindex: u32) -> Result<&'static str> {
+    use futures_util::TryStreamExt;
+    use rtnetlink::packet_route::link::{LinkAttribute, LinkXdp, XdpAttached};
+    let nl = crate::takeover::nl::host()?;
+    let mut links = nl.handle.link().get().match_index(ifindex).execute();
+    let link = links.try_next().await.context("RTM_GETLINK")?.with_context(|| format!("no interface {ifindex}"))?;
+    let attached = link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Xdp(xdp) => xdp.iter().find_map(|x| match x {
+            LinkXdp::Attached(mode) => Some(mode.clone()),
+            _ => None,
+        }),
+        _ => None,
+    });
+    Ok(match attached {
+        Some(XdpAttached::Driver) => "native",
+        Some(XdpAttached::SocketBuffer) => "generic",
+        Some(XdpAttached::Hardware) => "offload",
+        Some(XdpAttached::Multiple) => "multiple",
+        Some(XdpAttached::None) | None => "none",
+        Some(_) => "unknown",
+    })
+}

@@ -7,7 +7,7 @@ use clap::Parser;
 use swarmlb::{
     agent,
     cli::{Cli, Command},
-    datapath, flows, state, status, takeover,
+    datapath, flows, health, state, status, takeover,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -39,6 +39,10 @@ fn run() -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", status::table(&report));
+            }
+            if report.agent.state != health::Liveness::Running {
+                // As `systemctl status` does for a unit that is not active.
+                std::process::exit(status::EXIT_AGENT_NOT_RUNNING);
             }
             Ok(())
         }

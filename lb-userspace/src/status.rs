@@ -1,7 +1,12 @@
-//! `swarmlb status`: joins the datapath's counters with the names in `state.json` into a report,
-//! printed as a table or as JSON.
+//! `swarmlb status`: joins the datapath's counters with the names in `state.json` and the
+//! agent's heartbeat (`health.json`) into a report, printed as a table or as JSON. Its
+//! `problems` are what `/healthz` answers with: an empty list is the only healthy state.
 
-use std::{collections::BTreeMap, path::Path};
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    time::{Duration, SystemTime},
+};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -11,9 +16,13 @@ use crate::{
         reader::Counters,
         tables::{Tables, monotonic_ns},
     },
+    health::{self, Attachment, Heartbeat, Liveness},
     planner::nat_ports,
     state,
 };
+
+/// `swarmlb status` exits with this when no agent is running: it still prints the report.
+pub const EXIT_AGENT_NOT_RUNNING: i32 = 3;
 
 /// A NAT port range or connection table this full (in percent) is warned about.
 pub const WARN_FULL_PERCENT: u64 = 80;
@@ -22,6 +31,9 @@ pub const WARN_FULL_PERCENT: u64 = 80;
 pub struct Report {
     /// The swarm node the running agent is (`--node`), if any.
     pub node: Option<String>,
+    pub agent: AgentReport,
+    /// Interfaces the datapath runs on, as the agent last attached them.
+    pub interfaces: Vec<Attachment>,
     pub services: Vec<ServiceReport>,
     /// Every reason, by name.
     pub reasons: BTreeMap<&'static str, u64>,
@@ -31,8 +43,77 @@ pub struct Report {
     pub conntrack_entries: usize,
     /// Entries of the new-flow table (two per unconfirmed connection).
     pub new_flow_entries: usize,
-    /// NAT port ranges and tables past [`WARN_FULL_PERCENT`], in words.
-    pub warnings: Vec<String>,
+    /// Everything an operator should act on, in words: an agent that is not running, a failing
+    /// sync, what the last sync left out, NAT port ranges and tables past [`WARN_FULL_PERCENT`].
+    pub problems: Vec<String>,
+}
+
+/// Whether an agent keeps these maps in step with the swarm, from its heartbeat.
+#[derive(Debug, Serialize)]
+pub struct AgentReport {
+    pub state: Liveness,
+    pub pid: Option<u32>,
+    pub version: Option<String>,
+    pub heartbeat_age_s: Option<f64>,
+    pub uptime_s: Option<f64>,
+    /// Seconds since the last successful sync (source -> maps).
+    pub last_sync_age_s: Option<f64>,
+    pub sync_ok: bool,
+    /// Failed syncs since the agent started.
+    pub sync_failures: u64,
+}
+
+impl AgentReport {
+    fn from_beat(beat: Option<&Heartbeat>, now_ns: u64) -> AgentReport {
+        let (state, age) = health::liveness(beat, now_ns);
+        let secs = |ns: u64| Duration::from_nanos(ns).as_secs_f64();
+        AgentReport {
+            state,
+            pid: beat.map(|b| b.pid),
+            version: beat.map(|b| b.version.clone()),
+            heartbeat_age_s: age.map(|a| a.as_secs_f64()),
+            uptime_s: beat.map(|b| secs(b.beat_ns.saturating_sub(b.started_ns))),
+            last_sync_age_s: beat
+                .and_then(|b| b.sync.last_success)
+                .map(|t| SystemTime::now().duration_since(t).unwrap_or_default().as_secs_f64()),
+            sync_ok: beat.is_some_and(|b| b.sync.ok),
+            sync_failures: beat.map_or(0, |b| b.sync.failures),
+        }
+    }
+}
+
+/// What the heartbeat says is wrong, first of the problems.
+fn agent_problems(agent: &AgentReport, beat: Option<&Heartbeat>) -> Vec<String> {
+    let mut problems = Vec::new();
+    match (agent.state, beat) {
+        (Liveness::NeverStarted, _) | (_, None) => {
+            problems.push("no agent has run: the datapath serves what is in its maps, following nothing".into())
+        }
+        (Liveness::NotRunning, Some(beat)) => problems.push(format!(
+            "agent not running: last heartbeat {} ago{}; the datapath keeps serving the state of then, \
+             task changes since are not applied",
+            ago(agent.heartbeat_age_s.unwrap_or_default()),
+            if beat.exited { " (it exited)" } else { "" }
+        )),
+        (Liveness::Running, Some(beat)) => {
+            if !beat.sync.attempted {
+                problems.push("agent starting: no sync yet".into());
+            } else if !beat.sync.ok {
+                problems.push(format!("sync failing, serving the last good state: {}", beat.sync.message));
+            }
+            problems.extend(beat.sync.problems.iter().cloned());
+        }
+    }
+    problems
+}
+
+/// `93 s`, `12 min`, `5 h`: an age at a glance.
+fn ago(secs: f64) -> String {
+    match secs {
+        s if s < 120.0 => format!("{s:.0} s"),
+        s if s < 7200.0 => format!("{:.0} min", s / 60.0),
+        s => format!("{:.0} h", s / 3600.0),
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -73,9 +154,12 @@ pub fn collect(pin_dir: &Path, state_dir: &Path) -> Result<Report> {
         format!("no swarmlb datapath is pinned in {} (has `swarmlb run` started?)", pin_dir.display())
     })?;
     let plan = state::load(state_dir)?.unwrap_or_default();
-    let scan = Tables::open(pin_dir)?.scan(monotonic_ns()?)?;
+    let now = monotonic_ns()?;
+    let scan = Tables::open(pin_dir)?.scan(now)?;
     let nat_in_use = scan.nat_ports_by_backend();
-    let mut warnings = Vec::new();
+    let beat = health::read(state_dir);
+    let agent = AgentReport::from_beat(beat.as_ref(), now);
+    let mut problems = agent_problems(&agent, beat.as_ref());
     let mut services = Vec::new();
     for s in &plan.services {
         let t = counters.service(s.id)?;
@@ -87,7 +171,7 @@ pub fn collect(pin_dir: &Path, state_dir: &Path) -> Result<Report> {
             let bt = counters.backend(b.id)?;
             let used = nat_in_use.get(&b.id).copied().unwrap_or(0);
             if used * 100 >= capacity * WARN_FULL_PERCENT {
-                warnings.push(format!(
+                problems.push(format!(
                     "service {:?} backend {:?}: {used} of {capacity} NAT ports in use (range {lo}-{hi} on {})",
                     s.name,
                     b.name,
@@ -128,17 +212,19 @@ pub fn collect(pin_dir: &Path, state_dir: &Path) -> Result<Report> {
         ("new-flow table", new_flow_entries, lb_common::maps::NEW_FLOWS_SIZE),
     ] {
         if entries as u64 * 100 >= u64::from(size) * WARN_FULL_PERCENT {
-            warnings.push(format!("{what}: {entries} of {size} entries in use"));
+            problems.push(format!("{what}: {entries} of {size} entries in use"));
         }
     }
     Ok(Report {
         node: plan.local_node.clone(),
+        agent,
+        interfaces: beat.map(|b| b.interfaces).unwrap_or_default(),
         services,
         reasons,
         events,
         conntrack_entries,
         new_flow_entries,
-        warnings,
+        problems,
     })
 }
 
@@ -147,8 +233,37 @@ pub fn table(report: &Report) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     if let Some(node) = &report.node {
-        let _ = writeln!(out, "swarm node: {node}\n");
+        let _ = writeln!(out, "swarm node: {node}");
     }
+    let a = &report.agent;
+    let _ = match a.state {
+        Liveness::Running => writeln!(
+            out,
+            "agent: running (pid {}, version {}, up {}), last sync {}",
+            a.pid.unwrap_or_default(),
+            a.version.as_deref().unwrap_or("?"),
+            ago(a.uptime_s.unwrap_or_default()),
+            match a.last_sync_age_s {
+                Some(s) => format!("{} ago{}", ago(s), if a.sync_ok { "" } else { ", now failing" }),
+                None => "never".into(),
+            }
+        ),
+        Liveness::NotRunning => {
+            writeln!(out, "agent: NOT RUNNING (last heartbeat {} ago)", ago(a.heartbeat_age_s.unwrap_or_default()))
+        }
+        Liveness::NeverStarted => writeln!(out, "agent: NEVER STARTED"),
+    };
+    for i in &report.interfaces {
+        let _ = writeln!(
+            out,
+            "interface {} (ifindex {}): XDP {}, neighbour hand-off {}",
+            i.iface,
+            i.ifindex,
+            i.xdp_mode,
+            if i.neigh_handoff { "attached" } else { "not attached" }
+        );
+    }
+    let _ = writeln!(out);
     let row = |out: &mut String, id: String, name: String, weight: String, t: (u64, u64, u64), at: String| {
         let _ = writeln!(out, "{id:<5} {name:<24} {weight:>6} {:>12} {:>14} {:>10}  {at}", t.0, t.1, t.2);
     };
@@ -203,8 +318,11 @@ pub fn table(report: &Report) -> String {
         report.new_flow_entries,
         lb_common::maps::NEW_FLOWS_SIZE
     );
-    for w in &report.warnings {
-        let _ = writeln!(out, "warning: {w}");
+    if !report.problems.is_empty() {
+        let _ = writeln!(out);
+    }
+    for p in &report.problems {
+        let _ = writeln!(out, "problem: {p}");
     }
     out
 }

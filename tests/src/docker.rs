@@ -158,6 +158,33 @@ impl HostClient {
     pub fn published(&self, port: u16) -> SocketAddr {
         SocketAddr::from((HOST_ADDR, port))
     }
+
+    /// A permanent neighbour entry for the node, so the client never ARPs: the node cannot learn
+    /// the client's address from the client's ARP requests, only by asking itself.
+    pub fn never_arp_the_node(&self) -> Result<()> {
+        let mac = std::fs::read_to_string(format!("/sys/class/net/{HOST_IFACE}/address"))?;
+        self.ns.exec(&format!("ip neigh replace {HOST_ADDR} lladdr {} dev eth0 nud permanent", mac.trim()))?;
+        Ok(())
+    }
+
+    /// Adds `addr` to the client and makes it the source of its new connections to the node.
+    pub fn connect_from(&self, addr: Ipv4Addr) -> Result<()> {
+        self.ns.exec(&format!(
+            "ip addr add {addr}/24 dev eth0 && ip route replace 198.18.252.0/24 dev eth0 src {addr} \
+             && ip route replace default via {HOST_ADDR} src {addr}"
+        ))?;
+        Ok(())
+    }
+
+    /// SYNs the client's kernel has retransmitted so far: a connection that needed one did not
+    /// succeed on the first try.
+    pub fn syn_retransmits(&self) -> Result<u64> {
+        let text = self.ns.exec("cat /proc/net/netstat")?;
+        let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+        let (names, values) = (lines.next().context("TcpExt names")?, lines.next().context("TcpExt values")?);
+        let at = names.split_whitespace().position(|n| n == "TCPSynRetrans").context("TCPSynRetrans")?;
+        Ok(values.split_whitespace().nth(at).context("TCPSynRetrans value")?.parse()?)
+    }
 }
 
 /// `/` as a shared mount, as systemd leaves it at boot, for the stack file's `rslave` bind of

@@ -148,6 +148,8 @@ impl Datapath {
         let cluster = file::parse("test.toml", config, local).map_err(|e| anyhow!("{e}"))?;
         let next = planner::plan(&cluster, local, self.plan.as_ref().unwrap_or(&Plan::default()))?;
         let diff = planner::diff(self.plan.as_ref(), &next);
+        let reset = planner::stats_to_reset(self.plan.as_ref(), &next);
+        self.writer()?.reset_stats(&reset)?;
         self.writer()?.apply(&diff)?;
         self.plan = Some(next);
         Ok(())

@@ -10,7 +10,8 @@ use tests::{
     agent::{Agent, Placement, unload_at},
     client::{EchoConn, http_get, http_get_path, http_spread, udp_spread},
     docker::{
-        DockerSwarm, HOST_IFACE, HostClient, SharedRoot, Stack, create_overlay, create_service, docker, wait_running,
+        CLIENT_ADDR, DockerSwarm, HOST_IFACE, HostClient, SharedRoot, Stack, create_overlay, create_service, docker,
+        wait_running,
     },
     poll::{wait_until, wait_up_to},
 };
@@ -279,6 +280,32 @@ fn the_stack_file_runs_swarmlb_as_a_global_service_that_serves_published_ports()
         ensure!(answers.len() == 2, "answers: {answers:?}");
         let status = tests::agent::status_at(&default)?;
         ensure!(xdp_forwarded(&status) >= 40 * 3, "XDP forwarded too little: {}", status["reasons"]);
+
+        // Replies to a client the node has no neighbour entry for: deleted, then never seen.
+        client.never_arp_the_node()?;
+        let frontend = client.published(18060);
+        let first_try = |what: &str| -> Result<()> {
+            let before = client.syn_retransmits()?;
+            let answer = client.ns.run(move || http_get(frontend))?.with_context(|| what.to_string())?;
+            let retransmits = client.syn_retransmits()? - before;
+            ensure!(retransmits == 0, "{what}: answered by {answer} only after {retransmits} SYN retransmits");
+            Ok(())
+        };
+        for round in 0..3 {
+            tests::netns::sh(&format!("ip neigh del {CLIENT_ADDR} dev {HOST_IFACE} 2>/dev/null || true"))?;
+            first_try(&format!("round {round}, the client's neighbour entry deleted"))?;
+        }
+        for last in [3, 4, 5] {
+            let addr = std::net::Ipv4Addr::new(198, 18, 252, last);
+            client.connect_from(addr)?;
+            first_try(&format!("a client at {addr}, which the node never saw"))?;
+        }
+        let status = tests::agent::status_at(&default)?;
+        ensure!(
+            status["reasons"]["to_neigh_resolver"].as_u64().unwrap_or(0) >= 6,
+            "the replies did not take the neighbour hand-off: {}",
+            status["reasons"]
+        );
         Ok(())
     })()
     .with_context(|| format!("swarmlb service logs:\n{}", stack.logs("swarmlb")));

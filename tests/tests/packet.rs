@@ -3,7 +3,9 @@
 //! asserting the reason counter it expects. Every test runs in its own network namespace (see
 //! `TestNet`) so FIB lookups resolve deterministically. Needs root; fails (never skips) without.
 
-use lb_common::{CT_ESTABLISHED, CT_NEW, DIR_TO_BACKEND, DIR_TO_CLIENT, HANDOFF_MAGIC, Handoff, PROTO_TCP, PROTO_UDP, Reason};
+use lb_common::{
+    CT_ESTABLISHED, CT_NEW, DIR_TO_BACKEND, DIR_TO_CLIENT, HANDOFF_MAGIC, Handoff, PROTO_TCP, PROTO_UDP, Reason,
+};
 use tests::{frames::*, lan::*, testrun::*};
 
 /// Service `web` on VIP:80 with backends `lan` (198.18.0.100) and `dc` (198.18.2.100).

@@ -8,7 +8,7 @@
 //! BPF_LINK_UPDATE (aya's `attach_to_link`): the interface is never without a program, and the
 //! new program uses the same pinned maps, so no packet sees an empty table.
 
-use std::{io::ErrorKind, path::Path};
+use std::{collections::BTreeSet, io::ErrorKind, path::Path};
 
 use anyhow::{Context, Result, bail};
 use aya::{
@@ -32,12 +32,21 @@ pub struct Loaded {
     ebpf: Ebpf,
     pin_dir: std::path::PathBuf,
     mode: XdpMode,
+    /// Interfaces whose neighbour-resolution hand-off (TC) is attached.
+    handoff: BTreeSet<String>,
 }
 
 impl Loaded {
     /// Attaches the programs to one more interface, pinned like the others.
     pub fn attach(&mut self, iface: &str) -> Result<()> {
-        attach_both(&mut self.ebpf, &self.pin_dir, iface, self.mode)
+        if attach_both(&mut self.ebpf, &self.pin_dir, iface, self.mode)? {
+            self.handoff.insert(iface.to_owned());
+        }
+        Ok(())
+    }
+
+    pub fn has_handoff(&self, iface: &str) -> bool {
+        self.handoff.contains(iface)
     }
 }
 
@@ -57,17 +66,20 @@ fn tc_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
 
 /// XDP on `iface`, then the hand-off program beside it. Without the latter (a kernel before 6.6
 /// has no TCX links to pin) frames needing a neighbour resolution go through the kernel's IP
-/// forwarding instead, so it is a warning, not a failure.
-fn attach_both(ebpf: &mut Ebpf, pin_dir: &Path, iface: &str, mode: XdpMode) -> Result<()> {
+/// forwarding instead, so it is a warning, not a failure. `Ok(false)`: XDP only.
+fn attach_both(ebpf: &mut Ebpf, pin_dir: &Path, iface: &str, mode: XdpMode) -> Result<bool> {
     attach(xdp_program(ebpf)?, pin_dir, iface, mode)?;
-    if let Err(e) = attach_tc(tc_program(ebpf)?, pin_dir, iface) {
-        warn!(
-            iface,
-            error = format!("{e:#}"),
-            "TC hand-off not attached: frames whose next hop has no neighbour entry are left to the kernel's IP forwarding"
-        );
+    match attach_tc(tc_program(ebpf)?, pin_dir, iface) {
+        Ok(()) => Ok(true),
+        Err(e) => {
+            warn!(
+                iface,
+                error = format!("{e:#}"),
+                "TC hand-off not attached: frames whose next hop has no neighbour entry are left to the kernel's IP forwarding"
+            );
+            Ok(false)
+        }
     }
-    Ok(())
 }
 
 /// Loads the object, creating or reusing the maps pinned in `pin_dir`, and attaches it to
@@ -82,11 +94,14 @@ pub fn load_and_attach(object: &[u8], pin_dir: &Path, ifaces: &[String], mode: X
     let mut ebpf = loader.load(object).context("loading the eBPF object (maps and programs)")?;
     xdp_program(&mut ebpf)?.load().with_context(|| format!("loading program {PROG_LB:?} (verifier)"))?;
     tc_program(&mut ebpf)?.load().with_context(|| format!("loading program {PROG_NEIGH:?} (verifier)"))?;
+    let mut handoff = BTreeSet::new();
     for iface in ifaces {
-        attach_both(&mut ebpf, pin_dir, iface, mode)?;
+        if attach_both(&mut ebpf, pin_dir, iface, mode)? {
+            handoff.insert(iface.clone());
+        }
     }
     // Dropping `ebpf` closes our descriptors only: links and maps stay pinned and attached.
-    Ok(Loaded { ebpf, pin_dir: pin_dir.to_owned(), mode })
+    Ok(Loaded { ebpf, pin_dir: pin_dir.to_owned(), mode, handoff })
 }
 
 /// `/sys/fs/bpf` must be a bpffs; mount one if it is not (fresh containers often lack it). The

@@ -18,7 +18,7 @@ use lb_common::{BACKEND_REMOVED, Backend, Frontend, FrontendKey, Service, Settin
 use tracing::debug;
 
 use super::pin_path;
-use crate::planner::{Diff, Plan, TRACKED_BITS, frontend_key, port_bits, snat_addrs};
+use crate::planner::{Diff, Plan, StatsReset, TRACKED_BITS, frontend_key, port_bits, snat_addrs};
 
 /// The maps the agent writes, opened from their pins.
 pub struct Writer {
@@ -30,6 +30,7 @@ pub struct Writer {
     services: Array<MapData, Service>,
     backends: Array<MapData, Backend>,
     maglev: Array<MapData, u32>,
+    svc_stats: PerCpuArray<MapData, Traffic>,
     be_stats: PerCpuArray<MapData, Traffic>,
     tx_ports: DevMapHash<MapData>,
     overlays: HashMap<MapData, u32, u32>,
@@ -66,12 +67,26 @@ impl Writer {
             services: typed!(pin_dir, names::SERVICES),
             backends: typed!(pin_dir, names::BACKENDS),
             maglev: typed!(pin_dir, names::MAGLEV),
+            svc_stats: typed!(pin_dir, names::SVC_STATS),
             be_stats: typed!(pin_dir, names::BE_STATS),
             tx_ports: typed!(pin_dir, names::TX_PORTS),
             overlays: typed!(pin_dir, names::OVERLAYS),
             cpus: aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?,
             draining: BTreeMap::new(),
         })
+    }
+
+    /// Zeroes the counters of ids that start counting anew ([`crate::planner::stats_to_reset`]); before
+    /// [`Writer::apply`], so a new backend's first packets land on zero.
+    pub fn reset_stats(&mut self, reset: &StatsReset) -> Result<()> {
+        let zero = || PerCpuValues::try_from(vec![Traffic::default(); self.cpus]);
+        for id in &reset.services {
+            self.svc_stats.set(*id, zero()?, 0).with_context(|| format!("resetting slb_svc_stats[{id}]"))?;
+        }
+        for id in &reset.backends {
+            self.be_stats.set(*id, zero()?, 0).with_context(|| format!("resetting slb_be_stats[{id}]"))?;
+        }
+        Ok(())
     }
 
     /// Applies `diff` in the safe order described at the top of this module.
@@ -86,9 +101,6 @@ impl Writer {
             self.overlays.insert(vni, 1, 0).with_context(|| format!("adding VNI {vni} to slb_overlays"))?;
         }
         for (id, backend) in &diff.backends {
-            // A new id (or one handed out again) starts with zero counters.
-            let zero = PerCpuValues::try_from(vec![Traffic::default(); self.cpus])?;
-            self.be_stats.set(*id, zero, 0).with_context(|| format!("resetting slb_be_stats[{id}]"))?;
             self.backends.set(*id, backend, 0).with_context(|| format!("writing slb_backends[{id}]"))?;
         }
         self.write_slots(&diff.maglev)?;

@@ -15,6 +15,8 @@ use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Bytes, header, server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+
+use crate::status::Report;
 use tracing::{debug, info, warn};
 
 pub use render::{CONTENT_TYPE, Snapshot, health, render};
@@ -65,27 +67,32 @@ async fn respond(ctx: &Ctx, req: Request<hyper::body::Incoming>) -> Response<Ful
     }
     match req.uri().path() {
         "/metrics" => {
-            let (pin_dir, state_dir) = (ctx.pin_dir.clone(), ctx.state_dir.clone());
-            let report = tokio::task::spawn_blocking(move || crate::status::collect(&pin_dir, &state_dir)).await;
-            let report = match report {
-                Ok(Ok(r)) => Some(r),
-                Ok(Err(e)) => {
-                    debug!("metrics: reading the datapath: {e:#}");
-                    None
-                }
-                Err(e) => {
-                    warn!("metrics: reader task failed: {e}");
-                    None
-                }
-            };
-            let text = render(&Snapshot { report, sync: ctx.sync.snapshot() });
+            let report = read_report(ctx).await;
+            let text = render(&Snapshot { report: report.ok(), sync: ctx.sync.snapshot() });
             reply(StatusCode::OK, CONTENT_TYPE, text)
         }
         "/healthz" => {
-            let (code, body) = health(&ctx.sync.snapshot());
+            let report = read_report(ctx).await;
+            let (code, body) = health(report.as_ref().map_err(String::as_str));
             reply(StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE), "text/plain", body)
         }
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "try /metrics or /healthz\n".into()),
+    }
+}
+
+/// `swarmlb status`'s report, read on the blocking pool.
+async fn read_report(ctx: &Ctx) -> Result<Report, String> {
+    let (pin_dir, state_dir) = (ctx.pin_dir.clone(), ctx.state_dir.clone());
+    match tokio::task::spawn_blocking(move || crate::status::collect(&pin_dir, &state_dir)).await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => {
+            debug!("metrics: reading the datapath: {e:#}");
+            Err(format!("{e:#}"))
+        }
+        Err(e) => {
+            warn!("metrics: reader task failed: {e}");
+            Err(e.to_string())
+        }
     }
 }
 

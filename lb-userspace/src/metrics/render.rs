@@ -10,7 +10,7 @@ use prometheus_client::{
 };
 
 use super::sync::SyncState;
-use crate::status::Report;
+use crate::{health::Liveness, status::Report};
 
 /// What one scrape saw.
 pub struct Snapshot {
@@ -58,6 +58,19 @@ struct NodeLabels {
     node: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InterfaceLabels {
+    iface: String,
+    xdp_mode: String,
+    neigh_handoff: String,
+    node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+}
+
 type Counters<L> = Family<L, Counter>;
 type FloatGauge = Gauge<f64, AtomicU64>;
 
@@ -76,11 +89,37 @@ pub fn render(s: &Snapshot) -> String {
     let node = s.report.as_ref().and_then(|r| r.node.clone()).unwrap_or_default();
     let nl = NodeLabels { node: node.clone() };
 
+    let build = Family::<BuildLabels, Gauge>::default();
+    r.register("build_info", "The agent's version", build.clone());
+    build.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION").to_owned() }).set(1);
     let up = Family::<NodeLabels, Gauge>::default();
     r.register("datapath_up", "1 if the pinned maps could be read at this scrape", up.clone());
     up.get_or_create(&nl).set(i64::from(s.report.is_some()));
 
     if let Some(report) = &s.report {
+        let agent_up = Family::<NodeLabels, Gauge>::default();
+        r.register("agent_up", "1 if the agent's heartbeat is fresh (it follows the swarm)", agent_up.clone());
+        agent_up.get_or_create(&nl).set(i64::from(report.agent.state == Liveness::Running));
+        if let Some(age) = report.agent.heartbeat_age_s {
+            let g = Family::<NodeLabels, FloatGauge>::default();
+            r.register("agent_heartbeat_age_seconds", "Time since the agent's last heartbeat", g.clone());
+            g.get_or_create(&nl).set(age);
+        }
+        let problems = Family::<NodeLabels, Gauge>::default();
+        r.register("health_problems", "Problems listed by /healthz and swarmlb status", problems.clone());
+        problems.get_or_create(&nl).set(report.problems.len() as i64);
+        let ifaces = Family::<InterfaceLabels, Gauge>::default();
+        r.register("interface_info", "An interface the datapath runs on, and how", ifaces.clone());
+        for i in &report.interfaces {
+            let l = InterfaceLabels {
+                iface: i.iface.clone(),
+                xdp_mode: i.xdp_mode.clone(),
+                neigh_handoff: i.neigh_handoff.to_string(),
+                node: node.clone(),
+            };
+            ifaces.get_or_create(&l).set(1);
+        }
+
         let sp = counter::<ServiceLabels>(&mut r, "service_packets", "Packets translated for a service");
         let sb = counter::<ServiceLabels>(&mut r, "service_bytes", "Bytes translated for a service");
         let sf = counter::<ServiceLabels>(&mut r, "service_new_flows", "New flows of a service");
@@ -156,17 +195,14 @@ pub fn render(s: &Snapshot) -> String {
     out
 }
 
-/// `/healthz`: status code and body.
-pub fn health(sync: &SyncState) -> (u16, String) {
-    let mut body = match (sync.attempted, sync.ok) {
-        (false, _) => return (503, "starting: no sync yet\n".into()),
-        (true, true) => "ok\n".to_string(),
-        (true, false) => format!("sync failing: {}\n", sync.message),
-    };
-    for p in &sync.problems {
-        body.push_str(&format!("problem: {p}\n"));
+/// `/healthz`: 200 "ok" only while `swarmlb status` would list no problem; otherwise 503 with
+/// each problem on a line. `report` is what the scrape read, or why it could not.
+pub fn health(report: Result<&Report, &str>) -> (u16, String) {
+    match report {
+        Err(e) => (503, format!("problem: cannot read the datapath: {e}\n")),
+        Ok(r) if r.problems.is_empty() => (200, "ok\n".into()),
+        Ok(r) => (503, r.problems.iter().map(|p| format!("problem: {p}\n")).collect()),
     }
-    (if sync.ok { 200 } else { 503 }, body)
 }
 
 #[cfg(test)]
@@ -177,7 +213,10 @@ mod tests {
     };
 
     use super::*;
-    use crate::status::{BackendReport, Report, ServiceReport};
+    use crate::{
+        health::Attachment,
+        status::{AgentReport, BackendReport, Report, ServiceReport},
+    };
 
     fn snapshot() -> Snapshot {
         let be = |id, name: &str, p, b, f| BackendReport {
@@ -194,6 +233,22 @@ mod tests {
         };
         let report = Report {
             node: Some("node-1".into()),
+            agent: AgentReport {
+                state: Liveness::Running,
+                pid: Some(7),
+                version: Some("0.1.0".into()),
+                heartbeat_age_s: Some(0.5),
+                uptime_s: Some(60.0),
+                last_sync_age_s: Some(3.0),
+                sync_ok: true,
+                sync_failures: 2,
+            },
+            interfaces: vec![Attachment {
+                iface: "eth0".into(),
+                ifindex: 2,
+                xdp_mode: "native".into(),
+                neigh_handoff: true,
+            }],
             services: vec![ServiceReport {
                 id: 1,
                 name: "web".into(),
@@ -210,7 +265,7 @@ mod tests {
             events: BTreeMap::from([("confirmed", 3)]),
             conntrack_entries: 6,
             new_flow_entries: 2,
-            warnings: Vec::new(),
+            problems: Vec::new(),
         };
         let mut sync = SyncState { attempted: true, ok: true, failures: 2, ..Default::default() };
         sync.last_success = Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
@@ -243,6 +298,11 @@ mod tests {
             r#"swarmlb_sync_problems{node="node-1"} 0"#,
             r#"swarmlb_sync_last_success_timestamp_seconds{node="node-1"} 1700000000.0"#,
             r#"swarmlb_sync_lag_seconds{node="node-1"} 0.25"#,
+            r#"swarmlb_agent_up{node="node-1"} 1"#,
+            r#"swarmlb_agent_heartbeat_age_seconds{node="node-1"} 0.5"#,
+            r#"swarmlb_health_problems{node="node-1"} 0"#,
+            r#"swarmlb_interface_info{iface="eth0",xdp_mode="native",neigh_handoff="true",node="node-1"} 1"#,
+            r#"swarmlb_build_info{version="0.1.0"} 1"#,
             "# EOF",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
@@ -259,11 +319,14 @@ mod tests {
     }
 
     #[test]
-    fn health_codes() {
-        assert_eq!(health(&SyncState::default()).0, 503);
-        let s = snapshot().sync;
-        assert_eq!(health(&s), (200, "ok\n".into()));
-        let bad = SyncState { attempted: true, ok: false, message: "boom".into(), problems: vec!["x".into()], ..s };
-        assert_eq!(health(&bad), (503, "sync failing: boom\nproblem: x\n".into()));
+    fn health_is_ok_only_without_problems() {
+        assert_eq!(health(Err("no pinned maps")), (503, "problem: cannot read the datapath: no pinned maps\n".into()));
+        let mut report = snapshot().report.unwrap();
+        assert_eq!(health(Ok(&report)), (200, "ok\n".into()));
+        report.problems = vec!["agent not running".into(), "network \"x\": takeover: boom".into()];
+        assert_eq!(
+            health(Ok(&report)),
+            (503, "problem: agent not running\nproblem: network \"x\": takeover: boom\n".into())
+        );
     }
 }

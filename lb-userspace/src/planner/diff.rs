@@ -21,7 +21,7 @@ pub struct Diff {
     pub settings: Option<lb_common::Settings>,
     /// VNIs to add to `slb_overlays`.
     pub overlays: Vec<u32>,
-    /// Backends that are new or whose address changed, with ids to reset stats for.
+    /// Backends that are new or whose address changed (or every backend, in a full sync).
     pub backends: Vec<(u32, lb_common::Backend)>,
     /// Maglev slots of live services: (map index, backend id).
     pub maglev: Vec<(u32, u32)>,
@@ -171,6 +171,40 @@ fn maglev_index(service_id: u32, slot: usize) -> u32 {
 }
 
 /// The writes from `prev` (None: unknown, write everything) to `next`.
+/// Counters (`slb_svc_stats`, `slb_be_stats`) that must start from zero before `next` is
+/// written: those of ids that are new or now name something else than in `counted`, the plan
+/// the counters were kept for (the last applied one, from `state.json` after a restart; `None`:
+/// unknown, so all). A backend keeps its counters while its id names the same service task at
+/// the same address, across agent restarts included.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StatsReset {
+    pub services: Vec<u32>,
+    pub backends: Vec<u32>,
+}
+
+pub fn stats_to_reset(counted: Option<&Plan>, next: &Plan) -> StatsReset {
+    let empty = Plan::default();
+    let counted = counted.unwrap_or(&empty);
+    let services: HashMap<u32, &str> = counted.services.iter().map(|s| (s.id, s.name.as_str())).collect();
+    let backends: HashMap<u32, (&str, std::net::SocketAddrV4)> =
+        counted.services.iter().flat_map(|s| &s.backends).map(|b| (b.id, (b.name.as_str(), b.addr))).collect();
+    StatsReset {
+        services: next
+            .services
+            .iter()
+            .filter(|s| services.get(&s.id) != Some(&s.name.as_str()))
+            .map(|s| s.id)
+            .collect(),
+        backends: next
+            .services
+            .iter()
+            .flat_map(|s| &s.backends)
+            .filter(|b| backends.get(&b.id) != Some(&(b.name.as_str(), b.addr)))
+            .map(|b| b.id)
+            .collect(),
+    }
+}
+
 pub fn diff(prev: Option<&Plan>, next: &Plan) -> Diff {
     let empty = Plan::default();
     let full = prev.is_none();

@@ -17,7 +17,7 @@
 //! left in place until then, so established flows keep their stats target.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     net::{Ipv4Addr, SocketAddrV4},
     sync::Arc,
 };
@@ -112,6 +112,12 @@ pub struct IdState {
     /// Freed ids, oldest first.
     pub retired_services: VecDeque<u32>,
     pub retired_backends: VecDeque<u32>,
+    /// The names of retired ids while they stay retired: connections to a removed service or
+    /// backend can outlive it, and `flows` names them.
+    #[serde(default)]
+    pub retired_service_names: BTreeMap<u32, String>,
+    #[serde(default)]
+    pub retired_backend_names: BTreeMap<u32, String>,
 }
 
 impl Default for IdState {
@@ -121,6 +127,8 @@ impl Default for IdState {
             next_backend: 1,
             retired_services: VecDeque::new(),
             retired_backends: VecDeque::new(),
+            retired_service_names: BTreeMap::new(),
+            retired_backend_names: BTreeMap::new(),
         }
     }
 }
@@ -132,6 +140,14 @@ impl IdState {
 
     fn backend_id(&mut self) -> Result<u32, PlanError> {
         take(&mut self.next_backend, MAX_BACKENDS, &mut self.retired_backends).ok_or(PlanError::OutOfBackendIds)
+    }
+
+    /// Keeps the names of ids that are still retired only.
+    fn forget_reused_names(&mut self) {
+        let services: HashSet<u32> = self.retired_services.iter().copied().collect();
+        self.retired_service_names.retain(|id, _| services.contains(id));
+        let backends: HashSet<u32> = self.retired_backends.iter().copied().collect();
+        self.retired_backend_names.retain(|id, _| backends.contains(id));
     }
 }
 
@@ -190,12 +206,17 @@ pub fn plan(cluster: &Cluster, local: Option<&str>, prev: &Plan) -> Result<Plan,
         match cluster.services.iter().find(|s| s.name == old.name) {
             None => {
                 ids.retired_services.push_back(old.id);
+                ids.retired_service_names.insert(old.id, old.name.clone());
                 ids.retired_backends.extend(old.backends.iter().map(|b| b.id));
+                ids.retired_backend_names.extend(old.backends.iter().map(|b| (b.id, b.name.clone())));
             }
             Some(now) => {
                 let gone =
                     old.backends.iter().filter(|b| !now.backends.iter().any(|n| n.name == b.name && n.addr == b.addr));
-                ids.retired_backends.extend(gone.map(|b| b.id));
+                for b in gone {
+                    ids.retired_backends.push_back(b.id);
+                    ids.retired_backend_names.insert(b.id, b.name.clone());
+                }
             }
         }
     }
@@ -265,6 +286,7 @@ pub fn plan(cluster: &Cluster, local: Option<&str>, prev: &Plan) -> Result<Plan,
         });
     }
     services.sort_by_key(|s| s.id);
+    ids.forget_reused_names();
     let mut overlays: Vec<u32> = cluster.networks.iter().map(|n| n.vni).collect();
     overlays.sort_unstable();
     Ok(Plan {
@@ -285,8 +307,8 @@ fn same_table_input(a: &[PlannedBackend], b: &[PlannedBackend]) -> bool {
 mod diff;
 
 pub use diff::{
-    Diff, Summary, TRACKED_BITS, backend_value, diff, frontend_key, nat_ports, port_bits, service_value,
-    settings_value, snat_addrs,
+    Diff, StatsReset, Summary, TRACKED_BITS, backend_value, diff, frontend_key, nat_ports, port_bits, service_value,
+    settings_value, snat_addrs, stats_to_reset,
 };
 
 #[cfg(test)]

@@ -345,3 +345,21 @@ mod swarm {
         assert_eq!(diff(Some(&p2), &plan(&c2, Some("node-1"), &p2).unwrap()), Diff::default());
     }
 }
+
+#[test]
+fn counters_restart_only_for_new_or_reused_ids() {
+    let c1 = cluster(vec![svc("web", 80, &[("web-1", 11, 1), ("web-2", 12, 1)])]);
+    let p1 = plan(&c1, None, &Plan::default()).unwrap();
+    let all = stats_to_reset(None, &p1);
+    assert_eq!((all.services.len(), all.backends.len()), (1, 2), "unknown counters: all restart");
+    // The same plan again (an agent restart reading state.json): nothing restarts.
+    assert_eq!(stats_to_reset(Some(&p1), &plan(&c1, None, &p1).unwrap()), StatsReset::default());
+    // web-2 replaced by web-3: only the new backend's id starts from zero.
+    let c2 = cluster(vec![svc("web", 80, &[("web-1", 11, 1), ("web-3", 13, 1)])]);
+    let p2 = plan(&c2, None, &p1).unwrap();
+    let web3 = p2.services[0].backends.iter().find(|b| b.name == "web-3").unwrap().id;
+    assert_eq!(stats_to_reset(Some(&p1), &p2), StatsReset { services: vec![], backends: vec![web3] });
+    // web-2's name is kept while its id stays retired, for `flows`.
+    let web2 = p1.services[0].backends.iter().find(|b| b.name == "web-2").unwrap().id;
+    assert_eq!(p2.ids.retired_backend_names.get(&web2).map(String::as_str), Some("web-2"));
+}

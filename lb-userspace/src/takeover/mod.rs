@@ -33,7 +33,7 @@
 
 mod find;
 mod neigh;
-mod nl;
+pub(crate) mod nl;
 mod park;
 mod veth;
 
