@@ -210,8 +210,22 @@ pub fn status() -> Result<Value> {
     status_at(&Placement::default())
 }
 
+/// `swarmlb status --json`, parsed, whether or not an agent is running (exit 0 or 3).
 pub fn status_at(placement: &Placement) -> Result<Value> {
-    let bin = swarmlb_binary()?;
-    let out = sh(&format!("{} status --json {}", bin.display(), placement.pin_args().join(" ")))?;
-    serde_json::from_str(&out).with_context(|| format!("status --json printed {out:?}"))
+    let out = std::process::Command::new(swarmlb_binary()?)
+        .args(["status", "--json"])
+        .args(placement.pin_args())
+        .output()
+        .context("running swarmlb status")?;
+    if !matches!(out.status.code(), Some(0 | 3)) {
+        bail!("swarmlb status: {}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(&text).with_context(|| format!("status --json printed {text:?}"))
+}
+
+/// `swarmlb status` (the table) and its exit code.
+pub fn status_text_at(placement: &Placement) -> Result<(String, Option<i32>)> {
+    let out = std::process::Command::new(swarmlb_binary()?).arg("status").args(placement.pin_args()).output()?;
+    Ok((String::from_utf8_lossy(&out.stdout).into_owned(), out.status.code()))
 }

@@ -22,13 +22,19 @@ pub fn http_get(addr: SocketAddr) -> Result<String> {
 
 /// One HTTP/1.0 GET of `path`; returns the body, trimmed.
 pub fn http_get_path(addr: SocketAddr, path: &str) -> Result<String> {
+    Ok(http_get_status(addr, path)?.1)
+}
+
+/// One HTTP/1.0 GET of `path`; returns the status code and the body, trimmed.
+pub fn http_get_status(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT).with_context(|| format!("connect {addr}"))?;
     stream.set_read_timeout(Some(TIMEOUT))?;
     stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: swarmlb\r\n\r\n").as_bytes())?;
     let mut response = String::new();
     stream.read_to_string(&mut response).with_context(|| format!("read from {addr}"))?;
-    let body = response.split("\r\n\r\n").nth(1).with_context(|| format!("no HTTP body: {response:?}"))?;
-    Ok(body.trim().to_string())
+    let (head, body) = response.split_once("\r\n\r\n").with_context(|| format!("no HTTP body: {response:?}"))?;
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok());
+    Ok((code.with_context(|| format!("no HTTP status: {head:?}"))?, body.trim().to_string()))
 }
 
 /// One UDP request; returns the answering backend's name.

@@ -120,9 +120,63 @@ fn published_udp_and_label_opted_dnsrr_services_answer_through_xdp() -> Result<(
     let web_flows = metric_sum(&page, "swarmlb_backend_new_flows_total", "service=\"slbt-web\"");
     ensure!(web_flows == 120.0, "/metrics counts {web_flows} new web connections, the client made 120:\n{page}");
     ensure!(metric_sum(&page, "swarmlb_sync_ok", "") == 1.0, "/metrics says the last sync failed:\n{page}");
-    ensure!(http_get_path(metrics_addr, "/healthz")?.starts_with("ok"), "/healthz is not ok");
+    ensure!(metric_sum(&page, "swarmlb_agent_up", "") == 1.0, "/metrics says no agent runs:\n{page}");
+    promtool_check_metrics(&page)?;
+    for name in metrics_the_deploy_files_use()? {
+        ensure!(page.contains(&format!("\n{name}")), "{name}, used in deploy/, is not on /metrics:\n{page}");
+    }
+    ensure!(healthz(metrics_addr)? == (200, "ok".into()), "/healthz is not ok");
+
+    // A problem makes /healthz fail, listing it, until it is gone.
+    let bad = create_service("slbt-badlabel", "--replicas 1 --label swarmlb.publish=nonsense")?;
+    wait_until("/healthz to list the bad label", || {
+        let (code, body) = healthz(metrics_addr)?;
+        Ok(code == 503 && body.contains("slbt-badlabel"))
+    })?;
+    let status = agent.status()?;
+    ensure!(status["problems"].to_string().contains("slbt-badlabel"), "status lists no problem: {}", status["problems"]);
+    drop(bad);
+    wait_until("/healthz to be ok again", || Ok(healthz(metrics_addr)? == (200, "ok".into())))?;
     drop(agent);
     unload_at(&placement)
+}
+
+/// `/healthz`: status code and body.
+fn healthz(addr: SocketAddr) -> Result<(u16, String)> {
+    tests::client::http_get_status(addr, "/healthz")
+}
+
+/// `promtool check metrics` (Prometheus' linter) on a `/metrics` page.
+fn promtool_check_metrics(page: &str) -> Result<()> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("promtool (cargo xtask setup installs the prometheus package)")?;
+    child.stdin.take().context("stdin")?.write_all(page.as_bytes())?;
+    let out = child.wait_with_output()?;
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    ensure!(out.status.success() && said.trim().is_empty(), "promtool check metrics: {}:\n{said}", out.status);
+    Ok(())
+}
+
+/// Every `swarmlb_*` metric the shipped dashboard and alert rules query.
+fn metrics_the_deploy_files_use() -> Result<std::collections::BTreeSet<String>> {
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let mut names = std::collections::BTreeSet::new();
+    for file in ["alerts.yml", "grafana-dashboard.json"] {
+        let text = std::fs::read_to_string(deploy.join(file)).with_context(|| format!("deploy/{file}"))?;
+        for (i, _) in text.match_indices("swarmlb_") {
+            let name: String =
+                text[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            names.insert(name);
+        }
+    }
+    ensure!(names.len() > 5, "deploy/ queries only {names:?}");
+    Ok(names)
 }
 
 /// Task names currently running for `service`, with their container ids.

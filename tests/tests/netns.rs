@@ -203,6 +203,20 @@ fn udp_client_that_keeps_its_port_moves_off_a_removed_backend() -> Result<()> {
     agent::unload()
 }
 
+/// Packets and new flows per backend of the `web` service, from a status report.
+fn backend_counters(status: &Value) -> Result<BTreeMap<String, (u64, u64)>> {
+    let backends = service(status, "web")?["backends"].as_array().cloned().unwrap_or_default();
+    let counters: BTreeMap<String, (u64, u64)> = backends
+        .iter()
+        .map(|b| {
+            let n = |k: &str| b[k].as_u64().unwrap_or(0);
+            (b["name"].as_str().unwrap_or("").to_string(), (n("packets"), n("new_flows")))
+        })
+        .collect();
+    ensure!(counters.values().any(|(p, _)| *p > 0), "no backend counted anything: {counters:?}");
+    Ok(counters)
+}
+
 fn pinned_ids() -> Result<String> {
     let links = sh("bpftool -j link show")?;
     let links: Value = serde_json::from_str(&links)?;
@@ -229,15 +243,32 @@ fn open_connection_survives_an_agent_restart() -> Result<()> {
     let frontend = topo.frontend(80);
     let mut conn = topo.client.run(move || EchoConn::open(frontend))??;
     conn.exchange("before restart")?;
+    let running = agent::status()?;
+    ensure!(running["agent"]["state"] == "running", "agent: {}", running["agent"]);
+    ensure!(
+        running["interfaces"].as_array().is_some_and(|i| i.len() == 2 && i.iter().all(|i| i["neigh_handoff"] == true)),
+        "interfaces: {}",
+        running["interfaces"]
+    );
     agent.stop()?;
     conn.exchange("while the agent is down")?;
     let answers = spread(&topo, 80, 10)?;
     ensure!(answers.values().sum::<usize>() == 10, "new connections while the agent is down: {answers:?}");
+    let (text, code) = agent::status_text_at(&Default::default())?;
+    ensure!(code == Some(3), "status exits {code:?} without an agent:\n{text}");
+    ensure!(text.contains("agent: NOT RUNNING") && text.contains("problem: agent not running"), "status:\n{text}");
+    let down = agent::status()?;
+    let counted = backend_counters(&down)?;
 
     let _agent = Agent::start(&topo.lb, &["front", "back"], config.to_str().context("path")?, 2)?;
     conn.exchange("after restart")?;
     let after = pinned_ids()?;
     ensure!(before == after, "the restart replaced the datapath:\nbefore {before}\nafter  {after}");
+    let kept = backend_counters(&agent::status()?)?;
+    for (backend, (packets, flows)) in &counted {
+        let (p, f) = kept.get(backend).copied().unwrap_or_default();
+        ensure!(p >= *packets && f >= *flows, "{backend}: counters {packets}/{flows} before the restart, {p}/{f} after");
+    }
     let answers = spread(&topo, 80, 30)?;
     ensure!(answers.values().sum::<usize>() == 30, "after restart: {answers:?}");
     agent::unload()

@@ -9,7 +9,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-/// Debian packages: LLVM 22 for bpf-linker, bpftool and iproute2/ethtool/iptables for the tests.
+/// Debian packages: LLVM 22 for bpf-linker, bpftool and iproute2/ethtool/iptables for the tests,
+/// `prometheus` for `promtool` (the tests lint `/metrics` and the shipped alert rules with it).
 const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -21,6 +22,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iptables",
     "iputils-ping",
     "socat",
+    "prometheus",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

@@ -1,4 +1,5 @@
-//! `/metrics` (Prometheus text, OpenMetrics flavour) and `/healthz` over HTTP/1.1.
+//! `/metrics` (OpenMetrics when the scraper asks for it, as Prometheus does; the Prometheus text
+//! format otherwise) and `/healthz` over HTTP/1.1.
 //!
 //! Counters are read from the pinned maps at scrape time through [`crate::status::collect`]
 //! (the same reader and `state.json` join `swarmlb status` uses), so a scrape shows what the
@@ -19,7 +20,7 @@ use tokio::net::TcpListener;
 use crate::status::Report;
 use tracing::{debug, info, warn};
 
-pub use render::{CONTENT_TYPE, Snapshot, health, render};
+pub use render::{CONTENT_TYPE, Snapshot, TEXT_CONTENT_TYPE, health, render, to_text_format};
 pub use sync::{SyncState, SyncStatus};
 
 struct Ctx {
@@ -67,9 +68,19 @@ async fn respond(ctx: &Ctx, req: Request<hyper::body::Incoming>) -> Response<Ful
     }
     match req.uri().path() {
         "/metrics" => {
+            // Prometheus asks for OpenMetrics; anything else (curl, promtool) gets the text format.
+            let openmetrics = req
+                .headers()
+                .get_all(header::ACCEPT)
+                .iter()
+                .any(|v| v.to_str().is_ok_and(|v| v.contains("application/openmetrics-text")));
             let report = read_report(ctx).await;
-            let text = render(&Snapshot { report: report.ok(), sync: ctx.sync.snapshot() });
-            reply(StatusCode::OK, CONTENT_TYPE, text)
+            let page = render(&Snapshot { report: report.ok(), sync: ctx.sync.snapshot() });
+            if openmetrics {
+                reply(StatusCode::OK, CONTENT_TYPE, page)
+            } else {
+                reply(StatusCode::OK, TEXT_CONTENT_TYPE, to_text_format(&page))
+            }
         }
         "/healthz" => {
             let report = read_report(ctx).await;

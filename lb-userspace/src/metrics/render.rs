@@ -21,6 +21,36 @@ pub struct Snapshot {
 
 /// `Content-Type` of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// `Content-Type` of [`to_text_format`]'s output.
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The Prometheus text format (0.0.4) of an OpenMetrics page from [`render`], for scrapers that
+/// do not ask for OpenMetrics (`curl`, `promtool check metrics`): a counter family is named
+/// with its `_total` suffix there, and `# EOF` and `# UNIT` lines do not exist.
+pub fn to_text_format(openmetrics: &str) -> String {
+    let lines: Vec<&str> = openmetrics.lines().collect();
+    let counters: std::collections::HashSet<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in lines {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters.contains(name).then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceLabels {
@@ -307,6 +337,16 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn text_format_names_counters_with_their_suffix() {
+        let text = to_text_format(&render(&snapshot()));
+        assert!(text.contains("# HELP swarmlb_service_packets_total Packets translated for a service.\n"), "{text}");
+        assert!(text.contains("# TYPE swarmlb_service_packets_total counter\n"), "{text}");
+        assert!(text.contains("# TYPE swarmlb_agent_up gauge\n"), "{text}");
+        assert!(text.contains("swarmlb_service_packets_total{service=\"web\",node=\"node-1\"} 30\n"), "{text}");
+        assert!(!text.contains("# EOF"), "{text}");
     }
 
     #[test]
