@@ -14,7 +14,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant, SystemTime},
@@ -29,7 +29,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::{
     EBPF_OBJECT,
-    cli::{RunArgs, SourceKind},
+    cli::{AUTO, METRICS_PORT, MetricsAddr, RunArgs, SourceKind},
     datapath::{
         pins::{self, Loaded},
         tables::{self, Tables},
@@ -76,14 +76,6 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let state_dir = args.dirs.state_dir();
     let pin_dir = args.dirs.pin_dir.clone();
     let status = Arc::new(SyncStatus::new());
-    if let Some(addr) = args.metrics_addr {
-        let (pin_dir, state_dir, status) = (pin_dir.clone(), state_dir.clone(), status.clone());
-        tokio::spawn(async move {
-            if let Err(e) = metrics::serve(addr, pin_dir, state_dir, status).await {
-                error!("metrics server stopped: {e:#}");
-            }
-        });
-    }
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
 
@@ -139,12 +131,30 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
     info!(pin_dir = %pin_dir.display(), state_dir = %state_dir.display(), "datapath directories");
 
-    host::prepare_sysctls(&args.ifaces);
+    let node_addr = local.and_then(|name| first.cluster.node(name)).map(|n| n.addr);
+    let ifaces = resolve_ifaces(&args.ifaces, node_addr)?;
+    let metrics_addr = match args.metrics_addr {
+        MetricsAddr::Off => None,
+        MetricsAddr::At(addr) => Some(addr),
+        MetricsAddr::Auto => node_addr
+            .or_else(|| ifaces.first().and_then(|i| host::iface_addr(i)))
+            .map(|ip| SocketAddr::from((ip, METRICS_PORT))),
+    };
+    if let Some(addr) = metrics_addr {
+        let (pin_dir, state_dir, status) = (pin_dir.clone(), state_dir.clone(), status.clone());
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(addr, pin_dir, state_dir, status).await {
+                error!("metrics server stopped: {e:#}");
+            }
+        });
+    }
+
+    host::prepare_sysctls(&ifaces);
     host::check_snat_range(plan.node.snat_ports);
-    let ifindexes = args.ifaces.iter().map(|i| host::ifindex(i)).collect::<Result<Vec<_>>>()?;
-    let loaded = pins::load_and_attach(EBPF_OBJECT, &pin_dir, &args.ifaces, args.xdp_mode.into())?;
+    let ifindexes = ifaces.iter().map(|i| host::ifindex(i)).collect::<Result<Vec<_>>>()?;
+    let loaded = pins::load_and_attach(EBPF_OBJECT, &pin_dir, &ifaces, args.xdp_mode.into())?;
     let mut attached = BTreeMap::new();
-    for (iface, ifindex) in args.ifaces.iter().zip(&ifindexes) {
+    for (iface, ifindex) in ifaces.iter().zip(&ifindexes) {
         attached.insert(iface.clone(), attachment(&loaded, iface, *ifindex).await);
     }
 
@@ -169,8 +179,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
         status,
         node: first.local.clone(),
         started_ns: tables::monotonic_ns()?,
+        restart: None,
     };
     agent.take_over(&first.cluster, local).await;
+    if let Some(e) = agent.restart.take() {
+        agent.beat(true);
+        return Err(e);
+    }
     let result = agent.apply(plan);
     agent.record(&result, &first);
     agent.beat(false);
@@ -178,6 +193,23 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let served = agent.serve(source, int, term).await;
     agent.beat(true);
     served
+}
+
+/// `--iface` as given, with `auto` replaced by the client-facing interface.
+fn resolve_ifaces(given: &[String], node_addr: Option<Ipv4Addr>) -> Result<Vec<String>> {
+    let mut ifaces = Vec::with_capacity(given.len());
+    for iface in given {
+        if iface != AUTO {
+            ifaces.push(iface.clone());
+            continue;
+        }
+        let (found, why) = host::client_facing_iface(node_addr)?;
+        info!(iface = found, "--iface auto: {why}");
+        if !ifaces.contains(&found) {
+            ifaces.push(found);
+        }
+    }
+    Ok(ifaces)
 }
 
 /// What `health.json` says about an interface the programs were just attached to.
@@ -211,6 +243,8 @@ struct Agent {
     /// The swarm node this agent is, for the heartbeat.
     node: Option<String>,
     started_ns: u64,
+    /// Set when only a fresh process can go on (see [`takeover::HiddenNetns`]).
+    restart: Option<anyhow::Error>,
 }
 
 impl Agent {
@@ -232,7 +266,12 @@ impl Agent {
             };
             tokio::select! {
                 update = docker_update => match update {
-                    Ok(Some(update)) => self.update(Ok(update)).await,
+                    Ok(Some(update)) => {
+                        self.update(Ok(update)).await;
+                        if let Some(e) = self.restart.take() {
+                            return Err(e);
+                        }
+                    }
                     Ok(None) => {}
                     Err(_) => bail!("the Docker source stopped"),
                 },
@@ -340,6 +379,11 @@ impl Agent {
                 other => other.map(|_| ()),
             };
             match attached {
+                Err(e) if e.downcast_ref::<takeover::HiddenNetns>().is_some() => {
+                    error!("{e:#}; exiting so that swarm starts the agent again (the datapath keeps serving)");
+                    self.restart = Some(e);
+                    return;
+                }
                 Ok(_) => {
                     if self.takeover_errors.remove(name).is_some() {
                         info!(network = name, "overlay endpoint takeover works again");

@@ -71,8 +71,9 @@ pub fn default_state_dir(pin_dir: &Path) -> PathBuf {
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Interface to load-balance on (repeat for several): the underlay interface(s).
-    #[arg(long = "iface", required = true)]
+    /// Interface to load-balance on (repeat for several): the underlay interface(s). `auto`: the
+    /// one holding this node's swarm address, else the one of the default route.
+    #[arg(long = "iface", default_value = AUTO)]
     pub ifaces: Vec<String>,
     /// Where the desired state comes from.
     #[arg(long, value_enum, default_value_t = SourceKind::File)]
@@ -89,11 +90,36 @@ pub struct RunArgs {
     pub docker_host: String,
     #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
     pub xdp_mode: XdpModeArg,
-    /// Serve Prometheus `/metrics` and `/healthz` on this address (e.g. 127.0.0.1:9720).
-    #[arg(long)]
-    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Serve Prometheus `/metrics` and `/healthz` here: ADDR:PORT, `off`, or `auto` (this node's
+    /// address, the swarm one if any, else the first of the first interface, port 9720).
+    #[arg(long, default_value = AUTO)]
+    pub metrics_addr: MetricsAddr,
     #[command(flatten)]
     pub dirs: Dirs,
+}
+
+/// The value that asks the agent to choose (`--iface`, `--metrics-addr`).
+pub const AUTO: &str = "auto";
+/// The metrics port `--metrics-addr auto` uses.
+pub const METRICS_PORT: u16 = 9720;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricsAddr {
+    Auto,
+    Off,
+    At(std::net::SocketAddr),
+}
+
+impl std::str::FromStr for MetricsAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            AUTO => Ok(MetricsAddr::Auto),
+            "off" => Ok(MetricsAddr::Off),
+            _ => s.parse().map(MetricsAddr::At).map_err(|e| format!("{s:?}: {e} (ADDR:PORT, auto or off)")),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

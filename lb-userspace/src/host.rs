@@ -4,13 +4,52 @@
 
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use tracing::{debug, warn};
 
 /// Every IPv4 address configured on any interface of this node (its network namespace).
 pub fn local_ipv4_addrs() -> Result<BTreeSet<Ipv4Addr>> {
     let addrs = nix::ifaddrs::getifaddrs().context("getifaddrs")?;
     Ok(addrs.filter_map(|ifa| ifa.address).filter_map(|a| a.as_sockaddr_in().map(|sin| sin.ip())).collect())
+}
+
+/// The interface clients reach this node on, for `--iface auto`: the one holding `node_addr`
+/// (the swarm advertise address), else the one of the IPv4 default route. Returns the name and
+/// why it was chosen.
+pub fn client_facing_iface(node_addr: Option<Ipv4Addr>) -> Result<(String, String)> {
+    if let Some(addr) = node_addr {
+        let holder = nix::ifaddrs::getifaddrs()
+            .context("getifaddrs")?
+            .find(|ifa| ifa.address.and_then(|a| a.as_sockaddr_in().map(|sin| sin.ip())) == Some(addr));
+        if let Some(ifa) = holder {
+            return Ok((ifa.interface_name, format!("it holds the node address {addr}")));
+        }
+    }
+    let routes = std::fs::read_to_string("/proc/net/route").context("reading /proc/net/route")?;
+    match default_route_iface(&routes) {
+        Some(iface) => Ok((iface, "it carries the default route".into())),
+        None => bail!(
+            "--iface auto: no interface holds the node address{} and there is no IPv4 default route; name the \
+             interface with --iface (SWARMLB_IFACE in the stack file)",
+            node_addr.map(|a| format!(" {a}")).unwrap_or_default()
+        ),
+    }
+}
+
+/// The interface of the first default route (destination and mask 0) in `/proc/net/route`.
+fn default_route_iface(table: &str) -> Option<String> {
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.len() > 7 && f[1] == "00000000" && f[7] == "00000000").then(|| f[0].to_string())
+    })
+}
+
+/// The first IPv4 address of `iface`.
+pub fn iface_addr(iface: &str) -> Option<Ipv4Addr> {
+    nix::ifaddrs::getifaddrs()
+        .ok()?
+        .filter(|ifa| ifa.interface_name == iface)
+        .find_map(|ifa| ifa.address.and_then(|a| a.as_sockaddr_in().map(|sin| sin.ip())))
 }
 
 pub fn ifindex(iface: &str) -> Result<u32> {
@@ -82,4 +121,16 @@ pub async fn xdp_mode(ifindex: u32) -> Result<&'static str> {
         Some(XdpAttached::None) | None => "none",
         Some(_) => "unknown",
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_default_route_interface() {
+        let table = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+                     docker0\t000011AC\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n\
+                     ens3\t00000000\t0102A8C0\t0003\t0\t0\t100\t00000000\t0\t0\t0\n";
+        assert_eq!(super::default_route_iface(table).as_deref(), Some("ens3"));
+        assert_eq!(super::default_route_iface(&table.lines().take(2).collect::<Vec<_>>().join("\n")), None);
+    }
 }

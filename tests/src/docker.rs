@@ -187,31 +187,6 @@ impl HostClient {
     }
 }
 
-/// `/` as a shared mount, as systemd leaves it at boot, for the stack file's `rslave` bind of
-/// Docker's namespaces; made so here if it was private, and put back on drop.
-pub struct SharedRoot {
-    was_private: bool,
-}
-
-impl SharedRoot {
-    pub fn ensure() -> Result<SharedRoot> {
-        let propagation = sh("findmnt -n -o PROPAGATION /")?;
-        let was_private = propagation.trim() == "private";
-        if was_private {
-            sh("mount --make-rshared /")?;
-        }
-        Ok(SharedRoot { was_private })
-    }
-}
-
-impl Drop for SharedRoot {
-    fn drop(&mut self) {
-        if self.was_private {
-            let _ = sh("mount --make-rprivate /");
-        }
-    }
-}
-
 /// A stack deployed from a compose file, removed on drop.
 pub struct Stack {
     pub name: String,

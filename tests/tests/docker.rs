@@ -10,8 +10,7 @@ use tests::{
     agent::{Agent, Placement, unload_at},
     client::{EchoConn, http_get, http_get_path, http_spread, udp_spread},
     docker::{
-        CLIENT_ADDR, DockerSwarm, HOST_IFACE, HostClient, SharedRoot, Stack, create_overlay, create_service, docker,
-        wait_running,
+        CLIENT_ADDR, DockerSwarm, HOST_IFACE, HostClient, Stack, create_overlay, create_service, docker, wait_running,
     },
     poll::{wait_until, wait_up_to},
 };
@@ -134,7 +133,11 @@ fn published_udp_and_label_opted_dnsrr_services_answer_through_xdp() -> Result<(
         Ok(code == 503 && body.contains("slbt-badlabel"))
     })?;
     let status = agent.status()?;
-    ensure!(status["problems"].to_string().contains("slbt-badlabel"), "status lists no problem: {}", status["problems"]);
+    ensure!(
+        status["problems"].to_string().contains("slbt-badlabel"),
+        "status lists no problem: {}",
+        status["problems"]
+    );
     drop(bad);
     wait_until("/healthz to be ok again", || Ok(healthz(metrics_addr)? == (200, "ok".into())))?;
     drop(agent);
@@ -170,8 +173,7 @@ fn metrics_the_deploy_files_use() -> Result<std::collections::BTreeSet<String>> 
     for file in ["alerts.yml", "grafana-dashboard.json"] {
         let text = std::fs::read_to_string(deploy.join(file)).with_context(|| format!("deploy/{file}"))?;
         for (i, _) in text.match_indices("swarmlb_") {
-            let name: String =
-                text[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            let name: String = text[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
             names.insert(name);
         }
     }
@@ -308,7 +310,7 @@ fn the_datapath_keeps_serving_when_the_engine_stops_answering() -> Result<()> {
 fn the_stack_file_runs_swarmlb_as_a_global_service_that_serves_published_ports() -> Result<()> {
     let _engine = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
     let _swarm = DockerSwarm::ensure()?;
-    let _shared = SharedRoot::ensure()?;
+    // As found: this machine's / is private, which the stack must not need.
     let _web = create_service("slbt-stack-web", "--replicas 2 --publish published=18060,target=8080,protocol=tcp")?;
     wait_running("slbt-stack-web", 2)?;
     let client = HostClient::new()?;
@@ -360,6 +362,22 @@ fn the_stack_file_runs_swarmlb_as_a_global_service_that_serves_published_ports()
             "the replies did not take the neighbour hand-off: {}",
             status["reasons"]
         );
+        ensure!(status["agent"]["state"] == "running", "agent: {}", status["agent"]);
+
+        // A network made after the agent started: its namespaces are hidden from the container
+        // (its bind does not follow new mounts); the agent exits, swarm starts it again.
+        let _net = create_overlay("slbt-stack-net", "198.19.201.0/24")?;
+        let _rr = create_service(
+            "slbt-stack-rr",
+            "--replicas 2 --endpoint-mode dnsrr --network slbt-stack-net --label swarmlb.publish=18061:8080/tcp",
+        )?;
+        wait_running("slbt-stack-rr", 2)?;
+        let frontend = client.published(18061);
+        wait_up_to(Duration::from_secs(90), "the stack's agent to serve a service on a new network", || {
+            Ok(client.ns.run(move || http_get(frontend))?.is_ok_and(|answer| answer.starts_with("slbt-stack-rr.")))
+        })?;
+        let answers = http_spread(&client.ns, frontend, 20)?;
+        ensure!(answers.len() == 2, "the new network's service: {answers:?}");
         Ok(())
     })()
     .with_context(|| format!("swarmlb service logs:\n{}", stack.logs("swarmlb")));

@@ -267,7 +267,10 @@ fn open_connection_survives_an_agent_restart() -> Result<()> {
     let kept = backend_counters(&agent::status()?)?;
     for (backend, (packets, flows)) in &counted {
         let (p, f) = kept.get(backend).copied().unwrap_or_default();
-        ensure!(p >= *packets && f >= *flows, "{backend}: counters {packets}/{flows} before the restart, {p}/{f} after");
+        ensure!(
+            p >= *packets && f >= *flows,
+            "{backend}: counters {packets}/{flows} before the restart, {p}/{f} after"
+        );
     }
     let answers = spread(&topo, 80, 30)?;
     ensure!(answers.values().sum::<usize>() == 30, "after restart: {answers:?}");

@@ -29,10 +29,8 @@ pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// with its `_total` suffix there, and `# EOF` and `# UNIT` lines do not exist.
 pub fn to_text_format(openmetrics: &str) -> String {
     let lines: Vec<&str> = openmetrics.lines().collect();
-    let counters: std::collections::HashSet<&str> = lines
-        .iter()
-        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
-        .collect();
+    let counters: std::collections::HashSet<&str> =
+        lines.iter().filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter")).collect();
     let mut out = String::with_capacity(openmetrics.len());
     for line in lines {
         if line == "# EOF" || line.starts_with("# UNIT ") {

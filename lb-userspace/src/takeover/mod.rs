@@ -59,19 +59,51 @@ pub struct Attached {
     pub ifindex: u32,
 }
 
+/// Docker's namespaces a network needs exist on the node but not in this agent's view of
+/// [`DOCKER_NETNS`]: it runs in a container whose bind of that directory does not follow new
+/// mounts (the host's `/` is not a shared mount). A fresh container sees them, so the agent
+/// exits on this error and swarm starts it again; the datapath serves meanwhile.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "network {network}: Docker's namespaces {hidden:?} were made after this agent started and are not visible to \
+     it (its bind of {DOCKER_NETNS} does not propagate new mounts: the host's / is not a shared mount); a restart \
+     sees them. To follow new networks without restarts, run `mount --make-rshared /` on the node at boot and \
+     deploy the stack with SWARMLB_NETNS_PROPAGATION=rslave"
+)]
+pub struct HiddenNetns {
+    pub network: String,
+    pub hidden: Vec<std::path::PathBuf>,
+}
+
 /// Takes over this node's load-balancer endpoint `endpoint` on `network` and installs neighbour
 /// entries for `tasks` (every task of every service on the network, on any node).
 pub async fn ensure(network: &Network, endpoint: Ipv4Addr, tasks: &[Ipv4Addr]) -> Result<Attached> {
     let vni = network.vni;
-    let ov = find::overlay(vni)
-        .await?
-        .with_context(|| format!("network {} (VNI {vni}): no Docker overlay namespace with that VNI in {DOCKER_NETNS} (no task or endpoint of it on this node yet?)", network.name))?;
+    let hidden = || HiddenNetns { network: network.name.clone(), hidden: nl::hidden_netns() };
+    let Some(ov) = find::overlay(vni).await? else {
+        let hidden = hidden();
+        if !hidden.hidden.is_empty() {
+            return Err(hidden.into());
+        }
+        bail!(
+            "network {} (VNI {vni}): no Docker overlay namespace with that VNI in {DOCKER_NETNS} (no task or endpoint \
+             of it on this node yet?)",
+            network.name
+        );
+    };
     if !network.subnet.contains(endpoint) {
         bail!("network {}: endpoint {endpoint} is outside {}", network.name, network.subnet);
     }
     match find::holder(endpoint).await? {
         Some(h) => park::park(&h).await?,
-        None => warn!("network {}: no Docker sandbox holds {endpoint}; taking it anyway", network.name),
+        None => {
+            // Taking the address while a sandbox we cannot see still holds it would answer ARP twice.
+            let hidden = hidden();
+            if !hidden.hidden.is_empty() {
+                return Err(hidden.into());
+            }
+            warn!("network {}: no Docker sandbox holds {endpoint}; taking it anyway", network.name)
+        }
     }
     let host = nl::host()?;
     let mac = nl::docker_mac(endpoint);

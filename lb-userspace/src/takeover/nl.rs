@@ -85,6 +85,27 @@ pub fn docker_netns(first: &[&str]) -> Result<Vec<PathBuf>> {
     Ok(paths)
 }
 
+/// `statfs` type of a mounted namespace file (`NSFS_MAGIC`).
+const NSFS_MAGIC: i64 = 0x6e73_6673;
+
+/// Namespace files in [`DOCKER_NETNS`] that are plain files here: Docker bind-mounted a
+/// namespace on them after this process's view of the directory was made (a container whose
+/// bind of it does not propagate new mounts), so they cannot be entered. Files younger than a
+/// second are left out: Docker creates the file, then mounts onto it.
+pub fn hidden_netns() -> Vec<PathBuf> {
+    let Ok(dir) = std::fs::read_dir(DOCKER_NETNS) else { return Vec::new() };
+    let settled = |p: &Path| {
+        std::fs::metadata(p)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > std::time::Duration::from_secs(1)))
+    };
+    let mounted = |p: &Path| nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 as i64 == NSFS_MAGIC);
+    let mut hidden: Vec<PathBuf> =
+        dir.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| settled(p) && !mounted(p)).collect();
+    hidden.sort();
+    hidden
+}
+
 pub async fn links(h: &Handle) -> Result<Vec<LinkMessage>> {
     h.link().get().execute().try_collect().await.context("listing links")
 }
