@@ -159,7 +159,8 @@ fn promtool_check_metrics(page: &str) -> Result<()> {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .context("promtool (cargo xtask setup installs the prometheus package)")?;
-    child.stdin.take().context("stdin")?.write_all(page.as_bytes())?;
+    // The page arrives trimmed; the text format ends every line with a newline.
+    child.stdin.take().context("stdin")?.write_all(format!("{page}\n").as_bytes())?;
     let out = child.wait_with_output()?;
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     ensure!(out.status.success() && said.trim().is_empty(), "promtool check metrics: {}:\n{said}", out.status);
@@ -172,8 +173,10 @@ fn metrics_the_deploy_files_use() -> Result<std::collections::BTreeSet<String>> 
     let mut names = std::collections::BTreeSet::new();
     for file in ["alerts.yml", "grafana-dashboard.json"] {
         let text = std::fs::read_to_string(deploy.join(file)).with_context(|| format!("deploy/{file}"))?;
-        for (i, _) in text.match_indices("swarmlb_") {
-            let name: String = text[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        // Queries only (`expr: ...` in the rules, `"expr": ...` in the dashboard), not prose.
+        let queries: String = text.lines().filter(|l| l.contains("expr")).collect::<Vec<_>>().join("\n");
+        for (i, _) in queries.match_indices("swarmlb_") {
+            let name: String = queries[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
             names.insert(name);
         }
     }
