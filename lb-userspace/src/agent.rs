@@ -371,7 +371,7 @@ impl Agent {
                 .collect::<BTreeSet<_>>()
                 .into_iter()
                 .collect();
-            let attached = takeover::ensure(network, endpoint, &tasks).await.and_then(|a| Ok(a));
+            let attached = takeover::ensure(network, endpoint, &tasks).await;
             let attached = match attached {
                 Ok(a) if self.attached.get(&a.iface).map(|x| x.ifindex) != Some(a.ifindex) => {
                     self.attach_endpoint(name, &a.iface, a.ifindex).await

@@ -108,7 +108,7 @@ pub async fn xdp_mode(ifindex: u32) -> Result<&'static str> {
     let link = links.try_next().await.context("RTM_GETLINK")?.with_context(|| format!("no interface {ifindex}"))?;
     let attached = link.attributes.iter().find_map(|a| match a {
         LinkAttribute::Xdp(xdp) => xdp.iter().find_map(|x| match x {
-            LinkXdp::Attached(mode) => Some(mode.clone()),
+            LinkXdp::Attached(mode) => Some(*mode),
             _ => None,
         }),
         _ => None,

@@ -99,7 +99,7 @@ pub fn hidden_netns() -> Vec<PathBuf> {
             .and_then(|m| m.modified())
             .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > std::time::Duration::from_secs(1)))
     };
-    let mounted = |p: &Path| nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 as i64 == NSFS_MAGIC);
+    let mounted = |p: &Path| nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == NSFS_MAGIC);
     let mut hidden: Vec<PathBuf> =
         dir.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| settled(p) && !mounted(p)).collect();
     hidden.sort();
