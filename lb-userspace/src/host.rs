@@ -56,24 +56,30 @@ pub fn ifindex(iface: &str) -> Result<u32> {
     nix::net::if_::if_nametoindex(iface).with_context(|| format!("no interface named {iface:?}"))
 }
 
-/// Sets a sysctl by its dotted name, warning (not failing) if that is impossible.
-pub fn set_sysctl(name: &str, value: &str) {
+/// Sets a sysctl by its dotted name; if that is impossible (a container's read-only
+/// `/proc/sys`), says so at `level`.
+pub fn set_sysctl(name: &str, value: &str, level: tracing::Level) {
     let path = format!("/proc/sys/{}", name.replace('.', "/"));
     match std::fs::read_to_string(&path) {
         Ok(current) if current.trim() == value => debug!(sysctl = name, value, "already set"),
         _ => match std::fs::write(&path, value) {
             Ok(()) => debug!(sysctl = name, value, "set"),
-            Err(e) => warn!(sysctl = name, value, error = %e, "cannot set sysctl; the datapath may not work"),
+            Err(e) if level == tracing::Level::WARN => {
+                warn!(sysctl = name, value, error = %e, "cannot set sysctl; the datapath may not work")
+            }
+            Err(e) => debug!(sysctl = name, value, error = %e, "cannot set sysctl"),
         },
     }
 }
 
-/// The sysctls the datapath relies on: forwarding (translated packets the kernel routes), and
-/// accepting packets with a local source address on the load-balancing interfaces.
+/// The sysctls the kernel-forwarding fallbacks use: forwarding, for frames too big for the
+/// egress MTU that the kernel fragments; `accept_local` on the load-balancing interfaces, for
+/// frames a driver without XDP metadata cannot hand to `swarmlb_neigh`. Neither is on the
+/// common path, so only a missing `ip_forward` is warned about.
 pub fn prepare_sysctls(ifaces: &[String]) {
-    set_sysctl("net.ipv4.ip_forward", "1");
+    set_sysctl("net.ipv4.ip_forward", "1", tracing::Level::WARN);
     for iface in ifaces {
-        set_sysctl(&format!("net.ipv4.conf.{iface}.accept_local"), "1");
+        set_sysctl(&format!("net.ipv4.conf.{iface}.accept_local"), "1", tracing::Level::DEBUG);
     }
 }
 
