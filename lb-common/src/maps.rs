@@ -1,5 +1,12 @@
-//! Names (at most 15 bytes, the kernel's limit) and capacities of every map the datapath owns.
-//! Maps are pinned under [`PIN_DIR`] so the datapath outlives an agent restart.
+//! Every map the datapath owns, described once: names (at most 15 bytes, the kernel's limit),
+//! capacities and the [`SPECS`] table (type, key and value sizes, entries, flags) that the eBPF
+//! definitions are checked against (a test loads the object and compares), that the agent checks
+//! a pinned map against before reusing it, and that `README.md` lists. Maps are pinned under
+//! [`PIN_DIR`] so the datapath outlives an agent restart.
+
+use core::mem::size_of;
+
+use crate::{Backend, CtEvent, Flow, FlowKey, Frontend, FrontendKey, Reason, Service, Settings, Traffic};
 
 /// bpffs directory holding the pinned maps and the pinned XDP links.
 pub const PIN_DIR: &str = "/sys/fs/bpf/swarmlb";
@@ -22,7 +29,10 @@ pub const LOCAL_ADDRS: &str = "slb_local_addrs";
 pub const SERVICES: &str = "slb_services";
 /// Backends by id: [`crate::Backend`].
 pub const BACKENDS: &str = "slb_backends";
-/// Maglev lookup tables, `MAGLEV_SIZE` backend ids per service, service id major.
+/// Maglev lookup tables: service id -> that service's own table, an array map of
+/// `M + 1` entries whose entry 0 holds `M` (the table's prime size, [`maglev_size`]) and entries
+/// `1..=M` the backend ids. A table is replaced whole by swapping the inner map, so a packet
+/// sees the old table or the new one, never a mix, and its size travels with it.
 pub const MAGLEV: &str = "slb_maglev";
 /// Connection table: [`crate::FlowKey`] -> [`crate::Flow`], two entries per connection.
 pub const CONNTRACK: &str = "slb_conntrack";
@@ -47,20 +57,42 @@ pub const TX_PORTS: &str = "slb_tx_ports";
 /// VXLAN networks of this swarm: VNI -> 1. VXLAN packets with other VNIs are counted apart.
 pub const OVERLAYS: &str = "slb_overlays";
 
-/// Service ids are `1..MAX_SERVICES`; id 0 means "none".
-pub const MAX_SERVICES: u32 = 64;
-/// Backend ids are `1..MAX_BACKENDS`; id 0 means "no backend" in a Maglev slot.
-pub const MAX_BACKENDS: u32 = 4096;
-pub const MAX_FRONTENDS: u32 = 1024;
+/// Service ids are `1..MAX_SERVICES`; id 0 means "none". 4,095 services.
+pub const MAX_SERVICES: u32 = 4096;
+/// Backend ids are `1..MAX_BACKENDS`; id 0 means "no backend" in a Maglev slot. 65,536 backends.
+pub const MAX_BACKENDS: u32 = 65_536 + 1;
+pub const MAX_FRONTENDS: u32 = 8192;
 pub const MAX_LOCAL_ADDRS: u32 = 256;
-pub const MAX_TX_PORTS: u32 = 64;
+pub const MAX_TX_PORTS: u32 = 256;
 pub const MAX_OVERLAYS: u32 = 256;
 /// VXLAN's IANA port, used when [`crate::Settings::vxlan_port`] is 0.
 pub const DEFAULT_VXLAN_PORT: u16 = 4789;
-/// Prime Maglev table size (slots per service).
-pub const MAGLEV_SIZE: u32 = 65537;
-/// Connection-table entries (each connection takes two).
-pub const CONNTRACK_SIZE: u32 = 1 << 19;
+/// The prime sizes a Maglev table can have, as Cilium offers them: each about twice the last.
+pub const MAGLEV_SIZES: [u32; 10] = [251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071];
+/// Slots per backend a table aims for at least (the Maglev paper's M >= 100 N keeps every
+/// backend's share within about 1% of the others').
+pub const MAGLEV_SLOTS_PER_BACKEND: u32 = 100;
+/// Largest Maglev table (a service of more than 1,310 backends gets fewer than 100 slots each).
+pub const MAGLEV_MAX_SIZE: u32 = MAGLEV_SIZES[MAGLEV_SIZES.len() - 1];
+
+/// The Maglev table size of a service of `backends` backends: the smallest of
+/// [`MAGLEV_SIZES`] with at least [`MAGLEV_SLOTS_PER_BACKEND`] slots per backend, else the
+/// largest. A function of the count alone, so every node builds the same table.
+pub const fn maglev_size(backends: usize) -> u32 {
+    let want = backends as u64 * MAGLEV_SLOTS_PER_BACKEND as u64;
+    let mut i = 0;
+    while i < MAGLEV_SIZES.len() {
+        if MAGLEV_SIZES[i] as u64 >= want {
+            return MAGLEV_SIZES[i];
+        }
+        i += 1;
+    }
+    MAGLEV_MAX_SIZE
+}
+
+/// Default connection-table entries (each connection takes two): 1,048,576 connections. The
+/// agent's `--max-connections` sets it at load time.
+pub const CONNTRACK_SIZE: u32 = 1 << 21;
 /// New-flow table entries (two per unconfirmed connection). Half of this, 16384 half-open
 /// connections, is what a SYN flood can hold at once; at 1 Mpps each lives ~16 ms, 100 times a
 /// local round trip, so real handshakes complete beside it.
@@ -78,3 +110,102 @@ pub const DEFAULT_NODE_SNAT_PORTS: (u16, u16) = (1024, 32767);
 pub const OVERLAY_SNAT_PORTS: (u16, u16) = (1024, 65535);
 /// One entry per possible destination port.
 pub const FE_PORTS_SIZE: u32 = 1 << 16;
+
+/// `BPF_F_INNER_MAP` (linux/bpf.h): inner maps of one outer map may differ in `max_entries`.
+pub const BPF_F_INNER_MAP: u32 = 1 << 12;
+
+/// The kinds of map the datapath uses (`enum bpf_map_type` values).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum MapKind {
+    Hash = 1,
+    Array = 2,
+    PerCpuArray = 6,
+    LruHash = 9,
+    ArrayOfMaps = 12,
+    DevMapHash = 25,
+}
+
+/// What a map is: everything the kernel compares to decide whether two maps are alike.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSpec {
+    pub name: &'static str,
+    pub kind: MapKind,
+    pub key_size: u32,
+    /// For per-CPU maps, one CPU's value; for maps of maps, the inner map's id (4 bytes).
+    pub value_size: u32,
+    /// The default; [`CONNTRACK`]'s is set at load time.
+    pub max_entries: u32,
+    pub flags: u32,
+}
+
+const fn spec(name: &'static str, kind: MapKind, key: usize, value: usize, max_entries: u32) -> MapSpec {
+    MapSpec { name, kind, key_size: key as u32, value_size: value as u32, max_entries, flags: 0 }
+}
+
+/// Every map of the datapath.
+pub const SPECS: &[MapSpec] = {
+    use MapKind::*;
+    &[
+        spec(SETTINGS, Array, 4, size_of::<Settings>(), 1),
+        spec(FE_PORTS, Array, 4, 1, FE_PORTS_SIZE),
+        spec(FRONTENDS, Hash, size_of::<FrontendKey>(), size_of::<Frontend>(), MAX_FRONTENDS),
+        spec(LOCAL_ADDRS, Hash, 4, 4, MAX_LOCAL_ADDRS),
+        spec(SERVICES, Array, 4, size_of::<Service>(), MAX_SERVICES),
+        spec(BACKENDS, Array, 4, size_of::<Backend>(), MAX_BACKENDS),
+        spec(MAGLEV, ArrayOfMaps, 4, 4, MAX_SERVICES),
+        spec(CONNTRACK, LruHash, size_of::<FlowKey>(), size_of::<Flow>(), CONNTRACK_SIZE),
+        spec(NEW_FLOWS, LruHash, size_of::<FlowKey>(), size_of::<Flow>(), NEW_FLOWS_SIZE),
+        spec(SNAT_ADDRS, Hash, 4, 4, MAX_SNAT_ADDRS),
+        spec(CT_EVENTS, PerCpuArray, 4, 8, CtEvent::COUNT),
+        spec(SVC_STATS, PerCpuArray, 4, size_of::<Traffic>(), MAX_SERVICES),
+        spec(BE_STATS, PerCpuArray, 4, size_of::<Traffic>(), MAX_BACKENDS),
+        spec(REASONS, PerCpuArray, 4, 8, Reason::COUNT),
+        spec(TX_PORTS, DevMapHash, 4, 8, MAX_TX_PORTS),
+        spec(OVERLAYS, Hash, 4, 4, MAX_OVERLAYS),
+    ]
+};
+
+/// The inner-map template of [`MAGLEV`]: every service's table is an array like it, with its
+/// own `max_entries` (`M + 1`), named [`MAGLEV_TABLE_PREFIX`] and the service id.
+pub const MAGLEV_INNER: MapSpec =
+    MapSpec { flags: BPF_F_INNER_MAP, ..spec(MAGLEV_TABLE_PREFIX, MapKind::Array, 4, 4, MAGLEV_MAX_SIZE + 1) };
+/// `slb_mgl_<service id>`: one service's Maglev table (`bpftool map dump name slb_mgl_7`).
+pub const MAGLEV_TABLE_PREFIX: &str = "slb_mgl_";
+
+/// The spec of the map named `name`.
+pub const fn spec_of(name: &str) -> MapSpec {
+    let mut i = 0;
+    while i < SPECS.len() {
+        if same_name(SPECS[i].name, name) {
+            return SPECS[i];
+        }
+        i += 1;
+    }
+    panic!("no such map")
+}
+
+/// `a == b`, usable in `const` context.
+pub const fn same_name(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+const _: () = {
+    let mut i = 0;
+    while i < SPECS.len() {
+        assert!(SPECS[i].name.len() <= 15, "map names are at most 15 bytes");
+        i += 1;
+    }
+    assert!(MAGLEV_INNER.name.len() <= 15);
+};

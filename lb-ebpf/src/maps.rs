@@ -1,9 +1,10 @@
 //! Every map of the datapath, as BTF maps so `bpftool map dump name ...` prints field names.
 //! Names are string literals (the `#[btf_map]` attribute takes nothing else); the `const` block
-//! at the bottom proves each one equals the `lb_common::maps` constant the agent uses.
+//! at the bottom proves each one is a map of `lb_common::maps::SPECS`, whose sizes the
+//! definitions use. The agent's tests load the object and compare every map with its spec.
 
 use aya_ebpf::{
-    btf_maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, ArrayOfMaps, DevMapHash, HashMap, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use lb_common::{
@@ -29,8 +30,11 @@ pub static SERVICES_MAP: Array<Service, { MAX_SERVICES as usize }> = Array::new(
 #[btf_map(name = "slb_backends")]
 pub static BACKENDS_MAP: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
 
+/// One service's Maglev table: entry 0 is its size `M`, entries `1..=M` backend ids.
+pub type MaglevTable = Array<u32, { (MAGLEV_MAX_SIZE + 1) as usize }, { BPF_F_INNER_MAP as usize }>;
+
 #[btf_map(name = "slb_maglev")]
-pub static MAGLEV_MAP: Array<u32, { (MAX_SERVICES * MAGLEV_SIZE) as usize }> = Array::new();
+pub static MAGLEV_MAP: ArrayOfMaps<MaglevTable, { MAX_SERVICES as usize }> = ArrayOfMaps::new();
 
 #[btf_map(name = "slb_conntrack")]
 pub static CONNTRACK_MAP: LruHashMap<FlowKey, Flow, { CONNTRACK_SIZE as usize }> = LruHashMap::new();
@@ -61,39 +65,24 @@ pub static OVERLAYS_MAP: HashMap<u32, u32, { MAX_OVERLAYS as usize }> = HashMap:
 #[btf_map(name = "slb_tx_ports")]
 pub static TX_PORTS_MAP: DevMapHash<{ MAX_TX_PORTS as usize }> = DevMapHash::new();
 
-const fn same(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    if a.len() != b.len() || a.len() > 15 {
-        return false;
-    }
-    let mut i = 0;
-    while i < a.len() {
-        if a[i] != b[i] {
-            return false;
-        }
-        i += 1;
-    }
-    true
-}
-
 // The literals above must be exactly the names the agent opens.
 const _: () = {
-    assert!(same("slb_settings", names::SETTINGS));
-    assert!(same("slb_fe_ports", names::FE_PORTS));
-    assert!(same("slb_frontends", names::FRONTENDS));
-    assert!(same("slb_local_addrs", names::LOCAL_ADDRS));
-    assert!(same("slb_services", names::SERVICES));
-    assert!(same("slb_backends", names::BACKENDS));
-    assert!(same("slb_maglev", names::MAGLEV));
-    assert!(same("slb_conntrack", names::CONNTRACK));
-    assert!(same("slb_ct_new", names::NEW_FLOWS));
-    assert!(same("slb_snat_addrs", names::SNAT_ADDRS));
-    assert!(same("slb_ct_events", names::CT_EVENTS));
-    assert!(same("slb_svc_stats", names::SVC_STATS));
-    assert!(same("slb_be_stats", names::BE_STATS));
-    assert!(same("slb_reasons", names::REASONS));
-    assert!(same("slb_tx_ports", names::TX_PORTS));
-    assert!(same("slb_overlays", names::OVERLAYS));
+    assert!(same_name("slb_settings", names::SETTINGS));
+    assert!(same_name("slb_fe_ports", names::FE_PORTS));
+    assert!(same_name("slb_frontends", names::FRONTENDS));
+    assert!(same_name("slb_local_addrs", names::LOCAL_ADDRS));
+    assert!(same_name("slb_services", names::SERVICES));
+    assert!(same_name("slb_backends", names::BACKENDS));
+    assert!(same_name("slb_maglev", names::MAGLEV));
+    assert!(same_name("slb_conntrack", names::CONNTRACK));
+    assert!(same_name("slb_ct_new", names::NEW_FLOWS));
+    assert!(same_name("slb_snat_addrs", names::SNAT_ADDRS));
+    assert!(same_name("slb_ct_events", names::CT_EVENTS));
+    assert!(same_name("slb_svc_stats", names::SVC_STATS));
+    assert!(same_name("slb_be_stats", names::BE_STATS));
+    assert!(same_name("slb_reasons", names::REASONS));
+    assert!(same_name("slb_tx_ports", names::TX_PORTS));
+    assert!(same_name("slb_overlays", names::OVERLAYS));
 };
 
 /// The node's settings record (all zero, i.e. defaults, if the agent has not written it).

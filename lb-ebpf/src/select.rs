@@ -5,7 +5,6 @@ use lb_common::{
     ANY_LOCAL_ADDR, BACKEND_REMOVED, Backend, Flow, FlowKey, FrontendKey, PORT_TRACKED_SHIFT, PROTO_BIT_TCP,
     PROTO_BIT_UDP, PROTO_TCP, SERVICE_STICKY, Service,
     hash::{client_hash, flow_hash},
-    maps::MAGLEV_SIZE,
 };
 
 use crate::maps::{
@@ -72,8 +71,16 @@ pub fn pick_backend(service_id: u32, service: &Service, key: &FlowKey) -> Option
     } else {
         flow_hash(key.src_addr, key.dst_addr, key.src_port, key.dst_port, key.proto)
     };
-    let slot = service_id.wrapping_mul(MAGLEV_SIZE).wrapping_add(hash % MAGLEV_SIZE);
-    let backend_id = *MAGLEV_MAP.get(slot)?;
+    // One lookup of the outer map gives one table; its size and slots are read from it alone.
+    // Race, handled: the agent may swap the service's table meanwhile (another CPU then sees
+    // the new one); the kernel frees the old one only after an RCU grace period, so this
+    // program finishes its reads on the table it found.
+    let table = MAGLEV_MAP.get(service_id)?;
+    let size = *table.get(0)?;
+    if size == 0 {
+        return None;
+    }
+    let backend_id = *table.get(1 + hash % size)?;
     if backend_id == 0 {
         return None;
     }

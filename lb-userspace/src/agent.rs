@@ -33,15 +33,16 @@ use crate::{
     datapath::{
         pins::{self, Loaded},
         tables::{self, Tables},
+        upgrade::MapSizes,
         writer::Writer,
     },
     health::{self, Attachment, Heartbeat},
     host,
     metrics::{self, SyncStatus},
     model::Cluster,
-    planner::{self, Plan},
+    programmer::Programmer,
     source::{docker, file},
-    state, takeover,
+    takeover,
 };
 
 /// How often the config file's mtime and the node's addresses are checked.
@@ -114,11 +115,6 @@ pub async fn run(args: RunArgs) -> Result<()> {
         }
     };
     let local = first.local.as_deref();
-    let saved = state::load(&state_dir).unwrap_or_else(|e| {
-        warn!(error = format!("{e:#}"), "ignoring unreadable state file; ids start afresh");
-        None
-    });
-    let plan = planner::plan(&first.cluster, local, &saved.unwrap_or_default()).context("planning")?;
     match local.and_then(|name| first.cluster.node(name)) {
         Some(node) => info!(
             nodes = first.cluster.nodes.len(),
@@ -150,13 +146,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
 
     host::prepare_sysctls(&ifaces);
-    host::check_snat_range(plan.node.snat_ports);
+    host::check_snat_range(first.cluster.node.snat_ports);
     let ifindexes = ifaces.iter().map(|i| host::ifindex(i)).collect::<Result<Vec<_>>>()?;
-    let loaded = pins::load_and_attach(EBPF_OBJECT, &pin_dir, &ifaces, args.xdp_mode.into())?;
-    let mut attached = BTreeMap::new();
-    for (iface, ifindex) in ifaces.iter().zip(&ifindexes) {
-        attached.insert(iface.clone(), attachment(&loaded, iface, *ifindex).await);
-    }
+    let sizes = MapSizes { conntrack: args.max_connections * 2 };
+    let loaded = pins::load(EBPF_OBJECT, &pin_dir, &sizes, args.xdp_mode.into())?;
 
     let mut writer = Writer::open(&pin_dir)?;
     writer.add_tx_ports(&ifindexes)?;
@@ -168,13 +161,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // Docker source takes Docker's endpoints over.
     let takeover = matches!(source, Source::Docker { .. });
     let mut agent = Agent {
-        writer,
+        programmer: Arc::new(std::sync::Mutex::new(Programmer::new(writer, state_dir.clone()))),
+        left_out: Vec::new(),
         loaded,
-        applied: None,
         pin_dir: pin_dir.clone(),
         state_dir,
         takeover,
-        attached,
+        attached: BTreeMap::new(),
         takeover_errors: BTreeMap::new(),
         status,
         node: first.local.clone(),
@@ -186,10 +179,16 @@ pub async fn run(args: RunArgs) -> Result<()> {
         agent.beat(true);
         return Err(e);
     }
-    let result = agent.apply(plan);
+    let result = agent.program(&first).await;
     agent.record(&result, &first);
-    agent.beat(false);
     result?;
+    // The maps hold the plan: only now do the interfaces get (or switch to) the new program.
+    for (iface, ifindex) in ifaces.iter().zip(&ifindexes) {
+        agent.loaded.attach(iface)?;
+        agent.attached.insert(iface.clone(), attachment(&agent.loaded, iface, *ifindex).await);
+    }
+    agent.loaded.finish_upgrade()?;
+    agent.beat(false);
     let served = agent.serve(source, int, term).await;
     agent.beat(true);
     served
@@ -227,10 +226,10 @@ async fn attachment(loaded: &Loaded, iface: &str, ifindex: u32) -> Attachment {
 }
 
 struct Agent {
-    writer: Writer,
+    programmer: Arc<std::sync::Mutex<Programmer>>,
+    /// What the last plan left out, for `/healthz`.
+    left_out: Vec<String>,
     loaded: Loaded,
-    /// What the maps hold; `None` if a write failed and the next apply must be a full sync.
-    applied: Option<Plan>,
     pin_dir: PathBuf,
     state_dir: PathBuf,
     /// Whether overlay endpoints are taken over before each apply (Docker source).
@@ -319,19 +318,24 @@ impl Agent {
                 return;
             }
         };
-        let local = update.local.as_deref();
-        let prev = self.applied.clone().or_else(|| state::load(&self.state_dir).ok().flatten()).unwrap_or_default();
-        let result = match planner::plan(&update.cluster, local, &prev) {
-            Ok(plan) => {
-                self.take_over(&update.cluster, local).await;
-                self.apply(plan)
-            }
-            Err(e) => Err(e.into()),
-        };
+        self.take_over(&update.cluster, update.local.as_deref()).await;
+        let result = self.program(&update).await;
         if let Err(e) = &result {
             error!("update rejected, still serving the last good state: {e:#}");
         }
         self.record(&result, &update);
+    }
+
+    /// Plans and writes `update` off the async runtime.
+    async fn program(&mut self, update: &Update) -> Result<()> {
+        let programmed =
+            Programmer::program(&self.programmer, Arc::new(update.cluster.clone()), update.local.clone()).await?;
+        debug!(ms = programmed.took.as_millis() as u64, "planned and written");
+        self.left_out = programmed.left_out.iter().map(|l| l.to_string()).collect();
+        for note in &self.left_out {
+            warn!("{note}");
+        }
+        Ok(())
     }
 
     fn record(&self, result: &Result<()>, update: &Update) {
@@ -343,6 +347,7 @@ impl Agent {
                 // An update no event triggered (start, periodic resync, file) counts from its read.
                 self.status.record_ok(update.trigger.unwrap_or(update.read_at).elapsed());
                 let mut problems = update.notes.clone();
+                problems.extend(self.left_out.iter().cloned());
                 problems.extend(self.takeover_errors.iter().map(|(net, e)| format!("network {net:?}: takeover: {e}")));
                 self.status.set_problems(problems);
             }
@@ -403,11 +408,17 @@ impl Agent {
     async fn attach_endpoint(&mut self, network: &str, iface: &str, ifindex: u32) -> Result<()> {
         host::prepare_sysctls(&[iface.to_owned()]);
         self.loaded.attach(iface)?;
-        self.writer.add_tx_ports(&[ifindex])?;
+        self.programmer().writer().add_tx_ports(&[ifindex])?;
         info!(network, iface, ifindex, "overlay endpoint taken over; XDP attached");
         let attachment = attachment(&self.loaded, iface, ifindex).await;
         self.attached.insert(iface.to_owned(), attachment);
         Ok(())
+    }
+
+    /// The writer, for the small writes made on the async thread (never during a
+    /// [`Programmer::program`]: the agent's loop awaits those).
+    fn programmer(&self) -> std::sync::MutexGuard<'_, Programmer> {
+        self.programmer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Writes `health.json`: alive (or, with `exited`, gone), how the last sync went, and what
@@ -428,45 +439,6 @@ impl Agent {
         }
     }
 
-    fn apply(&mut self, plan: Plan) -> Result<()> {
-        let full = self.applied.is_none();
-        let diff = planner::diff(self.applied.as_ref(), &plan);
-        if !full && diff.summary.is_empty() && diff == planner::Diff::default() {
-            if self.applied.as_ref() != Some(&plan) {
-                // Only what status shows changed (e.g. the node a task runs on).
-                state::save(&self.state_dir, &plan)?;
-                self.applied = Some(plan);
-                info!("applied: no map changes (names only)");
-            } else {
-                debug!("desired state unchanged");
-            }
-            return Ok(());
-        }
-        // The counters belong to the last applied plan: after a restart, the saved one.
-        let counted = self.applied.clone().or_else(|| state::load(&self.state_dir).ok().flatten());
-        let reset = planner::stats_to_reset(counted.as_ref(), &plan);
-        // Until the writes are done, the maps are in between plans.
-        let previous = self.applied.take();
-        self.writer.reset_stats(&reset)?;
-        self.writer.apply(&diff).inspect_err(|_| self.applied = None)?;
-        let swept = if full { self.writer.sweep(&plan)? } else { 0 };
-        state::save(&self.state_dir, &plan)?;
-        let counts = format!(
-            "{} services, {} backends, {} frontends",
-            plan.services.len(),
-            plan.backend_count(),
-            plan.frontend_count()
-        );
-        if full {
-            info!("applied: {counts} (full sync, {swept} stale entries removed)");
-        } else {
-            info!("applied: {counts} (changed: {})", diff.summary);
-        }
-        drop(previous);
-        self.applied = Some(plan);
-        Ok(())
-    }
-
     /// Removes idled-out connection entries (off the async thread: the read is proportional to
     /// the tables) and releases the ports of removed frontends whose connections have all ended.
     async fn sweep_tables(&mut self) {
@@ -479,7 +451,7 @@ impl Agent {
             if swept.removed > 0 {
                 debug!(removed = swept.removed, "idled-out connection entries removed");
             }
-            self.writer.release_ports(&swept.client_ports)
+            self.programmer().writer().release_ports(&swept.client_ports)
         });
         match released {
             Ok(ports) if !ports.is_empty() => {
@@ -491,7 +463,7 @@ impl Agent {
     }
 
     fn refresh_addrs(&mut self) {
-        match host::local_ipv4_addrs().and_then(|a| self.writer.sync_local_addrs(&a)) {
+        match host::local_ipv4_addrs().and_then(|a| self.programmer().writer().sync_local_addrs(&a)) {
             Ok(true) => info!("local addresses changed; slb_local_addrs updated"),
             Ok(false) => {}
             Err(e) => warn!("cannot refresh local addresses: {e:#}"),

@@ -90,6 +90,11 @@ pub struct RunArgs {
     pub docker_host: String,
     #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
     pub xdp_mode: XdpModeArg,
+    /// Connections the connection table holds (two entries each; 1,048,576 take ~300 MB). A
+    /// different value on a later start recreates the table, carrying open connections over.
+    #[arg(long, default_value_t = lb_common::maps::CONNTRACK_SIZE / 2,
+        value_parser = clap::value_parser!(u32).range(1024..=MAX_CONNECTIONS))]
+    pub max_connections: u32,
     /// Serve Prometheus `/metrics` and `/healthz` here: ADDR:PORT, `off`, or `auto` (this node's
     /// address, the swarm one if any, else the first of the first interface, port 9720).
     #[arg(long, default_value = AUTO)]
@@ -97,6 +102,9 @@ pub struct RunArgs {
     #[command(flatten)]
     pub dirs: Dirs,
 }
+
+/// Largest `--max-connections`: 32 Mi table entries, ~10 GB of kernel memory.
+pub const MAX_CONNECTIONS: i64 = 1 << 24;
 
 /// The value that asks the agent to choose (`--iface`, `--metrics-addr`).
 pub const AUTO: &str = "auto";

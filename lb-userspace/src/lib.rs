@@ -15,6 +15,7 @@ pub mod maglev;
 pub mod metrics;
 pub mod model;
 pub mod planner;
+pub mod programmer;
 pub mod source;
 pub mod state;
 pub mod status;

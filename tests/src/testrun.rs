@@ -13,13 +13,13 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     maps::{HashMap, MapData, PerCpuArray},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use lb_common::{CtEvent, Flow, FlowKey, Reason, Traffic, maps};
 use swarmlb::{
-    datapath::{MAPS, pins, writer::Writer},
+    datapath::{pins, upgrade::MapSizes, writer::Writer},
     planner::{self, Plan},
     source::file,
 };
@@ -95,18 +95,16 @@ impl Datapath {
     /// `pin_dir` (left in place on drop): frames run through it act on the live datapath's
     /// state, as packets on the agent's interfaces would.
     pub fn attach_pinned(pin_dir: &Path) -> Result<Self> {
-        for (name, _, _) in MAPS {
-            ensure!(pin_dir.join(name).exists(), "no map {name} pinned in {}", pin_dir.display());
+        for spec in maps::SPECS {
+            ensure!(pin_dir.join(spec.name).exists(), "no map {} pinned in {}", spec.name, pin_dir.display());
         }
         Self::load_with_pins(pin_dir.to_owned(), false)
     }
 
     fn load_with_pins(pin_dir: PathBuf, owns_pins: bool) -> Result<Self> {
-        let mut loader = EbpfLoader::new();
-        for (name, _, _) in MAPS {
-            loader.map_pin_path(name, pin_dir.join(name));
-        }
-        let loaded = loader.load(swarmlb::EBPF_OBJECT).context("loading the XDP object (needs root and BPF)");
+        let loaded = pins::loader(&pin_dir, &MapSizes::default())
+            .load(swarmlb::EBPF_OBJECT)
+            .context("loading the XDP object (needs root and BPF)");
         let mut ebpf = match loaded {
             Ok(ebpf) => ebpf,
             Err(e) => {
@@ -146,7 +144,11 @@ impl Datapath {
     pub fn apply(&mut self, config: &str) -> Result<()> {
         let local = self.local_node.as_deref();
         let cluster = file::parse("test.toml", config, local).map_err(|e| anyhow!("{e}"))?;
-        let next = planner::plan(&cluster, local, self.plan.as_ref().unwrap_or(&Plan::default()))?;
+        let planned = planner::plan(&cluster, local, self.plan.as_ref().unwrap_or(&Plan::default()));
+        if let Some(first) = planned.left_out.first() {
+            bail!("the planner left out part of the config: {first}");
+        }
+        let next = planned.plan;
         let diff = planner::diff(self.plan.as_ref(), &next);
         let reset = planner::stats_to_reset(self.plan.as_ref(), &next);
         self.writer()?.reset_stats(&reset)?;

@@ -1,8 +1,8 @@
-//! Batch reads and deletes on hash and LRU hash maps (the connection table), through the raw
-//! `bpf(2)` syscall. aya 0.14 has no `BPF_MAP_*_BATCH` operations: its iterator costs two
-//! syscalls an entry (get-next-key, then lookup), which for a table of up to a million flows is
-//! seconds of system time. This module owns only `BPF_MAP_LOOKUP_BATCH` and
-//! `BPF_MAP_DELETE_BATCH` (Linux 5.6+); opening, pinning and typing maps stays with aya.
+//! The `bpf(2)` map commands aya 0.14 does not offer, through the raw syscall: batch reads,
+//! writes and deletes (`BPF_MAP_*_BATCH`, Linux 5.6+) and the deletion of a map-of-maps entry.
+//! aya's iterator costs two syscalls an entry (get-next-key, then lookup), which for a table of
+//! up to two million entries is seconds of system time, and writing a Maglev table slot by slot
+//! is one syscall a slot. Opening, pinning and typing maps stays with aya.
 //!
 //! A dump of a live map is not a snapshot: each hash bucket is copied under its lock, so an
 //! entry appears at most once, but entries added or removed meanwhile may or may not be seen.
@@ -15,7 +15,9 @@ use aya::Pod;
 use aya::maps::{MapData, MapError, MapType};
 
 /// `enum bpf_cmd` in `linux/bpf.h` (libc has no constants for them).
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 
 /// Keys per `BPF_MAP_DELETE_BATCH`: the kernel loops over however many it is given, this only
@@ -27,9 +29,11 @@ const DELETE_CHUNK: usize = 1 << 16;
 pub enum BatchError {
     #[error("cannot read the map's info: {source}")]
     Info { source: MapError },
-    /// Per-CPU maps would need `value_size * ncpus` per entry; only plain hash maps are handled.
-    #[error("map type {0:?}: batch operations here handle only hash and LRU hash maps")]
-    MapType(MapType),
+    /// Per-CPU maps would need `value_size * ncpus` per entry; they are not handled.
+    #[error("map type {0:?}: this operation handles only {1}")]
+    MapType(MapType, &'static str),
+    #[error("{keys} keys but {values} values")]
+    Lengths { keys: usize, values: usize },
     #[error("the map's key size is {map} bytes, the key type's {ty}")]
     KeySize { map: u32, ty: usize },
     #[error("the map's value size is {map} bytes, the value type's {ty}")]
@@ -55,6 +59,18 @@ struct BatchAttr {
 }
 const _: () = assert!(size_of::<BatchAttr>() == 56);
 
+/// The `elem` member of `union bpf_attr` (lookup, update, delete of one element).
+#[repr(C)]
+#[derive(Default)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+const _: () = assert!(size_of::<ElemAttr>() == 32);
+
 /// Runs one batch command. The kernel writes the number of elements processed back into
 /// `attr.count`, on success and on errors other than `EFAULT`.
 ///
@@ -68,14 +84,24 @@ unsafe fn bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
     if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
-/// Checks that `map` is a hash or LRU hash map with keys of `K`'s size (and values of
-/// `value_size`, if given); returns its `max_entries`. This is what keeps the kernel's writes
+/// Map types whose entries are one value each, keyed by a hash.
+const HASHES: (&[MapType], &str) = (&[MapType::Hash, MapType::LruHash], "hash and LRU hash maps");
+/// The same, and plain arrays.
+const HASHES_AND_ARRAYS: (&[MapType], &str) =
+    (&[MapType::Hash, MapType::LruHash, MapType::Array], "hash, LRU hash and array maps");
+
+/// Checks that `map` is of one of `types` with keys of `K`'s size (and values of `value_size`,
+/// if given); returns its `max_entries`. This is what keeps the kernel's reads and writes
 /// within our buffers.
-fn check<K: Pod>(map: &MapData, value_size: Option<usize>) -> Result<u32, BatchError> {
+fn check<K: Pod>(
+    map: &MapData,
+    value_size: Option<usize>,
+    (types, what): (&[MapType], &'static str),
+) -> Result<u32, BatchError> {
     let info = map.info().map_err(|source| BatchError::Info { source })?;
     let map_type = info.map_type().map_err(|source| BatchError::Info { source })?;
-    if !matches!(map_type, MapType::Hash | MapType::LruHash) {
-        return Err(BatchError::MapType(map_type));
+    if !types.contains(&map_type) {
+        return Err(BatchError::MapType(map_type, what));
     }
     if info.key_size() as usize != size_of::<K>() {
         return Err(BatchError::KeySize { map: info.key_size(), ty: size_of::<K>() });
@@ -92,12 +118,12 @@ fn map_fd(map: &MapData) -> u32 {
     map.fd().as_fd().as_raw_fd() as u32
 }
 
-/// Every (key, value) of a hash or LRU hash map, in chunks of `chunk` entries per syscall.
+/// Every (key, value) of a hash, LRU hash or array map, in chunks of `chunk` entries per syscall.
 ///
 /// A chunk smaller than one hash bucket makes the kernel answer `ENOSPC`; the chunk is then
 /// doubled and the call retried, as libbpf's callers do.
 pub fn dump<K: Pod, V: Pod>(map: &MapData, chunk: u32) -> Result<Vec<(K, V)>, BatchError> {
-    let max_entries = check::<K>(map, Some(size_of::<V>()))?;
+    let max_entries = check::<K>(map, Some(size_of::<V>()), HASHES_AND_ARRAYS)?;
     let fd = map_fd(map);
     let mut chunk = chunk.max(1);
     let mut out = Vec::new();
@@ -164,7 +190,7 @@ pub fn dump<K: Pod, V: Pod>(map: &MapData, chunk: u32) -> Result<Vec<(K, V)>, Ba
 /// Deletes `keys` (missing keys are not an error: the kernel reports ENOENT, treat as success
 /// and keep going past that key), returns how many were deleted.
 pub fn delete<K: Pod>(map: &MapData, keys: &[K]) -> Result<usize, BatchError> {
-    check::<K>(map, None)?;
+    check::<K>(map, None, HASHES)?;
     let fd = map_fd(map);
     let mut deleted = 0;
     let mut rest = keys;
@@ -186,6 +212,48 @@ pub fn delete<K: Pod>(map: &MapData, keys: &[K]) -> Result<usize, BatchError> {
         }
     }
     Ok(deleted)
+}
+
+/// Writes `keys[i] -> values[i]` (create or replace) in one syscall per [`DELETE_CHUNK`]
+/// entries. A hash map that is full fails with `E2BIG` after the entries before it were
+/// written; an LRU hash evicts instead.
+pub fn update<K: Pod, V: Pod>(map: &MapData, keys: &[K], values: &[V]) -> Result<(), BatchError> {
+    check::<K>(map, Some(size_of::<V>()), HASHES_AND_ARRAYS)?;
+    if keys.len() != values.len() {
+        return Err(BatchError::Lengths { keys: keys.len(), values: values.len() });
+    }
+    let fd = map_fd(map);
+    for (keys, values) in keys.chunks(DELETE_CHUNK).zip(values.chunks(DELETE_CHUNK)) {
+        let mut attr = BatchAttr {
+            keys: keys.as_ptr() as u64,
+            values: values.as_ptr() as u64,
+            count: keys.len() as u32,
+            map_fd: fd,
+            ..BatchAttr::default()
+        };
+        // SAFETY: `keys` and `values` hold `count` contiguous keys and values of the map's sizes
+        // (checked above), which the kernel only reads.
+        unsafe { bpf(BPF_MAP_UPDATE_BATCH, &mut attr) }
+            .map_err(|source| BatchError::Syscall { cmd: "BPF_MAP_UPDATE_BATCH", source })?;
+    }
+    Ok(())
+}
+
+/// Deletes one entry of any map keyed by a `u32` (a map-of-maps slot included); `Ok(false)`:
+/// there was none.
+pub fn delete_one(map: &MapData, key: u32) -> Result<bool, BatchError> {
+    let mut attr = ElemAttr { map_fd: map_fd(map), key: &key as *const u32 as u64, ..ElemAttr::default() };
+    // SAFETY: `attr` is a live `bpf_attr` prefix of the size passed; the kernel reads the 4-byte
+    // key through `attr.key` (every map given here has 4-byte keys, else it answers EINVAL).
+    let ret =
+        unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_DELETE_ELEM, &mut attr as *mut ElemAttr, size_of::<ElemAttr>()) };
+    if ret == 0 {
+        return Ok(true);
+    }
+    match io::Error::last_os_error() {
+        e if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        source => Err(BatchError::Syscall { cmd: "BPF_MAP_DELETE_ELEM", source }),
+    }
 }
 
 #[cfg(test)]
@@ -345,6 +413,6 @@ mod tests {
         assert!(matches!(delete::<u32>(map.map(), &[1]), Err(BatchError::KeySize { .. })));
         let percpu = PerCpuHashMap::<MapData, Key, Value>::create(16, 0).unwrap();
         let err = dump::<Key, Value>(percpu.map(), 64).unwrap_err();
-        assert!(matches!(err, BatchError::MapType(MapType::PerCpuHash)), "{err}");
+        assert!(matches!(err, BatchError::MapType(MapType::PerCpuHash, _)), "{err}");
     }
 }

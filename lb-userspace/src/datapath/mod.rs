@@ -1,39 +1,17 @@
 //! The datapath side of the agent: loading and attaching the XDP program with its maps pinned
-//! ([`pins`]), writing a plan's diff into the maps in a safe order ([`writer`]), and reading the
-//! counters back ([`reader`]).
+//! ([`pins`]), writing a plan's diff into the maps in a safe order ([`writer`], with the Maglev
+//! tables in [`maglev`]), and reading the counters back ([`reader`]). The maps themselves are
+//! described once, in `lb_common::maps::SPECS`.
 
 use std::path::{Path, PathBuf};
 
 pub mod batch;
+pub mod maglev;
 pub mod pins;
 pub mod reader;
 pub mod tables;
+pub mod upgrade;
 pub mod writer;
-
-/// Every map of the datapath, with the key and value sizes `lb-common` defines: the agent checks
-/// a pinned map against these before reusing it.
-pub const MAPS: &[(&str, usize, usize)] = {
-    use lb_common::{maps::*, *};
-    use std::mem::size_of;
-    &[
-        (SETTINGS, 4, size_of::<Settings>()),
-        (FE_PORTS, 4, 1),
-        (FRONTENDS, size_of::<FrontendKey>(), size_of::<Frontend>()),
-        (LOCAL_ADDRS, 4, 4),
-        (SERVICES, 4, size_of::<Service>()),
-        (BACKENDS, 4, size_of::<Backend>()),
-        (MAGLEV, 4, 4),
-        (CONNTRACK, size_of::<FlowKey>(), size_of::<Flow>()),
-        (NEW_FLOWS, size_of::<FlowKey>(), size_of::<Flow>()),
-        (SNAT_ADDRS, 4, 4),
-        (CT_EVENTS, 4, 8),
-        (SVC_STATS, 4, size_of::<Traffic>()),
-        (BE_STATS, 4, size_of::<Traffic>()),
-        (REASONS, 4, 8),
-        (TX_PORTS, 4, 8),
-        (OVERLAYS, 4, 4),
-    ]
-};
 
 /// Where a map (or link) named `name` is pinned: `<pin dir>/<name>`.
 pub(crate) fn pin_path(pin_dir: &Path, name: &str) -> PathBuf {

@@ -1,8 +1,10 @@
 //! Loads the embedded eBPF object with every map pinned in the pin directory (`--pin-dir`,
 //! default `/sys/fs/bpf/swarmlb`; created on first run, reused afterwards so established
-//! connections survive an agent restart), attaches the XDP program `swarmlb` and, beside it, the
-//! TC ingress program `swarmlb_neigh` (the neighbour-resolution hand-off) to interfaces through
-//! pinned bpf_links, and removes it all on `unload`.
+//! connections survive an agent restart, checked and carried over by [`super::upgrade`]),
+//! attaches the XDP program `swarmlb` and, beside it, the TC ingress program `swarmlb_neigh`
+//! (the neighbour-resolution hand-off) to interfaces through pinned bpf_links, and removes it
+//! all on `unload`. Loading and attaching are separate steps so the agent fills new maps before
+//! any interface runs the program that reads them.
 //!
 //! On restart an interface's pinned links are kept and their programs swapped atomically with
 //! BPF_LINK_UPDATE (aya's `attach_to_link`): the interface is never without a program, and the
@@ -13,7 +15,6 @@ use std::{collections::BTreeSet, io::ErrorKind, path::Path};
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::MapData,
     programs::{
         LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, LinkError, PinnedLink},
@@ -24,7 +25,10 @@ use aya::{
 use lb_common::maps::{PROG_LB, PROG_NEIGH};
 use tracing::{info, warn};
 
-use super::{LINK_PREFIX, MAP_PREFIX, MAPS, link_pin_path, pin_path, tc_link_pin_path};
+use super::{
+    LINK_PREFIX, MAP_PREFIX, link_pin_path, pin_path, tc_link_pin_path,
+    upgrade::{self, Carried, MapSizes},
+};
 
 /// The loaded program, kept by the agent so interfaces can be attached after start (the
 /// overlay endpoints the Docker source takes over).
@@ -34,9 +38,20 @@ pub struct Loaded {
     mode: XdpMode,
     /// Interfaces whose neighbour-resolution hand-off (TC) is attached.
     handoff: BTreeSet<String>,
+    /// Old maps an upgrade replaced, until [`Loaded::finish_upgrade`].
+    carried: Option<Carried>,
 }
 
 impl Loaded {
+    /// Once the interfaces run the new program: carries over what the old one added to the
+    /// replaced connection tables meanwhile, and lets the old maps go.
+    pub fn finish_upgrade(&mut self) -> Result<()> {
+        match self.carried.take() {
+            Some(carried) => carried.finish(&self.pin_dir),
+            None => Ok(()),
+        }
+    }
+
     /// Attaches the programs to one more interface, pinned like the others.
     pub fn attach(&mut self, iface: &str) -> Result<()> {
         if attach_both(&mut self.ebpf, &self.pin_dir, iface, self.mode)? {
@@ -82,26 +97,27 @@ fn attach_both(ebpf: &mut Ebpf, pin_dir: &Path, iface: &str, mode: XdpMode) -> R
     }
 }
 
-/// Loads the object, creating or reusing the maps pinned in `pin_dir`, and attaches it to
-/// `ifaces`.
-pub fn load_and_attach(object: &[u8], pin_dir: &Path, ifaces: &[String], mode: XdpMode) -> Result<Loaded> {
-    ensure_bpffs(pin_dir)?;
-    drop_incompatible_pins(pin_dir)?;
+/// The loader for maps pinned in `pin_dir` at `sizes` (the agent's, and the tests').
+pub fn loader(pin_dir: &Path, sizes: &MapSizes) -> EbpfLoader<'static> {
     let mut loader = EbpfLoader::new();
-    for (name, _, _) in MAPS {
-        loader.map_pin_path(name, pin_path(pin_dir, name));
+    for spec in lb_common::maps::SPECS {
+        loader.map_pin_path(spec.name, pin_path(pin_dir, spec.name));
     }
-    let mut ebpf = loader.load(object).context("loading the eBPF object (maps and programs)")?;
+    loader.map_max_entries(lb_common::maps::CONNTRACK, sizes.conntrack);
+    loader
+}
+
+/// Loads the object, creating or reusing the maps pinned in `pin_dir` (a pin that differs from
+/// this build is replaced, its entries carried over where they can be). Nothing is attached yet.
+pub fn load(object: &[u8], pin_dir: &Path, sizes: &MapSizes, mode: XdpMode) -> Result<Loaded> {
+    ensure_bpffs(pin_dir)?;
+    let carried = upgrade::check_pins(pin_dir, &upgrade::expected(sizes))?;
+    let mut ebpf = loader(pin_dir, sizes).load(object).context("loading the eBPF object (maps and programs)")?;
     xdp_program(&mut ebpf)?.load().with_context(|| format!("loading program {PROG_LB:?} (verifier)"))?;
     tc_program(&mut ebpf)?.load().with_context(|| format!("loading program {PROG_NEIGH:?} (verifier)"))?;
-    let mut handoff = BTreeSet::new();
-    for iface in ifaces {
-        if attach_both(&mut ebpf, pin_dir, iface, mode)? {
-            handoff.insert(iface.clone());
-        }
-    }
-    // Dropping `ebpf` closes our descriptors only: links and maps stay pinned and attached.
-    Ok(Loaded { ebpf, pin_dir: pin_dir.to_owned(), mode, handoff })
+    carried.copy(pin_dir)?;
+    let carried = (!carried.is_empty()).then_some(carried);
+    Ok(Loaded { ebpf, pin_dir: pin_dir.to_owned(), mode, handoff: BTreeSet::new(), carried })
 }
 
 /// `/sys/fs/bpf` must be a bpffs; mount one if it is not (fresh containers often lack it). The
@@ -119,25 +135,6 @@ fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
     let on_bpffs = nix::sys::statfs::statfs(pin_dir).map(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC);
     if !matches!(on_bpffs, Ok(true)) {
         bail!("pin directory {} is not on a bpffs (use a directory under /sys/fs/bpf)", pin_dir.display());
-    }
-    Ok(())
-}
-
-/// A pinned map whose layout differs from this build's (an upgrade changed it) cannot be reused:
-/// its pin is removed so a fresh map is created, at the cost of that map's contents.
-fn drop_incompatible_pins(pin_dir: &Path) -> Result<()> {
-    for (name, key_size, value_size) in MAPS {
-        let path = pin_path(pin_dir, name);
-        if !path.exists() {
-            continue;
-        }
-        let compatible = MapData::from_pin(&path)
-            .and_then(|m| m.info())
-            .map(|i| i.key_size() as usize == *key_size && i.value_size() as usize == *value_size);
-        if !matches!(compatible, Ok(true)) {
-            warn!(map = name, "pinned map has another layout than this build; recreating it (its contents are lost)");
-            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-        }
     }
     Ok(())
 }

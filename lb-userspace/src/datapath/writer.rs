@@ -17,7 +17,7 @@ use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues, xdp::De
 use lb_common::{BACKEND_REMOVED, Backend, Frontend, FrontendKey, Service, Settings, Traffic, maps as names};
 use tracing::debug;
 
-use super::pin_path;
+use super::{maglev::MaglevTables, pin_path};
 use crate::planner::{Diff, Plan, StatsReset, TRACKED_BITS, frontend_key, port_bits, snat_addrs};
 
 /// The maps the agent writes, opened from their pins.
@@ -29,7 +29,7 @@ pub struct Writer {
     snat_addrs: HashMap<MapData, [u8; 4], u32>,
     services: Array<MapData, Service>,
     backends: Array<MapData, Backend>,
-    maglev: Array<MapData, u32>,
+    maglev: MaglevTables,
     svc_stats: PerCpuArray<MapData, Traffic>,
     be_stats: PerCpuArray<MapData, Traffic>,
     tx_ports: DevMapHash<MapData>,
@@ -66,7 +66,7 @@ impl Writer {
             snat_addrs: typed!(pin_dir, names::SNAT_ADDRS),
             services: typed!(pin_dir, names::SERVICES),
             backends: typed!(pin_dir, names::BACKENDS),
-            maglev: typed!(pin_dir, names::MAGLEV),
+            maglev: MaglevTables::open(pin_dir)?,
             svc_stats: typed!(pin_dir, names::SVC_STATS),
             be_stats: typed!(pin_dir, names::BE_STATS),
             tx_ports: typed!(pin_dir, names::TX_PORTS),
@@ -103,7 +103,9 @@ impl Writer {
         for (id, backend) in &diff.backends {
             self.backends.set(*id, backend, 0).with_context(|| format!("writing slb_backends[{id}]"))?;
         }
-        self.write_slots(&diff.maglev)?;
+        for (id, table) in &diff.maglev {
+            self.maglev.write(*id, table)?;
+        }
         for (id, service) in &diff.services {
             self.services.set(*id, service, 0).with_context(|| format!("writing slb_services[{id}]"))?;
         }
@@ -120,7 +122,9 @@ impl Writer {
         for id in &diff.removed_services {
             self.services.set(*id, Service::default(), 0).with_context(|| format!("clearing slb_services[{id}]"))?;
         }
-        self.write_slots(&diff.removed_maglev)?;
+        for id in &diff.removed_maglev {
+            self.maglev.remove(*id)?;
+        }
         for (id, backend) in &diff.removed_backends {
             self.backends.set(*id, backend, 0).with_context(|| format!("flagging slb_backends[{id}] removed"))?;
         }
@@ -134,7 +138,7 @@ impl Writer {
         }
         debug!(
             backends = diff.backends.len(),
-            slots = diff.maglev.len() + diff.removed_maglev.len(),
+            maglev_tables = diff.maglev.len() + diff.removed_maglev.len(),
             services = diff.services.len(),
             frontends = diff.frontends.len() + diff.removed_frontends.len(),
             "map writes"
@@ -142,15 +146,8 @@ impl Writer {
         Ok(())
     }
 
-    fn write_slots(&mut self, slots: &[(u32, u32)]) -> Result<()> {
-        for (index, backend) in slots {
-            self.maglev.set(*index, backend, 0).with_context(|| format!("writing slb_maglev[{index}]"))?;
-        }
-        Ok(())
-    }
-
     /// After a full sync: removes what an earlier run left that `plan` does not have (frontends,
-    /// port bits, VNIs, SNAT addresses) and flags the backends it had that no service has now
+    /// port bits, VNIs, SNAT addresses, Maglev tables) and flags the backends it had that no service has now
     /// (removed while no agent ran). Returns how many entries it changed.
     pub fn sweep(&mut self, plan: &Plan) -> Result<usize> {
         let wanted: HashSet<FrontendKey> =
@@ -184,6 +181,11 @@ impl Writer {
                 cleared += 1;
             }
         }
+        let services: HashSet<u32> = plan.services.iter().map(|s| s.id).collect();
+        let stale_tables: Vec<u32> = self.maglev.ids().into_iter().filter(|id| !services.contains(id)).collect();
+        for id in &stale_tables {
+            self.maglev.remove(*id)?;
+        }
         let live = plan.backend_ids();
         let mut flagged = 0;
         for id in (1..names::MAX_BACKENDS).filter(|id| !live.contains(id)) {
@@ -194,7 +196,7 @@ impl Writer {
                 flagged += 1;
             }
         }
-        Ok(stale.len() + stale_vnis.len() + stale_snat.len() + cleared + flagged)
+        Ok(stale.len() + stale_vnis.len() + stale_snat.len() + stale_tables.len() + cleared + flagged)
     }
 
     fn note_port(&mut self, port: u16, bits: u8) {

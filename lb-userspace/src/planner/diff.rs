@@ -6,8 +6,6 @@ use std::{
     sync::Arc,
 };
 
-use lb_common::maps::MAGLEV_SIZE;
-
 use super::{Plan, PlannedBackend, PlannedService};
 use crate::model::{Frontend, MalformedPolicy, NodeSettings};
 
@@ -23,8 +21,9 @@ pub struct Diff {
     pub overlays: Vec<u32>,
     /// Backends that are new or whose address changed (or every backend, in a full sync).
     pub backends: Vec<(u32, lb_common::Backend)>,
-    /// Maglev slots of live services: (map index, backend id).
-    pub maglev: Vec<(u32, u32)>,
+    /// Maglev tables of live services that are new or changed: (service id, table). Each is
+    /// written whole, as a new inner map swapped in at once.
+    pub maglev: Vec<(u32, Arc<[u32]>)>,
     pub services: Vec<(u32, lb_common::Service)>,
     pub frontends: Vec<(lb_common::FrontendKey, lb_common::Frontend)>,
     /// `slb_fe_ports` values that change (0 clears the port).
@@ -32,8 +31,8 @@ pub struct Diff {
     pub removed_frontends: Vec<lb_common::FrontendKey>,
     /// Services that no longer exist: their entry is zeroed after their frontends are gone.
     pub removed_services: Vec<u32>,
-    /// Their Maglev slots, cleared last.
-    pub removed_maglev: Vec<(u32, u32)>,
+    /// Their Maglev tables, removed after them.
+    pub removed_maglev: Vec<u32>,
     /// Backends no service has any more, flagged [`lb_common::BACKEND_REMOVED`] once no slot
     /// names them (their UDP flows then move; their id may be handed out again later).
     pub removed_backends: Vec<(u32, lb_common::Backend)>,
@@ -166,10 +165,6 @@ pub fn port_bits(plan: &Plan) -> BTreeMap<u16, u8> {
 /// The bits of a port value that say only "connections may still run here".
 pub const TRACKED_BITS: u8 = (lb_common::PROTO_BIT_TCP | lb_common::PROTO_BIT_UDP) << lb_common::PORT_TRACKED_SHIFT;
 
-fn maglev_index(service_id: u32, slot: usize) -> u32 {
-    service_id * MAGLEV_SIZE + slot as u32
-}
-
 /// The writes from `prev` (None: unknown, write everything) to `next`.
 /// Counters (`slb_svc_stats`, `slb_be_stats`) that must start from zero before `next` is
 /// written: those of ids that are new or now name something else than in `counted`, the plan
@@ -280,14 +275,9 @@ pub fn diff(prev: Option<&Plan>, next: &Plan) -> Diff {
             s.backends_removed += o.backends.iter().filter(|b| !svc.backends.iter().any(|n| n.id == b.id)).count();
             // (an id handed out again to another backend was counted above)
         }
-        match old {
-            Some(o) if !full && o.maglev.len() == svc.maglev.len() => {
-                if !Arc::ptr_eq(&o.maglev, &svc.maglev) {
-                    let changed = o.maglev.iter().zip(svc.maglev.iter()).enumerate().filter(|(_, (a, b))| a != b);
-                    d.maglev.extend(changed.map(|(slot, (_, b))| (maglev_index(svc.id, slot), *b)));
-                }
-            }
-            _ => d.maglev.extend(svc.maglev.iter().enumerate().map(|(slot, b)| (maglev_index(svc.id, slot), *b))),
+        let same_table = old.is_some_and(|o| Arc::ptr_eq(&o.maglev, &svc.maglev) || o.maglev == svc.maglev);
+        if full || !same_table {
+            d.maglev.push((svc.id, svc.maglev.clone()));
         }
         let value = service_value(svc, &next.node);
         if full || old.map(|o| service_value(o, &prev.node)) != Some(value) {
@@ -299,7 +289,7 @@ pub fn diff(prev: Option<&Plan>, next: &Plan) -> Diff {
             s.services_removed += 1;
             s.backends_removed += old.backends.len();
             d.removed_services.push(old.id);
-            d.removed_maglev.extend((0..old.maglev.len()).map(|slot| (maglev_index(old.id, slot), 0)));
+            d.removed_maglev.push(old.id);
         }
     }
 

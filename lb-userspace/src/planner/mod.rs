@@ -12,7 +12,7 @@
 //!
 //! Id policy: a service keeps its id while its name exists; a backend keeps its id while its
 //! service, name and address stay the same. A freed id goes to the back of a retirement queue and
-//! is reused only when no never-used id is left, oldest first: with 4095 backend ids that is, in
+//! is reused only when no never-used id is left, oldest first: with 65,536 backend ids that is, in
 //! practice, never within the life of the flows that still name it. Its `slb_backends` entry is
 //! left in place until then, so established flows keep their stats target.
 
@@ -22,27 +22,47 @@ use std::{
     sync::Arc,
 };
 
-use lb_common::maps::{MAGLEV_SIZE, MAX_BACKENDS, MAX_SERVICES};
+use lb_common::maps::{
+    MAX_BACKENDS, MAX_FRONTENDS, MAX_OVERLAYS, MAX_SERVICES, MAX_SNAT_ADDRS, MAX_SNAT_PER_SERVICE, maglev_size,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     maglev,
-    model::{Cluster, DEFAULT_VXLAN_PORT, Frontend, NodeSettings, TCP_IPV4_HEADERS},
+    model::{Cluster, DEFAULT_VXLAN_PORT, Frontend, NodeSettings, Service, TCP_IPV4_HEADERS},
 };
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum PlanError {
-    #[error("no free service id: at most {} services, and retired ids are all still queued", MAX_SERVICES - 1)]
-    OutOfServiceIds,
-    #[error("no free backend id: at most {} backends", MAX_BACKENDS - 1)]
-    OutOfBackendIds,
-    #[error("service {service:?}: unknown network {network:?}")]
+/// Why the planner left something of the desired state out. Everything else is planned: one
+/// service that does not fit never keeps the others from being served.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LeftOut {
+    #[error("service {service:?} left out: no free service id (at most {} services)", MAX_SERVICES - 1)]
+    OutOfServiceIds { service: String },
+    #[error("service {service:?}: {count} backend(s) left out, from {first:?}: no free backend id (at most {} backends)",
+        MAX_BACKENDS - 1)]
+    OutOfBackendIds { service: String, count: usize, first: String },
+    #[error("service {service:?} left out: its {count} frontend(s) would pass the limit of {MAX_FRONTENDS} frontends")]
+    TooManyFrontends { service: String, count: usize },
+    #[error("service {service:?} left out: its NAT addresses would pass the limit of {MAX_SNAT_ADDRS} SNAT addresses")]
+    TooManySnatAddrs { service: String },
+    #[error("service {service:?}: NAT addresses after the first {MAX_SNAT_PER_SERVICE} left out ({count} given)")]
+    NatAddrsPerService { service: String, count: usize },
+    #[error("{count} overlay network(s) left out, from VNI {first}: at most {MAX_OVERLAYS} overlay networks")]
+    TooManyOverlays { count: usize, first: u32 },
+    #[error("service {service:?} left out: unknown network {network:?}")]
     UnknownNetwork { service: String, network: String },
-    #[error("service {service:?}: network {network:?} has no load-balancer endpoint for this node ({})",
+    #[error("service {service:?} left out: network {network:?} has no load-balancer endpoint for this node ({})",
         node.as_deref().map_or("no node named".to_owned(), |n| format!("{n:?}")))]
     NoLocalEndpoint { service: String, network: String, node: Option<String> },
-    #[error("service {service:?} has no NAT address")]
+    #[error("service {service:?} left out: no NAT address")]
     NoNatAddr { service: String },
+}
+
+/// A plan and what did not fit in it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Planned {
+    pub plan: Plan,
+    pub left_out: Vec<LeftOut>,
 }
 
 /// Everything programmed into the datapath, with ids. Serialised as `state.json`.
@@ -84,7 +104,8 @@ pub struct PlannedService {
     pub mss: u16,
     /// Sorted by id.
     pub backends: Vec<PlannedBackend>,
-    /// Maglev table (backend id per slot); recomputed from `backends`, never stored.
+    /// Maglev table (backend id per slot, [`lb_common::maps::maglev_size`] slots); recomputed
+    /// from `backends`, never stored.
     #[serde(skip)]
     pub maglev: Arc<[u32]>,
 }
@@ -134,12 +155,12 @@ impl Default for IdState {
 }
 
 impl IdState {
-    fn service_id(&mut self) -> Result<u32, PlanError> {
-        take(&mut self.next_service, MAX_SERVICES, &mut self.retired_services).ok_or(PlanError::OutOfServiceIds)
+    fn service_id(&mut self) -> Option<u32> {
+        take(&mut self.next_service, MAX_SERVICES, &mut self.retired_services)
     }
 
-    fn backend_id(&mut self) -> Result<u32, PlanError> {
-        take(&mut self.next_backend, MAX_BACKENDS, &mut self.retired_backends).ok_or(PlanError::OutOfBackendIds)
+    fn backend_id(&mut self) -> Option<u32> {
+        take(&mut self.next_backend, MAX_BACKENDS, &mut self.retired_backends)
     }
 
     /// Keeps the names of ids that are still retired only.
@@ -192,93 +213,71 @@ impl Plan {
 fn table_for(backends: &[PlannedBackend]) -> Arc<[u32]> {
     let entries: Vec<maglev::Entry<'_>> =
         backends.iter().map(|b| maglev::Entry { name: &b.name, weight: b.weight, id: b.id }).collect();
-    maglev::table(&entries, MAGLEV_SIZE).into()
+    maglev::table(&entries, maglev_size(backends.len())).into()
 }
 
 /// The next plan: `cluster` as seen from swarm node `local` (`None`: a single-node setup), with
-/// ids carried over from `prev`.
-pub fn plan(cluster: &Cluster, local: Option<&str>, prev: &Plan) -> Result<Plan, PlanError> {
+/// ids carried over from `prev`, and what had to be left out of it.
+///
+/// Capacity is checked here and only here, whatever the source: services already planned in
+/// `prev` are placed first, so a new service can never push out one that is serving; a service
+/// that does not fit (no id, too many frontends or SNAT addresses, no usable NAT address) is left
+/// out with a [`LeftOut`] naming it and the limit; a service whose new backends find no free id
+/// keeps the backends that got one.
+pub fn plan(cluster: &Cluster, local: Option<&str>, prev: &Plan) -> Planned {
     let mut ids = prev.ids.clone();
+    let mut left_out = Vec::new();
     let prev_by_name: HashMap<&str, &PlannedService> = prev.services.iter().map(|s| (s.name.as_str(), s)).collect();
-
-    // Retire first, so ids freed now go behind those freed earlier.
-    for old in &prev.services {
-        match cluster.services.iter().find(|s| s.name == old.name) {
-            None => {
-                ids.retired_services.push_back(old.id);
-                ids.retired_service_names.insert(old.id, old.name.clone());
-                ids.retired_backends.extend(old.backends.iter().map(|b| b.id));
-                ids.retired_backend_names.extend(old.backends.iter().map(|b| (b.id, b.name.clone())));
-            }
-            Some(now) => {
-                let gone =
-                    old.backends.iter().filter(|b| !now.backends.iter().any(|n| n.name == b.name && n.addr == b.addr));
-                for b in gone {
-                    ids.retired_backends.push_back(b.id);
-                    ids.retired_backend_names.insert(b.id, b.name.clone());
-                }
-            }
-        }
-    }
+    let mut order: Vec<&Service> = cluster.services.iter().collect();
+    order.sort_by_key(|s| !prev_by_name.contains_key(s.name.as_str()));
 
     let mut services = Vec::with_capacity(cluster.services.len());
-    for service in &cluster.services {
+    let mut frontends_used = 0usize;
+    let mut snat_used: HashSet<Ipv4Addr> = HashSet::new();
+    for service in order {
         let old = prev_by_name.get(service.name.as_str()).copied();
-        let id = match old {
-            Some(old) => old.id,
-            None => ids.service_id()?,
-        };
-        let mut backends = Vec::with_capacity(service.backends.len());
-        for backend in &service.backends {
-            let kept = old.and_then(|o| o.backends.iter().find(|b| b.name == backend.name && b.addr == backend.addr));
-            let id = match kept {
-                Some(b) => b.id,
-                None => ids.backend_id()?,
-            };
-            backends.push(PlannedBackend {
-                id,
-                name: backend.name.clone(),
-                addr: backend.addr,
-                weight: backend.weight,
-                node: backend.node.clone(),
-            });
-        }
-        backends.sort_by_key(|b| b.id);
-        // Reuse the previous table when the backend set is unchanged: building one costs
-        // tens of milliseconds.
-        let maglev = match old {
-            Some(o) if same_table_input(&o.backends, &backends) && o.maglev.len() == MAGLEV_SIZE as usize => {
-                o.maglev.clone()
+        let (mut nat_addrs, mss) = match nat_source(cluster, service, local) {
+            Ok(nat) => nat,
+            Err(why) => {
+                left_out.push(why);
+                continue;
             }
+        };
+        if nat_addrs.len() > MAX_SNAT_PER_SERVICE {
+            left_out.push(LeftOut::NatAddrsPerService { service: service.name.clone(), count: nat_addrs.len() });
+            nat_addrs.truncate(MAX_SNAT_PER_SERVICE);
+        }
+        if frontends_used + service.frontends.len() > MAX_FRONTENDS as usize {
+            left_out.push(LeftOut::TooManyFrontends { service: service.name.clone(), count: service.frontends.len() });
+            continue;
+        }
+        let new_snat = nat_addrs.iter().filter(|a| !snat_used.contains(a)).count();
+        if snat_used.len() + new_snat > MAX_SNAT_ADDRS as usize {
+            left_out.push(LeftOut::TooManySnatAddrs { service: service.name.clone() });
+            continue;
+        }
+        let Some(id) = old.map(|o| o.id).or_else(|| ids.service_id()) else {
+            left_out.push(LeftOut::OutOfServiceIds { service: service.name.clone() });
+            continue;
+        };
+        frontends_used += service.frontends.len();
+        snat_used.extend(nat_addrs.iter().copied());
+        let backends = plan_backends(service, old, &mut ids, &mut left_out);
+        // Reuse the previous table when the backend set is unchanged: building one costs up to
+        // milliseconds per service.
+        let maglev = match old {
+            Some(o) if same_table_input(&o.backends, &backends) && !o.maglev.is_empty() => o.maglev.clone(),
             _ => table_for(&backends),
         };
         let mut frontends = service.frontends.clone();
         frontends.sort();
-        let (nat_addrs, mss) = match &service.network {
-            Some(net_name) => {
-                let network = cluster.network(net_name).ok_or_else(|| PlanError::UnknownNetwork {
-                    service: service.name.clone(),
-                    network: net_name.clone(),
-                })?;
-                let endpoint =
-                    local.and_then(|node| network.endpoint(node)).ok_or_else(|| PlanError::NoLocalEndpoint {
-                        service: service.name.clone(),
-                        network: net_name.clone(),
-                        node: local.map(str::to_owned),
-                    })?;
-                (vec![endpoint], network.mtu.saturating_sub(TCP_IPV4_HEADERS))
-            }
-            None if service.nat_addrs.is_empty() => return Err(PlanError::NoNatAddr { service: service.name.clone() }),
-            None => (service.nat_addrs.clone(), 0),
-        };
-        let (nat_addr, more_nat_addrs) = (nat_addrs[0], nat_addrs[1..].to_vec());
         services.push(PlannedService {
             id,
             name: service.name.clone(),
             frontends,
             sticky: service.sticky,
-            nat_addr,
-            more_nat_addrs,
+            nat_addr: nat_addrs[0],
+            more_nat_addrs: nat_addrs[1..].to_vec(),
             network: service.network.clone(),
             mss,
             backends,
@@ -286,17 +285,96 @@ pub fn plan(cluster: &Cluster, local: Option<&str>, prev: &Plan) -> Result<Plan,
         });
     }
     services.sort_by_key(|s| s.id);
+    retire(prev, &services, &mut ids);
     ids.forget_reused_names();
     let mut overlays: Vec<u32> = cluster.networks.iter().map(|n| n.vni).collect();
     overlays.sort_unstable();
-    Ok(Plan {
+    if overlays.len() > MAX_OVERLAYS as usize {
+        let dropped = overlays.split_off(MAX_OVERLAYS as usize);
+        left_out.push(LeftOut::TooManyOverlays { count: dropped.len(), first: dropped[0] });
+    }
+    let plan = Plan {
         node: cluster.node.clone(),
         local_node: local.map(str::to_owned),
         vxlan_port: cluster.swarm.vxlan_port,
         overlays,
         services,
         ids,
-    })
+    };
+    Planned { plan, left_out }
+}
+
+/// A service's NAT addresses and MSS clamp: the local node's endpoint on its overlay network
+/// (MSS from the network's MTU), or its configured NAT addresses.
+fn nat_source(cluster: &Cluster, service: &Service, local: Option<&str>) -> Result<(Vec<Ipv4Addr>, u16), LeftOut> {
+    match &service.network {
+        Some(net_name) => {
+            let network = cluster
+                .network(net_name)
+                .ok_or_else(|| LeftOut::UnknownNetwork { service: service.name.clone(), network: net_name.clone() })?;
+            let endpoint = local.and_then(|node| network.endpoint(node)).ok_or_else(|| LeftOut::NoLocalEndpoint {
+                service: service.name.clone(),
+                network: net_name.clone(),
+                node: local.map(str::to_owned),
+            })?;
+            Ok((vec![endpoint], network.mtu.saturating_sub(TCP_IPV4_HEADERS)))
+        }
+        None if service.nat_addrs.is_empty() => Err(LeftOut::NoNatAddr { service: service.name.clone() }),
+        None => Ok((service.nat_addrs.clone(), 0)),
+    }
+}
+
+/// The service's backends with ids: kept from `old` while name and address stay, new ones from
+/// `ids`; those no id is left for are left out.
+fn plan_backends(
+    service: &Service,
+    old: Option<&PlannedService>,
+    ids: &mut IdState,
+    left_out: &mut Vec<LeftOut>,
+) -> Vec<PlannedBackend> {
+    let mut backends = Vec::with_capacity(service.backends.len());
+    let mut no_id: Vec<&str> = Vec::new();
+    for backend in &service.backends {
+        let kept = old.and_then(|o| o.backends.iter().find(|b| b.name == backend.name && b.addr == backend.addr));
+        let Some(id) = kept.map(|b| b.id).or_else(|| ids.backend_id()) else {
+            no_id.push(&backend.name);
+            continue;
+        };
+        backends.push(PlannedBackend {
+            id,
+            name: backend.name.clone(),
+            addr: backend.addr,
+            weight: backend.weight,
+            node: backend.node.clone(),
+        });
+    }
+    if let Some(first) = no_id.first() {
+        left_out.push(LeftOut::OutOfBackendIds {
+            service: service.name.clone(),
+            count: no_id.len(),
+            first: (*first).to_owned(),
+        });
+    }
+    backends.sort_by_key(|b| b.id);
+    backends
+}
+
+/// Puts the ids `prev` used that `next` does not at the back of the retirement queues. After
+/// this plan's allocations, so an id freed now is never handed out again in the same plan.
+fn retire(prev: &Plan, next: &[PlannedService], ids: &mut IdState) {
+    let next_by_name: HashMap<&str, &PlannedService> = next.iter().map(|s| (s.name.as_str(), s)).collect();
+    for old in &prev.services {
+        let now = next_by_name.get(old.name.as_str());
+        if now.is_none() {
+            ids.retired_services.push_back(old.id);
+            ids.retired_service_names.insert(old.id, old.name.clone());
+        }
+        let gone = old.backends.iter().filter(|b| !now.is_some_and(|n| n.backends.iter().any(|k| k.id == b.id)));
+        for b in gone {
+            ids.retired_backends.push_back(b.id);
+            ids.retired_backend_names.insert(b.id, b.name.clone());
+        }
+    }
 }
 
 /// Whether two backend lists give the same Maglev table (only ids, names and weights count).

@@ -17,7 +17,6 @@ use serde::Deserialize;
 use toml::{Spanned, Value};
 
 use crate::model::{Cluster, DEFAULT_SNAT_PORTS, Frontend, MalformedPolicy, NodeSettings, Service};
-use lb_common::maps::{MAX_BACKENDS, MAX_FRONTENDS, MAX_SERVICES};
 
 mod services;
 mod swarm;
@@ -227,14 +226,9 @@ impl Validator<'_> {
         };
         let (swarm, nodes) = self.swarm(raw.swarm.as_ref())?;
         let networks = self.networks(&raw.network, &nodes)?;
-        if raw.service.len() >= MAX_SERVICES as usize {
-            let at = raw.service[MAX_SERVICES as usize - 1].span();
-            return Err((self.fail)(at, format!("too many services (at most {})", MAX_SERVICES - 1)));
-        }
         let mut services: Vec<Service> = Vec::new();
         let mut names = HashSet::new();
         let mut claimed: HashMap<Frontend, String> = HashMap::new();
-        let mut total_backends = 0usize;
         for raw_service in &raw.service {
             let service = self.service(raw_service, &node_nat, &nodes, &networks)?;
             if !names.insert(service.name.clone()) {
@@ -252,19 +246,6 @@ impl Validator<'_> {
                     };
                     return Err(self.err(at, &ctx, "frontends", msg));
                 }
-            }
-            total_backends += service.backends.len();
-            if total_backends >= MAX_BACKENDS as usize {
-                return Err((self.fail)(
-                    raw_service.span(),
-                    format!("too many backends (at most {} in all)", MAX_BACKENDS - 1),
-                ));
-            }
-            if claimed.len() > MAX_FRONTENDS as usize {
-                return Err((self.fail)(
-                    raw_service.span(),
-                    format!("too many frontends (at most {MAX_FRONTENDS} in all)"),
-                ));
             }
             services.push(service);
         }

@@ -7,7 +7,6 @@ use toml::{Spanned, Value};
 
 use super::{ConfigError, RawEndpoint, RawNetwork, RawSwarm, Validator};
 use crate::model::{DEFAULT_OVERLAY_MTU, Endpoint, Network, Node, Subnet, SwarmSettings};
-use lb_common::maps::MAX_OVERLAYS;
 
 /// VXLAN network identifiers are 24 bits; 0 is not used.
 const MAX_VNI: i64 = (1 << 24) - 1;
@@ -68,12 +67,6 @@ impl Validator<'_> {
     }
 
     pub(super) fn networks(&self, raw: &[Spanned<RawNetwork>], nodes: &[Node]) -> Result<Vec<Network>, ConfigError> {
-        if raw.len() > MAX_OVERLAYS as usize {
-            return Err((self.fail)(
-                raw[MAX_OVERLAYS as usize].span(),
-                format!("too many networks (at most {MAX_OVERLAYS})"),
-            ));
-        }
         let mut networks: Vec<Network> = Vec::with_capacity(raw.len());
         for spanned in raw {
             let net = spanned.get_ref();
