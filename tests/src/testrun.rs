@@ -141,7 +141,8 @@ impl Datapath {
 
     /// Programs the maps from a services file, as `swarmlb run --config` does on start (the
     /// first call: a full sync) and on every reload after (a diff against the last plan).
-    pub fn apply(&mut self, config: &str) -> Result<()> {
+    /// Returns the diff written.
+    pub fn apply(&mut self, config: &str) -> Result<planner::Diff> {
         let local = self.local_node.as_deref();
         let cluster = file::parse("test.toml", config, local).map_err(|e| anyhow!("{e}"))?;
         let planned = planner::plan(&cluster, local, self.plan.as_ref().unwrap_or(&Plan::default()));
@@ -154,7 +155,7 @@ impl Datapath {
         self.writer()?.reset_stats(&reset)?;
         self.writer()?.apply(&diff)?;
         self.plan = Some(next);
-        Ok(())
+        Ok(diff)
     }
 
     fn writer(&mut self) -> Result<&mut Writer> {
