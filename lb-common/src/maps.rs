@@ -68,7 +68,10 @@ pub const MAX_OVERLAYS: u32 = 256;
 /// VXLAN's IANA port, used when [`crate::Settings::vxlan_port`] is 0.
 pub const DEFAULT_VXLAN_PORT: u16 = 4789;
 /// The prime sizes a Maglev table can have, as Cilium offers them: each about twice the last.
-pub const MAGLEV_SIZES: [u32; 10] = [251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071];
+/// The smallest (4 KiB) serves up to 10 backends, so the services most swarms run never cross a
+/// size: a table that changes size remaps new connections as a new table would (established
+/// ones keep their backend in the connection table).
+pub const MAGLEV_SIZES: [u32; 8] = [1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071];
 /// Slots per backend a table aims for at least (the Maglev paper's M >= 100 N keeps every
 /// backend's share within about 1% of the others').
 pub const MAGLEV_SLOTS_PER_BACKEND: u32 = 100;

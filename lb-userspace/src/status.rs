@@ -58,6 +58,8 @@ pub struct AgentReport {
     pub uptime_s: Option<f64>,
     /// Seconds since the last successful sync (source -> maps).
     pub last_sync_age_s: Option<f64>,
+    /// Seconds from the event or read that triggered the last good sync to its maps written.
+    pub last_sync_lag_s: Option<f64>,
     pub sync_ok: bool,
     /// Failed syncs since the agent started.
     pub sync_failures: u64,
@@ -76,6 +78,7 @@ impl AgentReport {
             last_sync_age_s: beat
                 .and_then(|b| b.sync.last_success)
                 .map(|t| SystemTime::now().duration_since(t).unwrap_or_default().as_secs_f64()),
+            last_sync_lag_s: beat.and_then(|b| b.sync.last_lag).map(|lag| lag.as_secs_f64()),
             sync_ok: beat.is_some_and(|b| b.sync.ok),
             sync_failures: beat.map_or(0, |b| b.sync.failures),
         }
@@ -244,7 +247,12 @@ pub fn table(report: &Report) -> String {
             a.version.as_deref().unwrap_or("?"),
             ago(a.uptime_s.unwrap_or_default()),
             match a.last_sync_age_s {
-                Some(s) => format!("{} ago{}", ago(s), if a.sync_ok { "" } else { ", now failing" }),
+                Some(s) => format!(
+                    "{} ago{}{}",
+                    ago(s),
+                    a.last_sync_lag_s.map(|lag| format!(" (took {:.0} ms)", lag * 1000.0)).unwrap_or_default(),
+                    if a.sync_ok { "" } else { ", now failing" }
+                ),
                 None => "never".into(),
             }
         ),

@@ -29,6 +29,8 @@ pub struct Placement {
     pub pin_dir: Option<String>,
     /// `--metrics-addr` for `run`.
     pub metrics_addr: Option<String>,
+    /// `--max-connections` for `run` (the connection table's size).
+    pub max_connections: Option<u32>,
 }
 
 impl Placement {
@@ -39,6 +41,9 @@ impl Placement {
         }
         if let Some(addr) = &self.metrics_addr {
             args.extend(["--metrics-addr".to_string(), addr.clone()]);
+        }
+        if let Some(n) = self.max_connections {
+            args.extend(["--max-connections".to_string(), n.to_string()]);
         }
         args.extend(self.pin_args());
         args
@@ -123,8 +128,10 @@ impl Agent {
         Ok(agent)
     }
 
-    /// Waits until `status` lists `count` services, failing early if the agent died.
+    /// Waits until this process's first sync is done and `status` lists `count` services (not a
+    /// pinned state an earlier agent left), failing early if the agent died.
     pub fn wait_for_services(&mut self, count: usize) -> Result<()> {
+        let pid = self.pid().map(u64::from);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(child) = &mut self.child
@@ -133,6 +140,8 @@ impl Agent {
                 bail!("swarmlb run exited ({exit}):\n{}", self.log_text());
             }
             if let Ok(status) = self.status()
+                && status["agent"]["pid"].as_u64() == pid
+                && status["agent"]["sync_ok"] == true
                 && status["services"].as_array().map(Vec::len) == Some(count)
             {
                 return Ok(());
@@ -175,9 +184,14 @@ impl Agent {
         format!("{status}\nswarmlb log (last 40 lines):\n{}", lines[lines.len().saturating_sub(40)..].join("\n"))
     }
 
+    /// The agent's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Sends a signal to the agent (e.g. `HUP` to reload).
     pub fn signal(&self, signal: &str) -> Result<()> {
-        let pid = self.child.as_ref().context("agent not running")?.id();
+        let pid = self.pid().context("agent not running")?;
         sh(&format!("kill -{signal} {pid}"))?;
         Ok(())
     }

@@ -5,9 +5,10 @@
 use std::{collections::BTreeMap, path::PathBuf, sync::Mutex, thread, time::Duration};
 
 use anyhow::{Context, Result, ensure};
+use lb_common::maps::{CONNTRACK, PIN_DIR};
 use serde_json::Value;
 use tests::{
-    agent::{self, Agent},
+    agent::{self, Agent, Placement},
     client::{EchoConn, http_spread, udp_ask_from, udp_spread},
     netns::sh,
     poll::wait_until,
@@ -260,7 +261,8 @@ fn open_connection_survives_an_agent_restart() -> Result<()> {
     let down = agent::status()?;
     let counted = backend_counters(&down)?;
 
-    let _agent = Agent::start(&topo.lb, &["front", "back"], config.to_str().context("path")?, 2)?;
+    let restarted = Agent::start(&topo.lb, &["front", "back"], config.to_str().context("path")?, 2)?;
+    ensure!(!restarted.log_text().contains("differs"), "a pinned map was not reused:\n{}", restarted.log_text());
     conn.exchange("after restart")?;
     let after = pinned_ids()?;
     ensure!(before == after, "the restart replaced the datapath:\nbefore {before}\nafter  {after}");
@@ -274,5 +276,68 @@ fn open_connection_survives_an_agent_restart() -> Result<()> {
     }
     let answers = spread(&topo, 80, 30)?;
     ensure!(answers.values().sum::<usize>() == 30, "after restart: {answers:?}");
+    agent::unload()
+}
+
+/// The pinned connection table's id and `max_entries`, from bpftool.
+fn conntrack_map() -> Result<(u64, u64)> {
+    let pin = format!("{PIN_DIR}/{CONNTRACK}");
+    let map: Value = serde_json::from_str(&sh(&format!("bpftool -j map show pinned {pin}"))?)?;
+    Ok((map["id"].as_u64().context("map id")?, map["max_entries"].as_u64().context("max_entries")?))
+}
+
+/// Waits until the kernel has freed map `id` (nothing holds the replaced table any more).
+fn wait_until_freed(id: u64) -> Result<()> {
+    wait_until(&format!("map {id} to be freed"), || Ok(sh(&format!("bpftool map show id {id}")).is_err()))
+}
+
+#[test]
+fn open_connections_survive_an_upgrade_that_resizes_the_connection_table() -> Result<()> {
+    let _node = NODE.lock().unwrap_or_else(|e| e.into_inner());
+    let topo = SingleNode::new(3)?;
+    let config = write_config(&topo, &[0, 1, 2])?;
+    let config = config.to_str().context("path")?;
+    agent::unload()?;
+    let sized = |max_connections| Placement { max_connections: Some(max_connections), ..Placement::default() };
+    let mut agent = Agent::start_placed(&topo.lb, &sized(8192), &["front", "back"], config, 2)?;
+    let (small_id, small_entries) = conntrack_map()?;
+    ensure!(small_entries == 2 * 8192, "--max-connections 8192 gave a table of {small_entries}");
+
+    let frontend = topo.frontend(80);
+    let mut conns = Vec::new();
+    for _ in 0..10 {
+        conns.push(topo.client.run(move || EchoConn::open(frontend))??);
+    }
+    for conn in &mut conns {
+        conn.exchange("before the upgrade")?;
+    }
+    let counted = backend_counters(&agent::status()?)?;
+    agent.stop()?;
+
+    // The next agent wants a table four times the size: the pin cannot be reused.
+    let mut agent = Agent::start_placed(&topo.lb, &sized(32768), &["front", "back"], config, 2)?;
+    let (big_id, big_entries) = conntrack_map()?;
+    ensure!(big_id != small_id && big_entries == 2 * 32768, "table after the upgrade: id {big_id}, {big_entries}");
+    ensure!(agent.log_text().contains("carried over"), "the carry-over was not logged:\n{}", agent.log_text());
+    wait_until_freed(small_id)?;
+    for conn in &mut conns {
+        conn.exchange("after growing the table")?;
+    }
+    let kept = backend_counters(&agent::status()?)?;
+    for (backend, (packets, flows)) in &counted {
+        let (p, f) = kept.get(backend).copied().unwrap_or_default();
+        ensure!(p >= *packets && f >= *flows, "{backend}: counters {packets}/{flows} before, {p}/{f} after");
+    }
+    let answers = spread(&topo, 80, 30)?;
+    ensure!(answers.values().sum::<usize>() == 30, "new connections after the upgrade: {answers:?}");
+    agent.stop()?;
+
+    // And back down: every open connection still fits and is carried over.
+    let _agent = Agent::start_placed(&topo.lb, &sized(1024), &["front", "back"], config, 2)?;
+    ensure!(conntrack_map()?.1 == 2 * 1024, "table after shrinking: {:?}", conntrack_map()?);
+    wait_until_freed(big_id)?;
+    for conn in &mut conns {
+        conn.exchange("after shrinking the table")?;
+    }
     agent::unload()
 }

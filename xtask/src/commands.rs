@@ -54,7 +54,8 @@ pub fn bench() -> Result<()> {
     // The end-to-end bench runs the real `swarmlb` and `slb-testsrv`, found beside the bench
     // executable's directory (`sibling_binary`): the bench profile builds into target/release.
     run_cmd(cargo().args(["build", "--release", "--package", "lb-userspace", "--package", "tests", "--bins"]))?;
-    run_cmd(cargo().args(["bench", "--package", "tests", "--bench", "endtoend"]))
+    run_cmd(cargo().args(["bench", "--package", "tests", "--bench", "endtoend"]))?;
+    run_cmd(cargo().args(["bench", "--package", "tests", "--bench", "scale"]))
 }
 
 pub fn demo(keep: bool) -> Result<()> {

@@ -21,7 +21,7 @@ use aya::{
 };
 use lb_common::{
     Flow, FlowKey, Traffic,
-    maps::{self as names, MapSpec},
+    maps::{self as names, MapKind, MapSpec},
 };
 use tracing::{info, warn};
 
@@ -56,6 +56,17 @@ type Shape = (u32, u32, u32, u32, u32);
 
 fn shape_of(spec: &MapSpec) -> Shape {
     (spec.kind as u32, spec.key_size, spec.value_size, spec.max_entries, spec.flags)
+}
+
+/// The kernel makes every devmap read-only to programs (`dev_map_alloc`).
+const BPF_F_RDONLY_PROG: u32 = 1 << 7;
+
+/// What the kernel reports for a map created from `spec`: its shape, plus the flags the kernel
+/// adds on its own.
+fn created_shape(spec: &MapSpec) -> Shape {
+    let (kind, key, value, entries, flags) = shape_of(spec);
+    let added = if spec.kind == MapKind::DevMapHash { BPF_F_RDONLY_PROG } else { 0 };
+    (kind, key, value, entries, flags | added)
 }
 
 fn pinned_shape(path: &Path) -> Result<(Shape, MapData)> {
@@ -93,7 +104,7 @@ pub fn check_pins(pin_dir: &Path, specs: &[MapSpec]) -> Result<Carried> {
         if !path.exists() {
             continue;
         }
-        let want_shape = shape_of(want);
+        let want_shape = created_shape(want);
         let old = match pinned_shape(&path) {
             Ok((have, _)) if have == want_shape => continue,
             Ok((have, map)) => {
@@ -202,4 +213,34 @@ fn copy_per_cpu<V: Pod>(old: &MapData, new: &MapData) -> Result<usize> {
         new.set(i, values, 0)?;
     }
     Ok(count as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use lb_common::maps::{MAGLEV, MAGLEV_INNER, SPECS};
+
+    use super::{Shape, shape_of};
+
+    /// Every `slb_` map the object declares is the one `SPECS` describes, so the pin check above
+    /// compares kernel maps against what the program really creates; `slb_maglev`'s inner
+    /// template is `MAGLEV_INNER`, the shape the writer creates its tables with.
+    #[test]
+    fn the_object_declares_the_maps_specs_describe() {
+        let object = aya_obj::Object::parse(crate::EBPF_OBJECT).expect("parse the datapath object");
+        let shape = |m: &aya_obj::Map| -> Shape {
+            (m.map_type(), m.key_size(), m.value_size(), m.max_entries(), m.map_flags())
+        };
+        let declared: BTreeMap<&str, Shape> = object
+            .maps
+            .iter()
+            .filter(|(name, _)| name.starts_with("slb_"))
+            .map(|(name, map)| (name.as_str(), shape(map)))
+            .collect();
+        let described: BTreeMap<&str, Shape> = SPECS.iter().map(|s| (s.name, shape_of(s))).collect();
+        assert_eq!(declared, described);
+        let inner = object.maps[MAGLEV].inner().expect("slb_maglev is a map of maps");
+        assert_eq!(shape(&inner), shape_of(&MAGLEV_INNER));
+    }
 }

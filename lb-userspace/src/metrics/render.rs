@@ -268,6 +268,7 @@ mod tests {
                 heartbeat_age_s: Some(0.5),
                 uptime_s: Some(60.0),
                 last_sync_age_s: Some(3.0),
+                last_sync_lag_s: Some(0.012),
                 sync_ok: true,
                 sync_failures: 2,
             },
