@@ -11,6 +11,7 @@ pub mod datapath;
 pub mod flows;
 pub mod health;
 pub mod host;
+pub mod limits;
 pub mod maglev;
 pub mod metrics;
 pub mod model;
