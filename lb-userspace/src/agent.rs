@@ -28,7 +28,6 @@ use tokio::{
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    EBPF_OBJECT,
     cli::{AUTO, METRICS_PORT, MetricsAddr, RunArgs, SourceKind},
     datapath::{
         pins::{self, Loaded},
@@ -74,6 +73,7 @@ enum Source {
 }
 
 pub async fn run(args: RunArgs) -> Result<()> {
+    let object = crate::ebpf_object()?;
     let state_dir = args.dirs.state_dir();
     let pin_dir = args.dirs.pin_dir.clone();
     let status = Arc::new(SyncStatus::new());
@@ -149,7 +149,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     host::check_snat_range(first.cluster.node.snat_ports);
     let ifindexes = ifaces.iter().map(|i| host::ifindex(i)).collect::<Result<Vec<_>>>()?;
     let sizes = MapSizes { conntrack: args.max_connections * 2 };
-    let loaded = pins::load(EBPF_OBJECT, &pin_dir, &sizes, args.xdp_mode.into())?;
+    let loaded = pins::load(object, &pin_dir, &sizes, args.xdp_mode.into())?;
 
     let mut writer = Writer::open(&pin_dir)?;
     writer.add_tx_ports(&ifindexes)?;
