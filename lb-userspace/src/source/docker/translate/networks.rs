@@ -124,7 +124,8 @@ fn endpoints_of(inspect: &NetworkInspect, name: &str, subnet: Subnet, nodes: &No
     endpoints
 }
 
-/// `value` (`option=full`) checked by `check`: `option "…"="…" is not <what>: <why>`.
+/// The integer `value`, taken from option `option` (whose whole value is `full`), if `check`
+/// accepts it; the error names the option and the rule.
 fn option_integer<T>(
     option: &str,
     full: &str,
