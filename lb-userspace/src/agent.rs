@@ -28,7 +28,6 @@ use tokio::{
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    EBPF_OBJECT,
     cli::{AUTO, METRICS_PORT, MetricsAddr, RunArgs, SourceKind},
     datapath::{
         pins::{self, Loaded},
@@ -74,6 +73,7 @@ enum Source {
 }
 
 pub async fn run(args: RunArgs) -> Result<()> {
+    let object = crate::ebpf_object()?;
     let state_dir = args.dirs.state_dir();
     let pin_dir = args.dirs.pin_dir.clone();
     let status = Arc::new(SyncStatus::new());
@@ -83,7 +83,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // Nothing touches the kernel before the source has given a good state.
     let (source, first) = match args.source {
         SourceKind::File => {
-            let Some(config) = args.config.clone() else { bail!("--source file needs --config FILE") };
+            let config = file_config(&args)?;
             let local = args.node.clone();
             let read_at = Instant::now();
             let cluster = file::load(&config, local.as_deref())?;
@@ -149,7 +149,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     host::check_snat_range(first.cluster.node.snat_ports);
     let ifindexes = ifaces.iter().map(|i| host::ifindex(i)).collect::<Result<Vec<_>>>()?;
     let sizes = MapSizes { conntrack: args.max_connections * 2 };
-    let loaded = pins::load(EBPF_OBJECT, &pin_dir, &sizes, args.xdp_mode.into())?;
+    let loaded = pins::load(object, &pin_dir, &sizes, args.xdp_mode.into())?;
 
     let mut writer = Writer::open(&pin_dir)?;
     writer.add_tx_ports(&ifindexes)?;
@@ -192,6 +192,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let served = agent.serve(source, int, term).await;
     agent.beat(true);
     served
+}
+
+/// The file source's `--config`. The command line leaves it optional (the Docker source needs
+/// none), so its absence is refused here.
+fn file_config(args: &RunArgs) -> Result<PathBuf> {
+    args.config.clone().context("--source file needs --config FILE")
 }
 
 /// `--iface` as given, with `auto` replaced by the client-facing interface.
@@ -473,4 +479,27 @@ impl Agent {
 
 fn mtime(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn run_args(args: &[&str]) -> RunArgs {
+        match Cli::try_parse_from(args).unwrap().command {
+            Command::Run(run) => run,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn the_file_source_is_refused_without_config() {
+        let e = file_config(&run_args(&["swarmlb", "run", "--iface", "eth0"])).unwrap_err();
+        assert_eq!(e.to_string(), "--source file needs --config FILE");
+        let args = run_args(&["swarmlb", "run", "--iface", "eth0", "--config", "c.toml"]);
+        assert_eq!(file_config(&args).unwrap(), PathBuf::from("c.toml"));
+    }
 }

@@ -195,7 +195,7 @@ mod tests {
     }
 
     #[test]
-    fn docker_source_needs_no_config_and_file_source_does() {
+    fn config_is_optional_on_the_command_line() {
         let run = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.command) {
             Ok(Command::Run(run)) => Ok(run),
             Ok(_) => unreachable!(),
@@ -205,7 +205,7 @@ mod tests {
             run(&["swarmlb", "run", "--iface", "eth0", "--source", "docker", "--docker-host", "unix:///tmp/d.sock"])
                 .unwrap();
         assert_eq!((r.source, r.config, r.docker_host.as_str()), (SourceKind::Docker, None, "unix:///tmp/d.sock"));
-        // `run` refuses the file source without --config (clap ignores defaults in required_if).
+        // Parsing accepts the file source without --config; `run` refuses it (`agent::file_config`).
         assert_eq!(run(&["swarmlb", "run", "--iface", "eth0"]).unwrap().config, None);
         let r = run(&["swarmlb", "run", "--iface", "eth0", "--config", "c.toml"]).unwrap();
         assert_eq!(r.source, SourceKind::File);

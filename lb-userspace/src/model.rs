@@ -16,13 +16,6 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-/// Default SNAT source-port range on a node address (see `lb_common::maps`).
-pub const DEFAULT_SNAT_PORTS: (u16, u16) = lb_common::maps::DEFAULT_NODE_SNAT_PORTS;
-
-/// Largest accepted backend weight. Weights are relative; this bound keeps a typo such as
-/// `weight = 10000000` from starving every other backend of Maglev slots.
-pub const MAX_WEIGHT: u32 = 10_000;
-
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cluster {
     pub node: NodeSettings,
@@ -47,10 +40,6 @@ impl Cluster {
 
 /// VXLAN's IANA port, Docker's default data-path port.
 pub const DEFAULT_VXLAN_PORT: u16 = lb_common::maps::DEFAULT_VXLAN_PORT;
-/// Default overlay MTU: a 1500-byte underlay minus VXLAN's 50 bytes.
-pub const DEFAULT_OVERLAY_MTU: u16 = 1450;
-/// IPv4 and TCP headers without options: MSS = MTU - this.
-pub const TCP_IPV4_HEADERS: u16 = 40;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SwarmSettings {
@@ -223,6 +212,6 @@ pub struct Backend {
 
 impl Default for NodeSettings {
     fn default() -> Self {
-        NodeSettings { snat_ports: DEFAULT_SNAT_PORTS, malformed: MalformedPolicy::Pass }
+        NodeSettings { snat_ports: lb_common::maps::DEFAULT_NODE_SNAT_PORTS, malformed: MalformedPolicy::Pass }
     }
 }

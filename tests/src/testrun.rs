@@ -63,7 +63,7 @@ impl Drop for Datapath {
 }
 
 impl Datapath {
-    /// Loads `swarmlb::EBPF_OBJECT` without pinning anything. Fails loudly without root/BPF.
+    /// Loads `swarmlb::ebpf_object()` without pinning anything. Fails loudly without root/BPF.
     ///
     /// BPF_PROG_LOAD answers EAGAIN when a signal arrives during verification (tests run in
     /// parallel threads that spawn `ip`); like libbpf, retry a few times on that error only.
@@ -102,9 +102,11 @@ impl Datapath {
     }
 
     fn load_with_pins(pin_dir: PathBuf, owns_pins: bool) -> Result<Self> {
-        let loaded = pins::loader(&pin_dir, &MapSizes::default())
-            .load(swarmlb::EBPF_OBJECT)
-            .context("loading the XDP object (needs root and BPF)");
+        let loaded = swarmlb::ebpf_object().map_err(anyhow::Error::from).and_then(|object| {
+            pins::loader(&pin_dir, &MapSizes::default())
+                .load(object)
+                .context("loading the XDP object (needs root and BPF)")
+        });
         let mut ebpf = match loaded {
             Ok(ebpf) => ebpf,
             Err(e) => {

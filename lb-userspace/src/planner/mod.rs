@@ -28,8 +28,8 @@ use lb_common::maps::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    maglev,
-    model::{Cluster, DEFAULT_VXLAN_PORT, Frontend, NodeSettings, Service, TCP_IPV4_HEADERS},
+    limits, maglev,
+    model::{Cluster, DEFAULT_VXLAN_PORT, Frontend, NodeSettings, Service},
 };
 
 /// Why the planner left something of the desired state out. Everything else is planned: one
@@ -317,7 +317,7 @@ fn nat_source(cluster: &Cluster, service: &Service, local: Option<&str>) -> Resu
                 network: net_name.clone(),
                 node: local.map(str::to_owned),
             })?;
-            Ok((vec![endpoint], network.mtu.saturating_sub(TCP_IPV4_HEADERS)))
+            Ok((vec![endpoint], limits::overlay_mss(network.mtu)))
         }
         None if service.nat_addrs.is_empty() => Err(LeftOut::NoNatAddr { service: service.name.clone() }),
         None => Ok((service.nat_addrs.clone(), 0)),

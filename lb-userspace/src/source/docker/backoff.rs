@@ -31,8 +31,8 @@ impl Backoff {
 /// on every retry.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Health {
-    /// The failure being retried and how many attempts failed so far; `None` while healthy.
-    failing: Option<(String, u32)>,
+    /// How many attempts failed so far; `None` while healthy.
+    failing: Option<u32>,
 }
 
 /// What to log after an attempt.
@@ -47,14 +47,14 @@ pub enum Transition {
 }
 
 impl Health {
-    pub fn failed(&mut self, message: &str) -> Transition {
+    pub fn failed(&mut self) -> Transition {
         match &mut self.failing {
-            Some((_, count)) => {
+            Some(count) => {
                 *count += 1;
                 Transition::Quiet
             }
             None => {
-                self.failing = Some((message.to_owned(), 1));
+                self.failing = Some(1);
                 Transition::Failed
             }
         }
@@ -62,13 +62,9 @@ impl Health {
 
     pub fn succeeded(&mut self) -> Transition {
         match self.failing.take() {
-            Some((_, count)) => Transition::Recovered(count),
+            Some(count) => Transition::Recovered(count),
             None => Transition::Quiet,
         }
-    }
-
-    pub fn is_failing(&self) -> bool {
-        self.failing.is_some()
     }
 }
 
@@ -89,12 +85,11 @@ mod tests {
     fn health_logs_once_per_change_of_state() {
         let mut h = Health::default();
         assert_eq!(h.succeeded(), Transition::Quiet);
-        assert_eq!(h.failed("connection refused"), Transition::Failed);
-        assert!(h.is_failing());
-        assert_eq!(h.failed("connection refused"), Transition::Quiet);
-        assert_eq!(h.failed("timed out"), Transition::Quiet);
+        assert_eq!(h.failed(), Transition::Failed);
+        assert_eq!(h.failed(), Transition::Quiet);
+        assert_eq!(h.failed(), Transition::Quiet);
         assert_eq!(h.succeeded(), Transition::Recovered(3));
         assert_eq!(h.succeeded(), Transition::Quiet);
-        assert_eq!(h.failed("garbage"), Transition::Failed);
+        assert_eq!(h.failed(), Transition::Failed);
     }
 }

@@ -4,7 +4,7 @@
 
 use std::{
     collections::HashMap,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context, Result, bail};
@@ -48,10 +48,6 @@ impl Engine {
         let docker =
             docker.negotiate_version().await.with_context(|| format!("negotiating the API version with {path}"))?;
         Ok(Engine { docker })
-    }
-
-    pub fn timeout(&self) -> Duration {
-        self.docker.timeout()
     }
 
     /// Reads everything one sync needs. On a worker (`control_available` false) `/services`,
@@ -111,6 +107,8 @@ fn since_param(t: SystemTime) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

@@ -56,7 +56,7 @@ pub async fn run(host: String, tx: watch::Sender<Option<Update>>, status: Arc<Sy
         };
         sync.status.record_err(format!("Docker Engine: {e}"));
         let delay = sync.backoff.next_delay();
-        match sync.health.failed(&e) {
+        match sync.health.failed() {
             Transition::Failed => error!(
                 "Docker Engine at {host}: {e}; keeping the last good state in the datapath, retrying (backoff {BACKOFF_MIN:?}..{BACKOFF_MAX:?})"
             ),

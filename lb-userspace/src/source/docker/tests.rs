@@ -357,9 +357,12 @@ fn publish_label_syntax() {
 
 #[test]
 fn network_parsing_rejects_bad_vni_mtu_and_subnet() {
-    for (opt, val, why) in
-        [(OPT_VNI, "x", "not a VNI"), (OPT_VNI, "16777216", "not a VNI"), (OPT_MTU, "100", "not an MTU")]
-    {
+    for (opt, val, why) in [
+        (OPT_VNI, "x", r#"="x" is not a VNI: "x" is not an integer"#),
+        (OPT_VNI, "16777216", r#"="16777216" is not a VNI: 16777216 is out of range 1..=16777215"#),
+        (OPT_MTU, "100", r#"="100" is not an MTU: 100 is out of range 576..=9216"#),
+        (OPT_MTU, "9217", r#"="9217" is not an MTU: 9217 is out of range 576..=9216"#),
+    ] {
         let mut snap = manager_snapshot();
         snap.networks[0].options.as_mut().unwrap().insert(opt.into(), val.into());
         let t = translate(&snap).unwrap();
@@ -368,7 +371,23 @@ fn network_parsing_rejects_bad_vni_mtu_and_subnet() {
     }
     let mut snap = manager_snapshot();
     snap.networks[0].ipam.as_mut().unwrap().config.as_mut().unwrap()[0].subnet = Some("198.19.128.1/24".into());
+    let notes = translate(&snap).unwrap().notes;
+    assert!(notes[0].contains(r#"IPAM subnet: "198.19.128.1/24" has host bits set"#), "{notes:?}");
+    let mut snap = manager_snapshot();
+    snap.networks[0].ipam.as_mut().unwrap().config.as_mut().unwrap()[0].subnet = Some("fd00::/64".into());
     assert!(translate(&snap).unwrap().notes[0].contains("no IPv4 subnet"));
+}
+
+#[test]
+fn network_parsing_takes_jumbo_mtus_and_skips_ipv6_subnets() {
+    let mut snap = manager_snapshot();
+    let net = &mut snap.networks[0];
+    net.options.as_mut().unwrap().insert(OPT_MTU.into(), "9216".into());
+    let config = net.ipam.as_mut().unwrap().config.as_mut().unwrap();
+    config.insert(0, IpamConfig { subnet: Some("fd00:1::/64".into()), ..Default::default() });
+    let t = translate(&snap).unwrap();
+    let ingress = t.cluster.network("ingress").expect("ingress is read");
+    assert_eq!((ingress.mtu, ingress.subnet.to_string()), (9216, "198.19.128.0/24".to_owned()));
 }
 
 #[test]

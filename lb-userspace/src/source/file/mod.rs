@@ -9,14 +9,17 @@
 use std::{
     collections::{HashMap, HashSet},
     net::Ipv4Addr,
-    ops::{Range, RangeInclusive},
+    ops::Range,
     path::Path,
 };
 
 use serde::Deserialize;
 use toml::{Spanned, Value};
 
-use crate::model::{Cluster, DEFAULT_SNAT_PORTS, Frontend, MalformedPolicy, NodeSettings, Service};
+use crate::{
+    limits::Invalid,
+    model::{Cluster, Frontend, NodeSettings, Service},
+};
 
 mod services;
 mod swarm;
@@ -182,22 +185,18 @@ impl Validator<'_> {
         Ok(ip)
     }
 
-    fn integer(
+    /// An integer that `check` (one of [`crate::limits`]) accepts.
+    fn checked<T>(
         &self,
         v: &Spanned<Value>,
         ctx: &str,
         field: &str,
-        range: RangeInclusive<i64>,
-    ) -> Result<i64, ConfigError> {
-        match v.get_ref().as_integer() {
-            Some(n) if range.contains(&n) => Ok(n),
-            Some(n) => {
-                Err(self.err(v.span(), ctx, field, format!("{n} is out of range {}..={}", range.start(), range.end())))
-            }
-            None => {
-                Err(self.err(v.span(), ctx, field, format!("expected an integer, found {}", v.get_ref().type_str())))
-            }
-        }
+        check: impl Fn(i64) -> Result<T, Invalid>,
+    ) -> Result<T, ConfigError> {
+        let n = v.get_ref().as_integer().ok_or_else(|| {
+            self.err(v.span(), ctx, field, format!("expected an integer, found {}", v.get_ref().type_str()))
+        })?;
+        check(n).map_err(|e| self.err(v.span(), ctx, field, e))
     }
 
     fn name(&self, v: &Spanned<Value>, ctx: &str) -> Result<String, ConfigError> {
@@ -222,7 +221,7 @@ impl Validator<'_> {
     fn cluster(&self, raw: RawFile) -> Result<Cluster, ConfigError> {
         let (node, node_nat) = match &raw.node {
             Some(node) => self.node(node.get_ref())?,
-            None => (NodeSettings { snat_ports: DEFAULT_SNAT_PORTS, malformed: MalformedPolicy::Pass }, Vec::new()),
+            None => (NodeSettings::default(), Vec::new()),
         };
         let (swarm, nodes) = self.swarm(raw.swarm.as_ref())?;
         let networks = self.networks(&raw.network, &nodes)?;

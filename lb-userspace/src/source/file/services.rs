@@ -5,8 +5,9 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use toml::{Spanned, Value};
 
 use super::{ConfigError, RawBackend, RawNode, RawService, Validator};
-use crate::model::{
-    Backend, DEFAULT_SNAT_PORTS, Frontend, MAX_WEIGHT, MalformedPolicy, Network, Node, NodeSettings, Proto, Service,
+use crate::{
+    limits,
+    model::{Backend, Frontend, MalformedPolicy, Network, Node, NodeSettings, Proto, Service},
 };
 
 impl Validator<'_> {
@@ -14,37 +15,10 @@ impl Validator<'_> {
         let ctx = "node: ";
         let nat = node.nat_addr.as_ref().map(|v| self.nat_addrs(v, ctx)).transpose()?.unwrap_or_default();
         let snat_ports = match &node.snat_ports {
-            None => DEFAULT_SNAT_PORTS,
+            None => lb_common::maps::DEFAULT_NODE_SNAT_PORTS,
             Some(v) => {
                 let s = self.string(v, ctx, "snat_ports")?;
-                let bad = || {
-                    self.err(
-                        v.span(),
-                        ctx,
-                        "snat_ports",
-                        format!("invalid port range {s:?} (expected \"FIRST-LAST\", e.g. \"16384-32767\")"),
-                    )
-                };
-                let (lo, hi) = s.split_once('-').ok_or_else(bad)?;
-                let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
-                let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
-                if lo == 0 || lo > hi {
-                    return Err(self.err(
-                        v.span(),
-                        ctx,
-                        "snat_ports",
-                        format!("port range {s:?} is empty or starts at 0"),
-                    ));
-                }
-                if hi - lo < 1023 {
-                    return Err(self.err(
-                        v.span(),
-                        ctx,
-                        "snat_ports",
-                        format!("port range {s:?} is too small (at least 1024 ports)"),
-                    ));
-                }
-                (lo, hi)
+                limits::snat_ports(s).map_err(|e| self.err(v.span(), ctx, "snat_ports", e))?
             }
         };
         let malformed = match &node.malformed {
@@ -241,7 +215,7 @@ impl Validator<'_> {
         }
         let weight = match &raw.weight {
             None => 1,
-            Some(v) => self.integer(v, &ctx, "weight", 0..=MAX_WEIGHT as i64)? as u32,
+            Some(v) => self.checked(v, &ctx, "weight", limits::weight)?,
         };
         let node = match &raw.node {
             None => None,

@@ -1,17 +1,13 @@
 //! `[swarm]` with its `[[swarm.node]]`s, and `[[network]]` with its `[[network.endpoint]]`s: the
 //! part of the file every node of the swarm shares. Also checks `--node` against the nodes.
 
-use std::net::Ipv4Addr;
-
 use toml::{Spanned, Value};
 
 use super::{ConfigError, RawEndpoint, RawNetwork, RawSwarm, Validator};
-use crate::model::{DEFAULT_OVERLAY_MTU, Endpoint, Network, Node, Subnet, SwarmSettings};
-
-/// VXLAN network identifiers are 24 bits; 0 is not used.
-const MAX_VNI: i64 = (1 << 24) - 1;
-/// Overlay MTU bounds: IPv4's minimum datagram, up to a 9216-byte jumbo underlay.
-const MTU_RANGE: std::ops::RangeInclusive<i64> = 576..=9216;
+use crate::{
+    limits,
+    model::{Endpoint, Network, Node, Subnet, SwarmSettings},
+};
 
 impl Validator<'_> {
     /// `[swarm]` and its nodes, then `--node` checked against them.
@@ -20,7 +16,7 @@ impl Validator<'_> {
         let mut nodes: Vec<Node> = Vec::new();
         if let Some(raw) = raw {
             if let Some(v) = &raw.vxlan_port {
-                settings.vxlan_port = self.integer(v, "swarm: ", "vxlan_port", 1..=u16::MAX as i64)? as u16;
+                settings.vxlan_port = self.checked(v, "swarm: ", "vxlan_port", limits::port)?;
             }
             for spanned in &raw.node {
                 let node = spanned.get_ref();
@@ -78,7 +74,7 @@ impl Validator<'_> {
             }
             let ctx = format!("network {name:?}: ");
             let vni_v = self.required(&net.vni, spanned.span(), &ctx, "vni")?;
-            let vni = self.integer(vni_v, &ctx, "vni", 1..=MAX_VNI)? as u32;
+            let vni = self.checked(vni_v, &ctx, "vni", limits::vni)?;
             if let Some(other) = networks.iter().find(|n| n.vni == vni) {
                 return Err(self.err(
                     vni_v.span(),
@@ -98,8 +94,8 @@ impl Validator<'_> {
                 ));
             }
             let mtu = match &net.mtu {
-                None => DEFAULT_OVERLAY_MTU,
-                Some(v) => self.integer(v, &ctx, "mtu", MTU_RANGE)? as u16,
+                None => limits::DEFAULT_OVERLAY_MTU,
+                Some(v) => self.checked(v, &ctx, "mtu", limits::overlay_mtu)?,
             };
             let mut network = Network { name, vni, subnet, mtu, endpoints: Vec::with_capacity(net.endpoint.len()) };
             for endpoint in &net.endpoint {
@@ -154,25 +150,8 @@ impl Validator<'_> {
         Ok(Endpoint { node: node.to_owned(), addr })
     }
 
-    /// `ADDR/PREFIX` with no host bits set, prefix 1..=30.
     fn subnet(&self, v: &Spanned<Value>, ctx: &str) -> Result<Subnet, ConfigError> {
         let s = self.string(v, ctx, "subnet")?;
-        let bad = |why: String| self.err(v.span(), ctx, "subnet", why);
-        let (addr, prefix) = s
-            .split_once('/')
-            .ok_or_else(|| bad(format!("invalid subnet {s:?} (expected ADDR/PREFIX, e.g. \"198.19.1.0/24\")")))?;
-        let addr: Ipv4Addr =
-            addr.parse().map_err(|_| bad(format!("invalid subnet {s:?}: {addr:?} is not an IPv4 address")))?;
-        let prefix: u8 =
-            prefix.parse().map_err(|_| bad(format!("invalid subnet {s:?}: bad prefix length {prefix:?}")))?;
-        if !(1..=30).contains(&prefix) {
-            return Err(bad(format!("invalid subnet {s:?}: prefix length must be 1..=30")));
-        }
-        let subnet = Subnet { addr, prefix };
-        let network = Ipv4Addr::from(u32::from(addr) & subnet.mask());
-        if network != addr {
-            return Err(bad(format!("{s:?} has host bits set (did you mean \"{network}/{prefix}\"?)")));
-        }
-        Ok(subnet)
+        limits::subnet(s).map_err(|e| self.err(v.span(), ctx, "subnet", e))
     }
 }

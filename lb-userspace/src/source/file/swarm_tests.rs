@@ -165,6 +165,12 @@ fn swarm_errors_name_file_line_and_field() {
             r#"config.toml:31: network "db-net": field subnet: 198.19.0.0/16 overlaps network "web-net"'s subnet 198.19.1.0/24"#,
         ),
         ("mtu = 1400", "mtu = 100", r#"config.toml:32: network "db-net": field mtu: 100 is out of range 576..=9216"#),
+        ("mtu = 1400", "mtu = 9217", r#"config.toml:32: network "db-net": field mtu: 9217 is out of range 576..=9216"#),
+        (
+            r#"subnet = "198.19.2.0/24""#,
+            r#"subnet = "198.19.2.0/31""#,
+            r#"config.toml:31: network "db-net": field subnet: invalid subnet "198.19.2.0/31": prefix length must be 1..=30"#,
+        ),
         (
             "mtu = 1400",
             "mtu = \"big\"",

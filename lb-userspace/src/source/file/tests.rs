@@ -1,5 +1,5 @@
 use super::*;
-use crate::model::Proto;
+use crate::model::{MalformedPolicy, Proto};
 
 const GOOD: &str = r#"
 [node]

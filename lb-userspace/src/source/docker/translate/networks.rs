@@ -6,7 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use bollard::models::{NetworkInspect, ServiceInfo};
 
 use super::{nodes::Nodes, parse_ip};
-use crate::model::{DEFAULT_OVERLAY_MTU, Endpoint, Network, Subnet};
+use crate::{
+    limits,
+    model::{Endpoint, Network, Subnet},
+};
 
 pub const OPT_VNI: &str = "com.docker.network.driver.overlay.vxlanid_list";
 pub const OPT_MTU: &str = "com.docker.network.driver.mtu";
@@ -72,27 +75,20 @@ fn network_of(inspect: &NetworkInspect, nodes: &Nodes) -> Result<Network, String
     let name = inspect.name.clone().unwrap_or_default();
     let options = inspect.options.clone().unwrap_or_default();
     let vni_s = options.get(OPT_VNI).ok_or_else(|| format!("no option {OPT_VNI}"))?;
-    let vni: u32 = vni_s
-        .split(',')
-        .next()
-        .and_then(|v| v.trim().parse().ok())
-        .filter(|v| (1..1 << 24).contains(v))
-        .ok_or_else(|| format!("option {OPT_VNI}={vni_s:?} is not a VNI"))?;
+    let first = vni_s.split(',').next().unwrap_or_default();
+    let vni = option_integer(OPT_VNI, vni_s, first, "a VNI", limits::vni)?;
     let mtu = match options.get(OPT_MTU) {
-        None => DEFAULT_OVERLAY_MTU,
-        Some(m) => m
-            .trim()
-            .parse::<u16>()
-            .ok()
-            .filter(|m| (576..=9000).contains(m))
-            .ok_or_else(|| format!("option {OPT_MTU}={m:?} is not an MTU (576-9000)"))?,
+        None => limits::DEFAULT_OVERLAY_MTU,
+        Some(m) => option_integer(OPT_MTU, m, m, "an MTU", limits::overlay_mtu)?,
     };
-    let subnet = inspect
+    // The first IPv4 subnet; IPv6 ones (dual-stack overlays) are not ours to serve.
+    let subnet_s = inspect
         .ipam
         .as_ref()
         .and_then(|i| i.config.as_ref())
-        .and_then(|c| c.iter().find_map(|c| c.subnet.as_deref().and_then(parse_subnet)))
+        .and_then(|c| c.iter().filter_map(|c| c.subnet.as_deref()).find(|s| !s.contains(':')))
         .ok_or("no IPv4 subnet in IPAM")?;
+    let subnet = limits::subnet(subnet_s).map_err(|e| format!("IPAM subnet: {e}"))?;
     let endpoints = endpoints_of(inspect, &name, subnet, nodes);
     Ok(Network { name, vni, subnet, mtu, endpoints })
 }
@@ -128,10 +124,16 @@ fn endpoints_of(inspect: &NetworkInspect, name: &str, subnet: Subnet, nodes: &No
     endpoints
 }
 
-fn parse_subnet(s: &str) -> Option<Subnet> {
-    let (addr, prefix) = s.split_once('/')?;
-    let addr = addr.parse().ok()?;
-    let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 32)?;
-    let subnet = Subnet { addr, prefix };
-    (u32::from(addr) & subnet.mask() == u32::from(addr)).then_some(subnet)
+/// The integer `value`, taken from option `option` (whose whole value is `full`), if `check`
+/// accepts it; the error names the option and the rule.
+fn option_integer<T>(
+    option: &str,
+    full: &str,
+    value: &str,
+    what: &str,
+    check: fn(i64) -> Result<T, limits::Invalid>,
+) -> Result<T, String> {
+    let not = |why: String| format!("option {option}={full:?} is not {what}: {why}");
+    let n: i64 = value.trim().parse().map_err(|_| not(format!("{:?} is not an integer", value.trim())))?;
+    check(n).map_err(|e| not(e.to_string()))
 }
