@@ -336,7 +336,6 @@ impl Agent {
     async fn program(&mut self, update: &Update) -> Result<()> {
         let programmed =
             Programmer::program(&self.programmer, Arc::new(update.cluster.clone()), update.local.clone()).await?;
-        debug!(ms = programmed.took.as_millis() as u64, "planned and written");
         self.left_out = programmed.left_out.iter().map(|l| l.to_string()).collect();
         for note in &self.left_out {
             warn!("{note}");

@@ -28,8 +28,6 @@ pub struct Programmer {
 pub struct Programmed {
     /// What did not fit, from the planner.
     pub left_out: Vec<LeftOut>,
-    /// Wall time of planning and writing.
-    pub took: std::time::Duration,
 }
 
 impl Programmer {
@@ -61,11 +59,21 @@ impl Programmer {
         let started = Instant::now();
         let prev = self.applied.clone().or_else(|| state::load(&self.state_dir).ok().flatten()).unwrap_or_default();
         let planned = planner::plan(cluster, local, &prev);
-        self.apply(planned.plan)?;
-        Ok(Programmed { left_out: planned.left_out, took: started.elapsed() })
+        let planned_in = started.elapsed();
+        if let Some(what) = self.apply(planned.plan)? {
+            let took = started.elapsed();
+            info!(
+                "applied: {what}; planned in {} ms, written in {} ms",
+                planned_in.as_millis(),
+                (took - planned_in).as_millis()
+            );
+        }
+        Ok(Programmed { left_out: planned.left_out })
     }
 
-    fn apply(&mut self, plan: Plan) -> Result<()> {
+    /// Writes the difference between what the maps hold and `plan`; what it wrote, in words
+    /// (`None`: nothing).
+    fn apply(&mut self, plan: Plan) -> Result<Option<String>> {
         let full = self.applied.is_none();
         let diff = planner::diff(self.applied.as_ref(), &plan);
         if !full && diff.summary.is_empty() && diff == planner::Diff::default() {
@@ -73,11 +81,10 @@ impl Programmer {
                 // Only what status shows changed (e.g. the node a task runs on).
                 state::save(&self.state_dir, &plan)?;
                 self.applied = Some(plan);
-                info!("applied: no map changes (names only)");
-            } else {
-                debug!("desired state unchanged");
+                return Ok(Some("no map changes (names only)".into()));
             }
-            return Ok(());
+            debug!("desired state unchanged");
+            return Ok(None);
         }
         // The counters belong to the last applied plan: after a restart, the saved one.
         let counted = self.applied.clone().or_else(|| state::load(&self.state_dir).ok().flatten());
@@ -94,12 +101,11 @@ impl Programmer {
             plan.backend_count(),
             plan.frontend_count()
         );
-        if full {
-            info!("applied: {counts} (full sync, {swept} stale entries removed)");
-        } else {
-            info!("applied: {counts} (changed: {})", diff.summary);
-        }
         self.applied = Some(plan);
-        Ok(())
+        Ok(Some(if full {
+            format!("{counts} (full sync, {swept} stale entries removed)")
+        } else {
+            format!("{counts} (changed: {})", diff.summary)
+        }))
     }
 }

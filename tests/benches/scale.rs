@@ -1,11 +1,12 @@
 //! The control plane at swarm scale: the real release `swarmlb run` with the file source, on the
 //! one-node namespace topology, for 10, 100 and 1,000 services of 10 backends each. Per size:
 //!
-//! - full sync: the agent's own figure for its first sync (config read -> plan -> maps written),
-//!   from `status --json` (`last_sync_lag_s`), and the wall time from the process's start until
-//!   `status` lists every service (program load and attach included);
+//! - full sync: the agent's own figure for its first sync, from the config's read to the maps
+//!   written (`last_sync_lag_s` of `status --json`; at start it includes loading the program and
+//!   creating the maps), with the plan and write times it logs, and the wall time from the
+//!   process's start until `status` shows its sync (attach included);
 //! - one-task change: one backend of the middle service moves to another port and the agent is
-//!   sent SIGHUP; the agent's figure for that sync (read -> maps written), median of 5;
+//!   sent SIGHUP; the agent's figure for that sync (read, parse, plan, write), median of 5;
 //! - the agent's resident memory (VmRSS) and peak (VmHWM) after those syncs;
 //! - map memory: bpftool's `memlock` of every map the agent created, as the total, the connection
 //!   table's share, and the Maglev tables' per service.
@@ -68,6 +69,18 @@ fn proc_kib(pid: u32, field: &str) -> Result<u64> {
         .with_context(|| format!("{field} of pid {pid}"))
 }
 
+/// The agent's last "planned in P ms, written in W ms" log line since `from` (a byte offset).
+fn plan_and_write_ms(agent: &Agent, from: usize) -> Result<(u64, u64)> {
+    let log = agent.log_text();
+    let line = log.get(from..).unwrap_or_default().lines().rev().find(|l| l.contains("planned in "));
+    let line = line.with_context(|| format!("no \"planned in\" line in the agent's log:\n{log}"))?;
+    let number = |after: &str| -> Result<u64> {
+        let rest = line.split(after).nth(1).context("log line format")?;
+        rest.split(' ').next().unwrap_or("").parse().with_context(|| format!("in {line:?}"))
+    };
+    Ok((number("planned in ")?, number("written in ")?))
+}
+
 fn sync_lag_ms(status: &Value) -> Result<f64> {
     Ok(status["agent"]["last_sync_lag_s"].as_f64().context("no last_sync_lag_s in status")? * 1000.0)
 }
@@ -75,6 +88,9 @@ fn sync_lag_ms(status: &Value) -> Result<f64> {
 struct Row {
     services: usize,
     full_sync_ms: f64,
+    /// The agent's own plan and write times of the full sync and of the median change.
+    full: (u64, u64),
+    change: (u64, u64),
     start_to_serving_ms: u128,
     change_ms: f64,
     rss_kib: u64,
@@ -109,15 +125,20 @@ fn measure(topo: &SingleNode, services: usize) -> Result<Row> {
     let agent = Agent::start(&topo.lb, &["front", "back"], path.to_str().context("path")?, services)?;
     let start_to_serving_ms = started.elapsed().as_millis();
     let full_sync_ms = sync_lag_ms(&agent.status()?)?;
+    let full = plan_and_write_ms(&agent, 0)?;
 
     let mut changes = Vec::new();
+    let mut change_steps = Vec::new();
     for n in 0..CHANGES {
         std::fs::write(&path, config(services, Some(n)))?;
+        let logged = agent.log_text().len();
         let sent = Instant::now();
         agent.signal("HUP")?;
         changes.push(sync_lag_ms(&wait_for_sync_after(&agent, sent)?)?);
+        change_steps.push(plan_and_write_ms(&agent, logged)?);
     }
     changes.sort_by(f64::total_cmp);
+    change_steps.sort();
     let pid = agent.pid().context("agent pid")?;
     let (rss_kib, peak_kib) = (proc_kib(pid, "VmRSS:")?, proc_kib(pid, "VmHWM:")?);
 
@@ -128,6 +149,8 @@ fn measure(topo: &SingleNode, services: usize) -> Result<Row> {
     let row = Row {
         services,
         full_sync_ms,
+        full,
+        change: change_steps[CHANGES / 2],
         start_to_serving_ms,
         change_ms: changes[CHANGES / 2],
         rss_kib,
@@ -156,16 +179,20 @@ fn main() -> Result<()> {
         rows.push(measure(&topo, services)?);
     }
     println!(
-        "\n| services | full sync (agent) | start to serving | one-task change (median of {CHANGES}) | agent RSS / peak | map memory | of it conntrack | Maglev per service |"
+        "\n| services | full sync: read to written (plan + write) | start to serving | one-task change: read to written (plan + write), median of {CHANGES} | agent RSS / peak | map memory | of it conntrack | Maglev per service |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!(
-            "| {} | {:.1} ms | {} ms | {:.2} ms | {:.1} / {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} KiB |",
+            "| {} | {:.0} ms ({} + {} ms) | {} ms | {:.1} ms ({} + {} ms) | {:.1} / {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} KiB |",
             r.services,
             r.full_sync_ms,
+            r.full.0,
+            r.full.1,
             r.start_to_serving_ms,
             r.change_ms,
+            r.change.0,
+            r.change.1,
             r.rss_kib as f64 / 1024.0,
             r.peak_kib as f64 / 1024.0,
             mib(r.map_bytes),

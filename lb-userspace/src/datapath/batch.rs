@@ -239,6 +239,29 @@ pub fn update<K: Pod, V: Pod>(map: &MapData, keys: &[K], values: &[V]) -> Result
     Ok(())
 }
 
+/// Puts `inner[i]` into slot `slots[i]` of the map of maps `outer`, replacing what was there, in
+/// one syscall: the kernel waits for running programs (an RCU grace period, milliseconds) once
+/// per call rather than once per slot.
+pub fn set_inner_maps(outer: &MapData, slots: &[u32], inner: &[&MapData]) -> Result<(), BatchError> {
+    check::<u32>(outer, Some(size_of::<u32>()), (&[MapType::ArrayOfMaps], "array-of-maps maps"))?;
+    if slots.len() != inner.len() {
+        return Err(BatchError::Lengths { keys: slots.len(), values: inner.len() });
+    }
+    let fds: Vec<u32> = inner.iter().map(|m| map_fd(m)).collect();
+    let mut attr = BatchAttr {
+        keys: slots.as_ptr() as u64,
+        values: fds.as_ptr() as u64,
+        count: slots.len() as u32,
+        map_fd: map_fd(outer),
+        ..BatchAttr::default()
+    };
+    // SAFETY: `slots` and `fds` hold `count` u32 keys and values (the outer map's sizes, checked
+    // above), which the kernel only reads; every fd stays open for the call (`inner` borrows).
+    unsafe { bpf(BPF_MAP_UPDATE_BATCH, &mut attr) }
+        .map_err(|source| BatchError::Syscall { cmd: "BPF_MAP_UPDATE_BATCH", source })?;
+    Ok(())
+}
+
 /// Deletes one entry of any map keyed by a `u32` (a map-of-maps slot included); `Ok(false)`:
 /// there was none.
 pub fn delete_one(map: &MapData, key: u32) -> Result<bool, BatchError> {

@@ -3,12 +3,12 @@
 //! and entries `1..=M` the backend ids.
 //!
 //! A table is written whole into a fresh inner map and then swapped into its service's slot:
-//! one `BPF_MAP_CREATE`, one `BPF_MAP_UPDATE_BATCH`, one update of the outer map, so a packet
-//! sees the old table or the new one, never a mix, and a 65,521-slot table costs four syscalls
-//! rather than 65,521. The kernel frees the old inner map once no program can still be reading
-//! it (an RCU grace period after the swap).
+//! one `BPF_MAP_CREATE` and one `BPF_MAP_UPDATE_BATCH` per table, and one batch update of the
+//! outer map for many tables, so a packet sees the old table or the new one, never a mix, and a
+//! 65,521-slot table costs a few syscalls rather than 65,521. The kernel frees the old inner map
+//! once no program can still be reading it (an RCU grace period after the swap).
 
-use std::path::Path;
+use std::{path::Path, sync::Arc};
 
 use anyhow::{Context, Result};
 use aya::maps::{Array, IterableMap, MapData, of_maps::ArrayOfMaps};
@@ -30,26 +30,19 @@ impl MaglevTables {
         Ok(MaglevTables { outer: typed!(pin_dir, names::MAGLEV), raw })
     }
 
-    /// Makes `table` (backend id per slot) the table of `service_id`, atomically.
-    pub fn write(&mut self, service_id: u32, table: &[u32]) -> Result<()> {
-        let size = table.len() as u32;
-        let name = format!("{}{service_id}", MAGLEV_INNER.name);
-        let def = aya_obj::Map::new_from_params(
-            MAGLEV_INNER.kind as u32,
-            MAGLEV_INNER.key_size,
-            MAGLEV_INNER.value_size,
-            size + 1,
-            MAGLEV_INNER.flags,
-        );
-        let inner = MapData::create(def, &name, None).with_context(|| format!("creating {name} ({size} slots)"))?;
-        let keys: Vec<u32> = (0..=size).collect();
-        let values: Vec<u32> = std::iter::once(size).chain(table.iter().copied()).collect();
-        batch::update(&inner, &keys, &values).with_context(|| format!("writing {name}"))?;
-        let inner: Array<MapData, u32> = Array::try_from(aya::maps::Map::Array(inner))?;
-        self.outer
-            .set(service_id, &inner, 0)
-            .with_context(|| format!("swapping {name} into slb_maglev[{service_id}]"))?;
-        // Our descriptor closes here; the outer map holds the table.
+    /// Makes each `table` (backend id per slot) the table of its service, each atomically: every
+    /// table is written into a new inner map, then up to [`SWAP_CHUNK`] at a time are swapped in
+    /// with one syscall (each swap waits one RCU grace period, so one per table would cost
+    /// milliseconds each).
+    pub fn write_all(&mut self, tables: &[(u32, Arc<[u32]>)]) -> Result<()> {
+        for chunk in tables.chunks(SWAP_CHUNK) {
+            let inner = chunk.iter().map(|(id, table)| new_table(*id, table)).collect::<Result<Vec<_>>>()?;
+            let slots: Vec<u32> = chunk.iter().map(|(id, _)| *id).collect();
+            let refs: Vec<&MapData> = inner.iter().collect();
+            batch::set_inner_maps(&self.raw, &slots, &refs)
+                .with_context(|| format!("swapping {} tables into slb_maglev", slots.len()))?;
+            // Our descriptors close here; the outer map holds the tables.
+        }
         Ok(())
     }
 
@@ -76,4 +69,25 @@ impl MaglevTables {
     pub fn ids(&self) -> Vec<u32> {
         (1..MAX_SERVICES).filter(|id| self.outer.get(id, 0).is_ok()).collect()
     }
+}
+
+/// Tables created before one swap: bounds the descriptors open at once.
+const SWAP_CHUNK: usize = 256;
+
+/// A new inner map `slb_mgl_<id>` holding `table`: its size in entry 0, the slots after it.
+fn new_table(service_id: u32, table: &[u32]) -> Result<MapData> {
+    let size = table.len() as u32;
+    let name = format!("{}{service_id}", MAGLEV_INNER.name);
+    let def = aya_obj::Map::new_from_params(
+        MAGLEV_INNER.kind as u32,
+        MAGLEV_INNER.key_size,
+        MAGLEV_INNER.value_size,
+        size + 1,
+        MAGLEV_INNER.flags,
+    );
+    let inner = MapData::create(def, &name, None).with_context(|| format!("creating {name} ({size} slots)"))?;
+    let keys: Vec<u32> = (0..=size).collect();
+    let values: Vec<u32> = std::iter::once(size).chain(table.iter().copied()).collect();
+    batch::update(&inner, &keys, &values).with_context(|| format!("writing {name}"))?;
+    Ok(inner)
 }

@@ -103,9 +103,7 @@ impl Writer {
         for (id, backend) in &diff.backends {
             self.backends.set(*id, backend, 0).with_context(|| format!("writing slb_backends[{id}]"))?;
         }
-        for (id, table) in &diff.maglev {
-            self.maglev.write(*id, table)?;
-        }
+        self.maglev.write_all(&diff.maglev)?;
         for (id, service) in &diff.services {
             self.services.set(*id, service, 0).with_context(|| format!("writing slb_services[{id}]"))?;
         }
