@@ -3,14 +3,17 @@
 use std::{
     path::PathBuf,
     process::{Child, Stdio},
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::netns::{Netns, sh, sibling_binary};
+use crate::{
+    cmd::sh,
+    netns::{Netns, sibling_binary},
+    poll::{Seen, wait_for},
+};
 
 /// A running `swarmlb run`, stopped with SIGTERM on drop (its pinned datapath stays).
 pub struct Agent {
@@ -125,23 +128,23 @@ impl Agent {
 
     /// Waits until `status` lists `count` services, failing early if the agent died.
     pub fn wait_for_services(&mut self, count: usize) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(child) = &mut self.child
+        let pin_dir = self.pin_dir.clone();
+        let child = &mut self.child;
+        let programmed = wait_for(&format!("swarmlb to program {count} services"), Duration::from_secs(20), || {
+            if let Some(child) = child.as_mut()
                 && let Some(exit) = child.try_wait()?
             {
-                bail!("swarmlb run exited ({exit}):\n{}", self.log_text());
+                bail!("swarmlb run exited ({exit})");
             }
-            if let Ok(status) = self.status()
-                && status["services"].as_array().map(Vec::len) == Some(count)
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("swarmlb did not program {count} services in 20 s:\n{}", self.log_text());
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
+            Ok(match status_at(&Placement { pin_dir: pin_dir.clone(), ..Placement::default() }) {
+                Ok(status) => {
+                    let services = status["services"].as_array().map_or(0, Vec::len);
+                    Seen::when(services == count, format!("{services} services"))
+                }
+                Err(e) => Seen::NotYet(format!("{e:#}")),
+            })
+        });
+        programmed.with_context(|| format!("swarmlb log:\n{}", self.log_text()))
     }
 
     /// `swarmlb status --json` of this agent's datapath.
@@ -186,13 +189,16 @@ impl Agent {
     pub fn stop(&mut self) -> Result<()> {
         if let Some(mut child) = self.child.take() {
             sh(&format!("kill -TERM {}", child.id()))?;
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while child.try_wait()?.is_none() {
-                if Instant::now() > deadline {
-                    child.kill()?;
-                    bail!("swarmlb run ignored SIGTERM for 10 s");
-                }
-                thread::sleep(Duration::from_millis(50));
+            let exited = wait_for("swarmlb run to exit on SIGTERM", Duration::from_secs(10), || {
+                Ok(match child.try_wait()? {
+                    Some(exit) => Seen::Ready(exit),
+                    None => Seen::NotYet("still running".into()),
+                })
+            });
+            if let Err(e) = exited {
+                child.kill()?;
+                let _ = child.wait();
+                return Err(e);
             }
         }
         Ok(())

@@ -48,7 +48,7 @@ impl SwarmLb {
             .map(|node| Placement {
                 node: Some(node_name(node)),
                 pin_dir: Some(format!("/sys/fs/bpf/{}-n{}", swarm.prefix, node + 1)),
-                metrics_addr: None,
+                ..Placement::default()
             })
             .collect();
         let agents = Agents { running: Vec::new(), placements };

@@ -9,9 +9,8 @@ use serde_json::Value;
 use tests::{
     agent::{Agent, Placement, unload_at},
     client::{EchoConn, http_get, http_get_path, http_spread, udp_spread},
-    docker::{
-        CLIENT_ADDR, DockerSwarm, HOST_IFACE, HostClient, Stack, create_overlay, create_service, docker, wait_running,
-    },
+    cmd::{docker, sh},
+    docker::{CLIENT_ADDR, DockerSwarm, HOST_IFACE, HostClient, Stack, create_overlay, create_service, wait_running},
     poll::{wait_until, wait_up_to},
 };
 
@@ -55,7 +54,7 @@ fn wait_for_backends(agent: &Agent, service: &str, count: usize) -> Result<()> {
 /// links and the client looked like at that moment, and whether the next connection works.
 fn spread(agent: &Agent, client: &HostClient, port: u16, count: usize) -> Result<BTreeMap<String, usize>> {
     http_spread(&client.ns, client.published(port), count).with_context(|| {
-        let host = |cmd: &str| tests::netns::sh(cmd).unwrap_or_else(|e| format!("{e:#}"));
+        let host = |cmd: &str| sh(cmd).unwrap_or_else(|e| format!("{e:#}"));
         let in_client = |cmd: &str| client.ns.exec(cmd).unwrap_or_else(|e| format!("{e:#}"));
         let frontend = client.published(port);
         let retry = client.ns.run(move || http_get(frontend)).map(|r| r.map_err(|e| format!("{e:#}")));
@@ -291,7 +290,7 @@ fn the_datapath_keeps_serving_when_the_engine_stops_answering() -> Result<()> {
     let result = (|| -> Result<()> {
         let agent = agent?;
         wait_for_backends(&agent, "slbt-frozen", 2)?;
-        tests::netns::sh(&format!("kill -STOP {}", relay.id()))?;
+        sh(&format!("kill -STOP {}", relay.id()))?;
         // Frozen for longer than the agent's resync interval would let it notice and retry.
         for round in 0..5 {
             let answers = spread(&agent, &client, 18070, 20)?;
@@ -301,7 +300,7 @@ fn the_datapath_keeps_serving_when_the_engine_stops_answering() -> Result<()> {
         ensure!(active_backends(&agent, "slbt-frozen")?.len() == 2, "the agent dropped its last good state");
         Ok(())
     })();
-    let _ = tests::netns::sh(&format!("kill -CONT {}", relay.id()));
+    let _ = sh(&format!("kill -CONT {}", relay.id()));
     let _ = relay.kill();
     let _ = relay.wait();
     let _ = std::fs::remove_file(&socket);
@@ -351,7 +350,7 @@ fn the_stack_file_runs_swarmlb_as_a_global_service_that_serves_published_ports()
             Ok(())
         };
         for round in 0..3 {
-            tests::netns::sh(&format!("ip neigh del {CLIENT_ADDR} dev {HOST_IFACE} 2>/dev/null || true"))?;
+            sh(&format!("ip neigh del {CLIENT_ADDR} dev {HOST_IFACE} 2>/dev/null || true"))?;
             first_try(&format!("round {round}, the client's neighbour entry deleted"))?;
         }
         for last in [3, 4, 5] {
