@@ -69,3 +69,35 @@ pub fn wait_until(what: &str, done: impl FnMut() -> Result<bool>) -> Result<()> 
 pub fn wait_up_to(limit: Duration, what: &str, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
     wait_for(what, limit, || Ok(Seen::when(done()?, "not yet")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn returns_what_it_found_and_says_what_it_waited_for_and_last_saw() {
+        let mut n = 0;
+        let found = wait_for("three looks", Duration::from_secs(5), || {
+            n += 1;
+            Ok(if n == 3 { Seen::Ready(n) } else { Seen::NotYet(format!("look {n}")) })
+        });
+        assert_eq!(found.unwrap(), 3);
+
+        let mut n = 0;
+        let e = wait_for("the impossible", Duration::from_millis(250), || {
+            n += 1;
+            Ok(Seen::<()>::NotYet(format!("look {n}")))
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("waiting for the impossible") && e.contains(&format!("last seen: look {n}")), "{e}");
+        assert!(n <= 3, "{n} looks: 250 ms at one per 100 ms allows 3");
+
+        let mut looks = 0;
+        let e = wait_for("a broken look", Duration::from_secs(5), || -> Result<Seen<()>> {
+            looks += 1;
+            bail!("broken")
+        });
+        assert_eq!((e.unwrap_err().to_string(), looks), ("broken".to_string(), 1));
+    }
+}
