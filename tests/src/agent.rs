@@ -32,6 +32,8 @@ pub struct Placement {
     pub pin_dir: Option<String>,
     /// `--metrics-addr` for `run`.
     pub metrics_addr: Option<String>,
+    /// `--resync-interval` (seconds) for `run --source docker`.
+    pub resync_interval_s: Option<u64>,
 }
 
 impl Placement {
@@ -111,6 +113,9 @@ impl Agent {
         }
         if let Some(host) = docker_host {
             cmd.args(["--docker-host", host]);
+        }
+        if let Some(secs) = placement.resync_interval_s {
+            cmd.args(["--resync-interval", &secs.to_string()]);
         }
         let name = placement.pin_dir.as_deref().and_then(|d| d.rsplit('/').next()).unwrap_or("swarmlb");
         Agent::launch(cmd, name, placement, services)
