@@ -97,7 +97,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
             let host = args.docker_host.clone();
             docker::engine::socket_path(&host)?;
             let (tx, mut rx) = watch::channel(None);
-            tokio::spawn(docker::run(host.clone(), tx, status.clone()));
+            let resync = Duration::from_secs(args.resync_interval);
+            tokio::spawn(docker::run(host.clone(), resync, tx, status.clone()));
             info!("waiting for the Docker Engine at {host}");
             let first = loop {
                 tokio::select! {

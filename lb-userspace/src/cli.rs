@@ -88,6 +88,10 @@ pub struct RunArgs {
     /// The Docker Engine's unix socket (`unix:///path` or `/path`); `--source docker` only.
     #[arg(long, env = "DOCKER_HOST", default_value = "/var/run/docker.sock")]
     pub docker_host: String,
+    /// Seconds between full reads of the Engine even without events (the safety net for missed
+    /// events, and how soon a stalled Engine is noticed); `--source docker` only.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub resync_interval: u64,
     #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
     pub xdp_mode: XdpModeArg,
     /// Connections the connection table holds (two entries each; 1,048,576 take ~300 MB). A

@@ -25,13 +25,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde_json::Value;
 use tests::{
     agent::{self, Agent, Placement},
     client::http_get,
+    cmd::sh,
     load::{self, LoadResult},
-    netns::{Netns, sh},
+    netns::Netns,
+    poll::{Seen, wait_for},
     topology::{self, BACKEND_TCP_PORT, LB_BACK_ADDR, LB_FRONT_ADDR, SingleNode, backend_addr},
 };
 
@@ -143,14 +145,10 @@ fn backend(topo: &SingleNode) -> Result<&Netns> {
 
 /// Waits until one HTTP request through `target` is answered: the setup is built and serving.
 fn probe(client: &Netns, target: SocketAddr, setup: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match client.run(move || http_get(target))? {
-            Ok(_) => return Ok(()),
-            Err(e) if Instant::now() > deadline => bail!("{setup}: {target} does not answer: {e:#}"),
-            Err(_) => thread::sleep(Duration::from_millis(200)),
-        }
-    }
+    wait_for(&format!("{setup}: {target} to answer"), Duration::from_secs(10), || {
+        Ok(Seen::ok(client.run(move || http_get(target))?))
+    })
+    .map(drop)
 }
 
 fn run_phase(topo: &SingleNode, target: SocketAddr, phase: Phase, timing: &Timing) -> Result<PhaseResult> {

@@ -3,14 +3,17 @@
 use std::{
     path::PathBuf,
     process::{Child, Stdio},
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::netns::{Netns, sh, sibling_binary};
+use crate::{
+    cmd::sh,
+    netns::{Netns, sibling_binary},
+    poll::{Seen, wait_for},
+};
 
 /// A running `swarmlb run`, stopped with SIGTERM on drop (its pinned datapath stays).
 pub struct Agent {
@@ -31,6 +34,8 @@ pub struct Placement {
     pub metrics_addr: Option<String>,
     /// `--max-connections` for `run` (the connection table's size).
     pub max_connections: Option<u32>,
+    /// `--resync-interval` (seconds) for `run --source docker`.
+    pub resync_interval_s: Option<u64>,
 }
 
 impl Placement {
@@ -114,6 +119,9 @@ impl Agent {
         if let Some(host) = docker_host {
             cmd.args(["--docker-host", host]);
         }
+        if let Some(secs) = placement.resync_interval_s {
+            cmd.args(["--resync-interval", &secs.to_string()]);
+        }
         let name = placement.pin_dir.as_deref().and_then(|d| d.rsplit('/').next()).unwrap_or("swarmlb");
         Agent::launch(cmd, name, placement, services)
     }
@@ -132,25 +140,25 @@ impl Agent {
     /// pinned state an earlier agent left), failing early if the agent died.
     pub fn wait_for_services(&mut self, count: usize) -> Result<()> {
         let pid = self.pid().map(u64::from);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(child) = &mut self.child
+        let pin_dir = self.pin_dir.clone();
+        let child = &mut self.child;
+        let programmed = wait_for(&format!("swarmlb to program {count} services"), Duration::from_secs(20), || {
+            if let Some(child) = child.as_mut()
                 && let Some(exit) = child.try_wait()?
             {
-                bail!("swarmlb run exited ({exit}):\n{}", self.log_text());
+                bail!("swarmlb run exited ({exit})");
             }
-            if let Ok(status) = self.status()
-                && status["agent"]["pid"].as_u64() == pid
-                && status["agent"]["sync_ok"] == true
-                && status["services"].as_array().map(Vec::len) == Some(count)
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("swarmlb did not program {count} services in 20 s:\n{}", self.log_text());
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
+            Ok(match status_at(&Placement { pin_dir: pin_dir.clone(), ..Placement::default() }) {
+                Ok(status) => {
+                    let services = status["services"].as_array().map_or(0, Vec::len);
+                    // Its own sync, not a pinned state an earlier agent left.
+                    let synced = status["agent"]["pid"].as_u64() == pid && status["agent"]["sync_ok"] == true;
+                    Seen::when(synced && services == count, format!("{services} services, agent {}", status["agent"]))
+                }
+                Err(e) => Seen::NotYet(format!("{e:#}")),
+            })
+        });
+        programmed.with_context(|| format!("swarmlb log:\n{}", self.log_text()))
     }
 
     /// `swarmlb status --json` of this agent's datapath.
@@ -200,13 +208,16 @@ impl Agent {
     pub fn stop(&mut self) -> Result<()> {
         if let Some(mut child) = self.child.take() {
             sh(&format!("kill -TERM {}", child.id()))?;
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while child.try_wait()?.is_none() {
-                if Instant::now() > deadline {
-                    child.kill()?;
-                    bail!("swarmlb run ignored SIGTERM for 10 s");
-                }
-                thread::sleep(Duration::from_millis(50));
+            let exited = wait_for("swarmlb run to exit on SIGTERM", Duration::from_secs(10), || {
+                Ok(match child.try_wait()? {
+                    Some(exit) => Seen::Ready(exit),
+                    None => Seen::NotYet("still running".into()),
+                })
+            });
+            if let Err(e) = exited {
+                child.kill()?;
+                let _ = child.wait();
+                return Err(e);
             }
         }
         Ok(())

@@ -13,14 +13,18 @@
 use std::{
     net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde_json::Value;
 
-use crate::netns::{Netns, sh};
+use crate::{
+    cmd::{docker, quote, sh},
+    netns::Netns,
+    poll::{Seen, wait_for},
+    rootfs,
+};
 
 /// The host bridge network the node containers sit on.
 pub const NETWORK: &str = "slbd-net";
@@ -36,15 +40,6 @@ pub fn node_name(i: usize) -> String {
 
 pub fn node_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 240, 10 + i as u8)
-}
-
-fn docker(args: &str) -> Result<String> {
-    Ok(sh(&format!("docker {args}"))?.trim().to_string())
-}
-
-/// Quotes `s` for `sh -c`.
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 /// The node image: this host's Engine binaries plus swarmlb, `docker import`ed from a rootfs
@@ -113,7 +108,7 @@ impl NodeImage {
             binaries.push((PathBuf::from("/bin/sh"), "sh".to_string()));
             binaries.push((swarmlb.to_path_buf(), "swarmlb".to_string()));
             for (path, name) in &binaries {
-                copy_with_libraries(path, &root, &root.join("usr/bin").join(name))?;
+                rootfs::copy_with_libraries(path, &root.join("usr/bin").join(name), |lib| in_rootfs(&root, lib))?;
             }
             // Legacy iptables, as the host's dockerd uses, and its match/target plugins.
             for name in
@@ -125,7 +120,7 @@ impl NodeImage {
             let plugins = Path::new(plugins.lines().next().context("no xtables plugin directory")?);
             for entry in std::fs::read_dir(plugins)? {
                 let path = entry?.path();
-                copy_with_libraries(&path, &root, &in_rootfs(&root, &path))?;
+                rootfs::copy_with_libraries(&path, &in_rootfs(&root, &path), |lib| in_rootfs(&root, lib))?;
             }
             std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
             std::fs::write(root.join("etc/group"), "root:x:0:\ndocker:x:999:\n")?;
@@ -161,43 +156,6 @@ fn in_rootfs(root: &Path, path: &Path) -> PathBuf {
         _ => rel.to_path_buf(),
     };
     root.join(rel)
-}
-
-/// Copies `path` (symlinks followed) to `dest` and every library `ldd` resolves for it to the
-/// same path in `root`.
-fn copy_with_libraries(path: &Path, root: &Path, dest: &Path) -> Result<()> {
-    copy(path, dest)?;
-    let out = std::process::Command::new("ldd").arg(path).output().context("running ldd")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        // A static binary ("not a dynamic executable") needs nothing more.
-        return Ok(());
-    }
-    for line in text.lines() {
-        if line.contains("not found") {
-            bail!("{}: {line}", path.display());
-        }
-        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or "/lib64/ld-linux-x86-64.so.2 (0x…)".
-        let lib = match line.split_once("=>") {
-            Some((_, rest)) => rest.split_whitespace().next(),
-            None => line.split_whitespace().next(),
-        };
-        if let Some(lib) = lib.filter(|l| l.starts_with('/')) {
-            let target = in_rootfs(root, Path::new(lib));
-            if !target.exists() {
-                copy(Path::new(lib), &target)?;
-            }
-        }
-    }
-    Ok(())
-}
-
-fn copy(from: &Path, to: &Path) -> Result<()> {
-    if let Some(dir) = to.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::copy(from, to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
-    Ok(())
 }
 
 /// A node container running its own Engine.
@@ -278,7 +236,7 @@ impl DindSwarm {
         let nodes = &swarm.nodes;
         for node in nodes {
             wait_for(&format!("{}'s Engine", node.name), Duration::from_secs(30), || {
-                Ok(node.docker("info --format '{{.ID}}'").is_ok())
+                Ok(Seen::ok(node.docker("info --format '{{.ID}}'")))
             })
             .with_context(|| node.exec("cat /var/log/dockerd.log").map(|l| tail(&l, 20)).unwrap_or_default())?;
             // docker_gwbridge before init/join, or Docker picks a private range for it.
@@ -301,8 +259,10 @@ impl DindSwarm {
             node.docker(&format!("swarm join --token {token} --advertise-addr {} {}:2377", node.addr, manager.addr))?;
         }
         wait_for("every node to be ready", Duration::from_secs(30), || {
-            let states = manager.docker("node ls --format '{{.Status}}'")?;
-            Ok(states.lines().filter(|s| *s == "Ready").count() == count)
+            Ok(match manager.docker("node ls --format '{{.Status}}'") {
+                Ok(states) => Seen::when(states.lines().filter(|s| *s == "Ready").count() == count, states),
+                Err(e) => Seen::NotYet(format!("{e:#}")),
+            })
         })?;
         for image in images {
             for node in nodes {
@@ -387,19 +347,5 @@ impl Drop for DindSwarm {
         }
         let _ = docker(&format!("network rm {NETWORK}"));
         // The client's veth goes with its namespace (Netns's own drop).
-    }
-}
-
-/// Polls `done` every 250 ms until it holds or `limit` passes.
-pub fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if done().unwrap_or(false) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {limit:?} waiting for {what}");
-        }
-        thread::sleep(Duration::from_millis(250));
     }
 }

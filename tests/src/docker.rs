@@ -4,13 +4,16 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
 
-use crate::netns::{Netns, sh, unique_prefix};
+use crate::{
+    cmd::{docker, sh},
+    netns::{Netns, unique_prefix},
+    poll::{Seen, wait_for},
+};
 
 /// The swarm's advertise address, on a host-only bridge: swarm traffic never leaves the machine.
 pub const ADVERTISE_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 254, 1);
@@ -23,10 +26,6 @@ pub const HOST_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 252, 1);
 pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 252, 2);
 /// Host side of the client's veth: the interface clients arrive on (swarmlb's `--iface`).
 pub const HOST_IFACE: &str = "slbcl0";
-
-pub fn docker(args: &str) -> Result<String> {
-    Ok(sh(&format!("docker {args}"))?.trim().to_string())
-}
 
 /// Swarm mode on the local Engine: joined as found, or initialised here and left on drop.
 pub struct DockerSwarm {
@@ -93,12 +92,14 @@ impl Drop for Removable {
 /// Removes a service or network if it exists. A network is refused while the tasks of a
 /// just-removed service still hold endpoints on it, so this retries for a while.
 fn remove(kind: &str, name: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while docker(&format!("{kind} inspect {name} --format '{{{{.ID}}}}'")).is_ok()
-        && docker(&format!("{kind} rm {name}")).is_err()
-        && Instant::now() < deadline
-    {
-        thread::sleep(Duration::from_millis(250));
+    let gone = wait_for(&format!("{kind} {name} to be removed"), Duration::from_secs(20), || {
+        if docker(&format!("{kind} inspect {name} --format '{{{{.ID}}}}'")).is_err() {
+            return Ok(Seen::Ready(()));
+        }
+        Ok(Seen::ok(docker(&format!("{kind} rm {name}")).map(drop)))
+    });
+    if let Err(e) = gone {
+        eprintln!("{e:#}");
     }
 }
 
@@ -121,19 +122,15 @@ pub fn create_overlay(name: &str, subnet: &str) -> Result<Removable> {
 
 /// Waits until `service` has exactly `replicas` tasks running.
 pub fn wait_running(service: &str, replicas: usize) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    wait_for(&format!("{replicas} running tasks of {service}"), Duration::from_secs(60), || {
         let states =
             docker(&format!("service ps {service} --filter desired-state=running --format '{{{{.CurrentState}}}}'"))?;
         let running = states.lines().filter(|l| l.starts_with("Running")).count();
-        if running == replicas && states.lines().count() == replicas {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("{service}: {running} of {replicas} tasks running after 60 s:\n{states}");
-        }
-        thread::sleep(Duration::from_millis(250));
-    }
+        Ok(Seen::when(
+            running == replicas && states.lines().count() == replicas,
+            format!("{running} running:\n{states}"),
+        ))
+    })
 }
 
 /// A client namespace with a veth to the host (`HOST_IFACE`), as a client reaches a node.
@@ -209,12 +206,12 @@ impl Stack {
 impl Drop for Stack {
     fn drop(&mut self) {
         let _ = docker(&format!("stack rm {}", self.name));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while docker(&format!("ps -q --filter label=com.docker.stack.namespace={}", self.name))
-            .is_ok_and(|ids| !ids.is_empty())
-            && Instant::now() < deadline
-        {
-            thread::sleep(Duration::from_millis(250));
+        let gone = wait_for(&format!("the containers of stack {} to go", self.name), Duration::from_secs(20), || {
+            let ids = docker(&format!("ps -q --filter label=com.docker.stack.namespace={}", self.name))?;
+            Ok(Seen::when(ids.is_empty(), ids.replace('\n', " ")))
+        });
+        if let Err(e) = gone {
+            eprintln!("{e:#}");
         }
     }
 }

@@ -74,6 +74,14 @@ pub fn one_node_swarm(malformed: &str, vxlan_port: u16, services: &str) -> Strin
     )
 }
 
+/// A fresh environment as node `node-1` of [`one_node_swarm`], programmed with `services`.
+pub fn swarm_env(malformed: &str, vxlan_port: u16, services: &str) -> Env {
+    let mut e = env();
+    e.dp.set_local_node("node-1");
+    e.apply(&one_node_swarm(malformed, vxlan_port, services));
+    e
+}
+
 /// Service `name` on `frontend` whose one task is 198.18.0.100:`be_port`, on the overlay (MSS
 /// clamped to 1410, replies' checksums from scratch) or routed (neither).
 pub fn swarm_service(name: &str, frontend: &str, be_port: u16, overlay: bool) -> String {

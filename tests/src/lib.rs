@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod client;
+pub mod cmd;
 pub mod dind;
 pub mod docker;
 pub mod frames;
@@ -11,6 +12,9 @@ pub mod lan;
 pub mod load;
 pub mod netns;
 pub mod poll;
+/// Shared with `cargo xtask image`: one implementation of a binary-plus-libraries rootfs.
+#[path = "../../xtask/src/rootfs.rs"]
+mod rootfs;
 pub mod swarm;
 pub mod swarm_config;
 pub mod swarm_lb;

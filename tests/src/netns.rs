@@ -6,19 +6,16 @@ use std::{
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     thread,
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
 use nix::sched::{CloneFlags, setns};
 
-/// Runs `cmd` to completion, failing with its stderr when it fails.
-pub fn sh(cmd: &str) -> Result<String> {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().with_context(|| format!("running {cmd}"))?;
-    if !out.status.success() {
-        bail!("`{cmd}` failed: {}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
+use crate::{
+    cmd::{quote, sh},
+    poll::{Seen, wait_for},
+};
 
 /// A unique prefix for one topology, so runs never collide with each other or leftovers.
 pub fn unique_prefix(tag: &str) -> String {
@@ -46,7 +43,18 @@ impl Netns {
 
     /// Runs a shell command inside the namespace and returns its stdout.
     pub fn exec(&self, cmd: &str) -> Result<String> {
-        sh(&format!("nsenter --net=/var/run/netns/{} sh -c '{}'", self.name, cmd.replace('\'', r"'\''")))
+        sh(&format!("nsenter --net=/var/run/netns/{} sh -c {}", self.name, quote(cmd)))
+    }
+
+    /// Waits until something in the namespace listens on TCP `port`.
+    pub fn wait_listening(&self, port: u16) -> Result<()> {
+        wait_for(&format!("a TCP listener on port {port} in {}", self.name), Duration::from_secs(5), || {
+            let listening = self.exec("ss -Hltn")?;
+            let found = listening.lines().any(|l| {
+                l.split_whitespace().nth(3).is_some_and(|local| local.rsplit(':').next() == Some(&port.to_string()))
+            });
+            Ok(Seen::when(found, format!("listeners: {:?}", listening.lines().collect::<Vec<_>>())))
+        })
     }
 
     /// Starts a long-running program inside the namespace; it is killed when the namespace drops.

@@ -20,7 +20,10 @@ use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result, bail};
 
-use crate::netns::{Netns, sh, sibling_binary, unique_prefix};
+use crate::{
+    cmd::sh,
+    netns::{Netns, sibling_binary, unique_prefix},
+};
 
 pub const UNDERLAY_MTU: u32 = 1500;
 /// VXLAN over IPv4 costs 50 bytes.
@@ -239,7 +242,7 @@ impl Swarm {
         ))?;
         let server = sibling_binary("slb-testsrv")?;
         ns.spawn(server.to_str().context("path")?, &["--name", name, "--tcp", "8080", "--udp", "5353"])?;
-        ns.exec("for i in $(seq 50); do ss -ltn | grep -q :8080 && exit 0; sleep 0.1; done; exit 1")?;
+        ns.wait_listening(8080)?;
         self.announce(OverlayHost { network, node, ip })?;
         self.tasks.push(Task { name: name.to_string(), node, network, ip, ns });
         Ok(self.tasks.len() - 1)

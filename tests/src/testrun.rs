@@ -7,10 +7,10 @@ use std::{
     collections::BTreeSet,
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    process::Command,
     sync::atomic::{AtomicU32, Ordering},
 };
 
+use crate::cmd::sh;
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use aya::{
     Ebpf,
@@ -380,16 +380,6 @@ impl Datapath {
 /// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads.
 pub fn monotonic_ns() -> u64 {
     swarmlb::datapath::tables::monotonic_ns().expect("clock_gettime(CLOCK_MONOTONIC)")
-}
-
-/// Runs `ip` (or another tool) in the calling thread's network namespace.
-pub fn sh(cmd: &str) -> Result<()> {
-    let args: Vec<&str> = cmd.split_whitespace().collect();
-    let out = Command::new(args[0]).args(&args[1..]).output().with_context(|| format!("running {cmd}"))?;
-    if !out.status.success() {
-        bail!("`{cmd}` failed: {}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(())
 }
 
 /// One interface of the test namespace: a veth whose peer stays in the namespace too.

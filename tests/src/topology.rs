@@ -71,7 +71,7 @@ impl SingleNode {
     }
 
     fn veth(&self, a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
-        crate::netns::sh(&format!("ip link add {a_if} netns {} type veth peer name {b_if} netns {}", a.name, b.name))?;
+        crate::cmd::sh(&format!("ip link add {a_if} netns {} type veth peer name {b_if} netns {}", a.name, b.name))?;
         Ok(())
     }
 
@@ -92,9 +92,7 @@ impl SingleNode {
             server.to_str().unwrap_or_default(),
             &["--name", &name, "--tcp", &BACKEND_TCP_PORT.to_string(), "--udp", &BACKEND_UDP_PORT.to_string()],
         )?;
-        ns.exec(&format!(
-            "for i in $(seq 50); do ss -ltn | grep -q :{BACKEND_TCP_PORT} && exit 0; sleep 0.1; done; exit 1"
-        ))?;
+        ns.wait_listening(BACKEND_TCP_PORT)?;
         if self.backends.len() <= index {
             self.backends.resize_with(index + 1, || None);
         }

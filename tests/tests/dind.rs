@@ -15,7 +15,8 @@ use anyhow::{Context, Result, ensure};
 use tests::{
     agent::swarmlb_binary,
     client::{http_get, udp_spread},
-    dind::{DindSwarm, NodeImage, wait_for},
+    dind::{DindSwarm, NodeImage},
+    poll::{Seen, wait_for},
 };
 
 const SERVICE: &str = "slbd-web";
@@ -45,7 +46,10 @@ fn connections_entering_any_node_reach_tasks_on_every_node_through_xdp() -> Resu
     ))?;
     for (service, tasks) in [(SERVICE, TASKS), (UDP_SERVICE, UDP_TASKS)] {
         wait_for(&format!("{tasks} running tasks of {service}"), Duration::from_secs(90), || {
-            Ok(swarm.task_nodes(service)?.len() == tasks)
+            Ok(match swarm.task_nodes(service) {
+                Ok(running) => Seen::when(running.len() == tasks, format!("{running:?}")),
+                Err(e) => Seen::NotYet(format!("{e:#}")),
+            })
         })?;
     }
     let task_node: BTreeMap<String, String> = swarm.task_nodes(SERVICE)?.into_iter().collect();
@@ -59,7 +63,10 @@ fn connections_entering_any_node_reach_tasks_on_every_node_through_xdp() -> Resu
     swarm.start_swarmlb()?;
     for node in &swarm.nodes {
         wait_for(&format!("{}'s agent to program both services", node.name), Duration::from_secs(30), || {
-            let status = node.swarmlb_status()?;
+            let status = match node.swarmlb_status() {
+                Ok(status) => status,
+                Err(e) => return Ok(Seen::NotYet(format!("{e:#}"))),
+            };
             let programmed = |service: &str, tasks: usize| {
                 status["services"].as_array().is_some_and(|services| {
                     services.iter().any(|s| {
@@ -70,7 +77,7 @@ fn connections_entering_any_node_reach_tasks_on_every_node_through_xdp() -> Resu
                     })
                 })
             };
-            Ok(programmed(SERVICE, TASKS) && programmed(UDP_SERVICE, UDP_TASKS))
+            Ok(Seen::when(programmed(SERVICE, TASKS) && programmed(UDP_SERVICE, UDP_TASKS), &status["services"]))
         })
         .with_context(|| format!("{} agent log:\n{}", node.name, node.swarmlb_log()))?;
     }

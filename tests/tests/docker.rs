@@ -2,17 +2,20 @@
 //! tasks and overlays through the Engine API and serves their published ports in XDP. Needs root
 //! and a running Engine; every address Docker hands out here is inside 198.18.0.0/15.
 
-use std::{collections::BTreeMap, net::SocketAddr, sync::Mutex, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, os::unix::process::CommandExt, sync::Mutex, time::Duration};
 
 use anyhow::{Context, Result, ensure};
+use nix::{
+    sys::signal::{Signal, killpg},
+    unistd::Pid,
+};
 use serde_json::Value;
 use tests::{
     agent::{Agent, Placement, unload_at},
     client::{EchoConn, http_get, http_get_path, http_spread, udp_spread},
-    docker::{
-        CLIENT_ADDR, DockerSwarm, HOST_IFACE, HostClient, Stack, create_overlay, create_service, docker, wait_running,
-    },
-    poll::{wait_until, wait_up_to},
+    cmd::{docker, sh},
+    docker::{CLIENT_ADDR, DockerSwarm, HOST_IFACE, HostClient, Stack, create_overlay, create_service, wait_running},
+    poll::{Seen, wait_for, wait_until, wait_up_to},
 };
 
 /// One Engine: one test at a time.
@@ -55,7 +58,7 @@ fn wait_for_backends(agent: &Agent, service: &str, count: usize) -> Result<()> {
 /// links and the client looked like at that moment, and whether the next connection works.
 fn spread(agent: &Agent, client: &HostClient, port: u16, count: usize) -> Result<BTreeMap<String, usize>> {
     http_spread(&client.ns, client.published(port), count).with_context(|| {
-        let host = |cmd: &str| tests::netns::sh(cmd).unwrap_or_else(|e| format!("{e:#}"));
+        let host = |cmd: &str| sh(cmd).unwrap_or_else(|e| format!("{e:#}"));
         let in_client = |cmd: &str| client.ns.exec(cmd).unwrap_or_else(|e| format!("{e:#}"));
         let frontend = client.published(port);
         let retry = client.ns.run(move || http_get(frontend)).map(|r| r.map_err(|e| format!("{e:#}")));
@@ -269,6 +272,16 @@ fn maps_follow_scaling_a_killed_task_and_a_rolling_update() -> Result<()> {
     unload_at(&placement)
 }
 
+/// What `status --json` says about the agent's sync: whether the last one worked, how many have
+/// failed, and the problem naming a failing sync (if any).
+fn sync_state(agent: &Agent) -> Result<(bool, u64, Option<String>)> {
+    let status = agent.status()?;
+    let problem = status["problems"]
+        .as_array()
+        .and_then(|p| p.iter().filter_map(Value::as_str).find(|p| p.starts_with("sync failing")).map(str::to_string));
+    Ok((status["agent"]["sync_ok"] == true, status["agent"]["sync_failures"].as_u64().unwrap_or(0), problem))
+}
+
 #[test]
 fn the_datapath_keeps_serving_when_the_engine_stops_answering() -> Result<()> {
     let _engine = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
@@ -276,32 +289,57 @@ fn the_datapath_keeps_serving_when_the_engine_stops_answering() -> Result<()> {
     let _web = create_service("slbt-frozen", "--replicas 2 --publish published=18070,target=8080,protocol=tcp")?;
     wait_running("slbt-frozen", 2)?;
     let client = HostClient::new()?;
-    // The agent reaches the Engine through a relay that the test can freeze.
+    // The agent reaches the Engine through a relay that the test can freeze: its own process
+    // group, so one SIGSTOP stops the listener and every connection it forked (the event
+    // stream's and the ones requests reuse) alike.
     let socket = std::env::temp_dir().join("slbt-frozen-docker.sock");
     let _ = std::fs::remove_file(&socket);
     let mut relay = std::process::Command::new("socat")
         .arg(format!("UNIX-LISTEN:{},fork", socket.display()))
         .arg("UNIX-CONNECT:/var/run/docker.sock")
+        .process_group(0)
         .spawn()
         .context("socat (cargo xtask setup installs it)")?;
+    let group = Pid::from_raw(relay.id() as i32);
     wait_until("the relay socket", || Ok(socket.exists()))?;
-    let placement = placement("frozen");
+    // Full reads every 2 s: frozen, the agent's next one hangs until its 10 s request timeout.
+    let placement = Placement { resync_interval_s: Some(2), ..placement("frozen") };
     unload_at(&placement)?;
     let agent = Agent::start_docker(&placement, &[HOST_IFACE], Some(&format!("unix://{}", socket.display())), 1);
     let result = (|| -> Result<()> {
         let agent = agent?;
         wait_for_backends(&agent, "slbt-frozen", 2)?;
-        tests::netns::sh(&format!("kill -STOP {}", relay.id()))?;
-        // Frozen for longer than the agent's resync interval would let it notice and retry.
-        for round in 0..5 {
-            let answers = spread(&agent, &client, 18070, 20)?;
-            ensure!(answers.len() == 2, "round {round} with the Engine frozen: {answers:?}");
-            std::thread::sleep(std::time::Duration::from_millis(500));
-        }
+        let (ok, failures_before, _) = sync_state(&agent)?;
+        ensure!(ok, "the agent's sync failed before the freeze: {}", agent.diagnosis());
+        killpg(group, Signal::SIGSTOP).context("freezing the relay")?;
+        // The agent tries to read the Engine, fails, and says so; the datapath keeps serving.
+        let problem = wait_for("the agent to report the frozen Engine", Duration::from_secs(30), || {
+            let (ok, failures, problem) = sync_state(&agent)?;
+            let logged = agent.log_text().contains("keeping the last good state");
+            Ok(match problem {
+                Some(problem) if !ok && failures > failures_before && logged => Seen::Ready(problem),
+                _ => Seen::NotYet(format!("sync ok {ok}, {failures} failures, logged {logged}, problem {problem:?}")),
+            })
+        })
+        .with_context(|| agent.diagnosis())?;
+        eprintln!("with the Engine frozen: {problem}");
+        ensure!(problem.contains("Docker Engine"), "the problem does not name the Engine: {problem}");
         ensure!(active_backends(&agent, "slbt-frozen")?.len() == 2, "the agent dropped its last good state");
+        let answers = spread(&agent, &client, 18070, 20)?;
+        ensure!(answers.len() == 2, "with the Engine frozen: {answers:?}");
+
+        killpg(group, Signal::SIGCONT).context("thawing the relay")?;
+        wait_for("the agent to sync again", Duration::from_secs(30), || {
+            let (ok, failures, problem) = sync_state(&agent)?;
+            Ok(Seen::when(ok && problem.is_none(), format!("sync ok {ok}, {failures} failures, problem {problem:?}")))
+        })
+        .with_context(|| agent.diagnosis())?;
+        ensure!(agent.log_text().contains("Docker Engine answers again"), "no recovery logged: {}", agent.diagnosis());
+        let answers = spread(&agent, &client, 18070, 20)?;
+        ensure!(answers.len() == 2, "after the Engine answers again: {answers:?}");
         Ok(())
     })();
-    let _ = tests::netns::sh(&format!("kill -CONT {}", relay.id()));
+    let _ = killpg(group, Signal::SIGKILL);
     let _ = relay.kill();
     let _ = relay.wait();
     let _ = std::fs::remove_file(&socket);
@@ -351,7 +389,7 @@ fn the_stack_file_runs_swarmlb_as_a_global_service_that_serves_published_ports()
             Ok(())
         };
         for round in 0..3 {
-            tests::netns::sh(&format!("ip neigh del {CLIENT_ADDR} dev {HOST_IFACE} 2>/dev/null || true"))?;
+            sh(&format!("ip neigh del {CLIENT_ADDR} dev {HOST_IFACE} 2>/dev/null || true"))?;
             first_try(&format!("round {round}, the client's neighbour entry deleted"))?;
         }
         for last in [3, 4, 5] {

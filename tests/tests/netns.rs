@@ -10,7 +10,7 @@ use serde_json::Value;
 use tests::{
     agent::{self, Agent, Placement},
     client::{EchoConn, http_spread, udp_ask_from, udp_spread},
-    netns::sh,
+    cmd::sh,
     poll::wait_until,
     topology::{self, LB_FRONT_ADDR, SingleNode, backend_name},
 };

@@ -5,7 +5,7 @@
 //! programmed through the planner and writer. Needs root; fails (never skips) without.
 
 use lb_common::Reason;
-use tests::{frames::*, icmp_frames::*, lan::*, testrun::*};
+use tests::{cmd::sh, frames::*, icmp_frames::*, lan::*, testrun::*};
 
 /// A router on the backend side of the node.
 const ROUTER_BACK: [u8; 4] = [198, 18, 0, 200];

@@ -5,14 +5,8 @@
 //! Needs root; fails (never skips) without.
 
 use lb_common::Reason;
-use tests::{
-    frames::*,
-    lan::{Env, OVERLAY_VNI as VNI, env, one_node_swarm as swarm, swarm_service as service},
-    testrun::*,
-};
+use tests::{frames::*, lan::*, testrun::*};
 
-const VIP: [u8; 4] = [198, 18, 0, 10];
-const CLIENT_MAC_50: [u8; 6] = [0x02, 0, 0, 0, 0, 50];
 /// Another swarm node's underlay address, and overlay task addresses inside VXLAN.
 const PEER_NODE: [u8; 4] = [198, 18, 0, 60];
 const TASK_A: [u8; 4] = [198, 19, 10, 2];
@@ -20,18 +14,11 @@ const TASK_B: [u8; 4] = [198, 19, 10, 3];
 
 /// A fresh environment programmed with `services` on the one-node swarm.
 fn overlay_env(services: &str) -> Env {
-    let mut e = env();
-    e.dp.set_local_node("node-1");
-    e.apply(&swarm("pass", 4789, services));
-    e
+    swarm_env("pass", 4789, services)
 }
 
 fn syn(sport: u16, options: &[u8]) -> Spec {
-    Spec::tcp(CLIENT, sport, VIP, 80, SYN).macs(CLIENT_MAC_50, LAN_MAC).tcp_options(options).payload(b"")
-}
-
-fn verified(out: &Outcome) -> Parsed {
-    parse_and_verify(&out.frame).expect("output frame with valid checksums")
+    client_syn(sport).tcp_options(options).payload(b"")
 }
 
 /// MSS 1460 followed by `rest`, and `rest` around an MSS at an odd offset, padded to words.
@@ -58,13 +45,13 @@ fn option_layouts() -> Vec<(&'static str, Vec<u8>)> {
 
 #[test]
 fn syn_mss_is_clamped_in_every_option_layout() {
-    let e = overlay_env(&service("web", "198.18.0.10:80/tcp", 8080, true));
+    let e = overlay_env(&swarm_service("web", "198.18.0.10:80/tcp", 8080, true));
     let layouts = option_layouts();
     for (i, (what, options)) in layouts.iter().enumerate() {
         assert_eq!(mss_of(options), Some(1460), "{what}: test layout");
         let out = e.run(&syn(30000 + i as u16, options).build());
         assert_eq!(out.action, XDP_TX, "{what}");
-        let p = verified(&out);
+        let p = translated(&out);
         assert_eq!((p.dst, p.flags), (BACKEND_LAN, SYN), "{what}");
         assert_eq!(mss_of(&p.tcp_options), Some(1410), "{what}: clamped");
         let mut expected = options.clone();
@@ -77,8 +64,8 @@ fn syn_mss_is_clamped_in_every_option_layout() {
 
 #[test]
 fn syn_ack_mss_is_clamped_on_the_reply() {
-    let e = overlay_env(&service("web", "198.18.0.10:80/tcp", 8080, true));
-    let p = verified(&e.run(&syn(31000, &mss_option(1460)).build()));
+    let e = overlay_env(&swarm_service("web", "198.18.0.10:80/tcp", 8080, true));
+    let p = translated(&e.run(&syn(31000, &mss_option(1460)).build()));
     for (i, options) in
         [mss_option(1460).to_vec(), [&[1u8][..], &mss_option(1460), &[1, 1, 1]].concat()].iter().enumerate()
     {
@@ -88,7 +75,7 @@ fn syn_ack_mss_is_clamped_on_the_reply() {
             .payload(b"");
         let out = e.run(&syn_ack.build());
         assert_eq!(out.action, XDP_TX, "layout {i}");
-        let r = verified(&out);
+        let r = translated(&out);
         assert_eq!((r.src, r.sport, r.dst, r.dport, r.flags), (VIP, 80, CLIENT, 31000, SYN | ACK), "layout {i}");
         assert_eq!(mss_of(&r.tcp_options), Some(1410), "layout {i}");
     }
@@ -98,7 +85,8 @@ fn syn_ack_mss_is_clamped_on_the_reply() {
 #[test]
 fn mss_is_left_alone_when_not_asked_smaller_absent_or_malformed() {
     let e = overlay_env(
-        &(service("plain", "198.18.0.10:80/tcp", 8080, false) + &service("web", "198.18.0.10:81/tcp", 8081, true)),
+        &(swarm_service("plain", "198.18.0.10:80/tcp", 8080, false)
+            + &swarm_service("web", "198.18.0.10:81/tcp", 8081, true)),
     );
     let cases: [(&str, u16, Vec<u8>); 5] = [
         ("service mss 0", 80, mss_option(1460).to_vec()),
@@ -109,12 +97,12 @@ fn mss_is_left_alone_when_not_asked_smaller_absent_or_malformed() {
     ];
     for (i, (what, port, options)) in cases.iter().enumerate() {
         let s = Spec::tcp(CLIENT, 32000 + i as u16, VIP, *port, SYN).macs(CLIENT_MAC_50, LAN_MAC).tcp_options(options);
-        let p = verified(&e.run(&s.build()));
+        let p = translated(&e.run(&s.build()));
         assert_eq!(p.tcp_options, *options, "{what}: options untouched");
     }
     // Not a SYN: an MSS option (meaningless there) is not touched either.
     let ack = Spec::tcp(CLIENT, 32001, VIP, 81, ACK).macs(CLIENT_MAC_50, LAN_MAC).tcp_options(&mss_option(1460));
-    assert_eq!(verified(&e.run(&ack.build())).tcp_options, mss_option(1460));
+    assert_eq!(translated(&e.run(&ack.build())).tcp_options, mss_option(1460));
     e.dp.assert_reasons(&[(Reason::ToBackend, 6)]);
 }
 
@@ -139,8 +127,8 @@ fn partial_checksum(f: &[u8]) -> u16 {
 
 #[test]
 fn overlay_tcp_replies_get_checksums_from_scratch() {
-    let e = overlay_env(&service("web", "198.18.0.10:80/tcp", 8080, true));
-    let p = verified(&e.run(&syn(33000, &[]).build()));
+    let e = overlay_env(&swarm_service("web", "198.18.0.10:80/tcp", 8080, true));
+    let p = translated(&e.run(&syn(33000, &[]).build()));
     let mut replies = 0;
     // Lengths around every block size of the from-scratch sum, odd ones included.
     for len in [0usize, 1, 2, 3, 5, 13, 255, 256, 511, 512, 513, 1023, 1400, 1401, 1446] {
@@ -172,9 +160,10 @@ fn overlay_tcp_replies_get_checksums_from_scratch() {
 #[test]
 fn plain_service_replies_are_updated_incrementally() {
     let e = overlay_env(
-        &(service("web", "198.18.0.10:80/tcp", 8080, false) + &service("dns", "198.18.0.10:53/udp", 5353, false)),
+        &(swarm_service("web", "198.18.0.10:80/tcp", 8080, false)
+            + &swarm_service("dns", "198.18.0.10:53/udp", 5353, false)),
     );
-    let p = verified(&e.run(&syn(34000, &[]).build()));
+    let p = translated(&e.run(&syn(34000, &[]).build()));
     let mut reply =
         Spec::tcp(BACKEND_LAN, 8080, LB_LAN, p.sport, ACK).macs(BACKEND_LAN_MAC, LAN_MAC).payload(b"odd!!").build();
     set_l4_checksum(&mut reply, 0xbeef);
@@ -184,7 +173,7 @@ fn plain_service_replies_are_updated_incrementally() {
     assert_eq!(out.action, XDP_TX);
     assert_eq!(l4_checksum_error(&out.frame), error, "wrong by the same delta: not recomputed");
 
-    let q = verified(&e.run(&Spec::udp(CLIENT, 34001, VIP, 53).macs(CLIENT_MAC_50, LAN_MAC).build()));
+    let q = translated(&e.run(&Spec::udp(CLIENT, 34001, VIP, 53).macs(CLIENT_MAC_50, LAN_MAC).build()));
     let mut reply = Spec::udp(BACKEND_LAN, 5353, LB_LAN, q.sport).macs(BACKEND_LAN_MAC, LAN_MAC).build();
     set_l4_checksum(&mut reply, 0x1234);
     let error = l4_checksum_error(&reply);
@@ -194,8 +183,8 @@ fn plain_service_replies_are_updated_incrementally() {
 
 #[test]
 fn overlay_udp_replies_get_checksums_from_scratch() {
-    let e = overlay_env(&service("dns", "198.18.0.10:53/udp", 5353, true));
-    let q = verified(&e.run(&Spec::udp(CLIENT, 35000, VIP, 53).macs(CLIENT_MAC_50, LAN_MAC).build()));
+    let e = overlay_env(&swarm_service("dns", "198.18.0.10:53/udp", 5353, true));
+    let q = translated(&e.run(&Spec::udp(CLIENT, 35000, VIP, 53).macs(CLIENT_MAC_50, LAN_MAC).build()));
     let reply =
         |payload: &[u8]| Spec::udp(BACKEND_LAN, 5353, LB_LAN, q.sport).macs(BACKEND_LAN_MAC, LAN_MAC).payload(payload);
 
@@ -204,7 +193,7 @@ fn overlay_udp_replies_get_checksums_from_scratch() {
         let mut frame = reply(&payload).build();
         let partial = partial_checksum(&frame);
         set_l4_checksum(&mut frame, partial);
-        let r = verified(&e.run(&frame));
+        let r = translated(&e.run(&frame));
         assert_eq!((r.src, r.sport, r.dst, r.dport, r.payload), (VIP, 53, CLIENT, 35000, payload), "len {len}");
         assert_ne!(r.udp_checksum, 0);
     }
@@ -215,7 +204,7 @@ fn overlay_udp_replies_get_checksums_from_scratch() {
     padded.extend_from_slice(&[0xaa; 16]);
     let out = e.run(&padded);
     assert_eq!(out.frame.len(), padded.len());
-    assert_eq!(verified(&out).payload, b"hi");
+    assert_eq!(translated(&out).payload, b"hi");
 
     // A datagram whose translated checksum computes to 0 goes out as 0xffff.
     let mut payload = vec![0u8, 0, 0xca, 0xfe, 0x01];
@@ -225,11 +214,11 @@ fn overlay_udp_replies_get_checksums_from_scratch() {
     assert_eq!(l4_checksum(&zero), 0xffff, "test payload computes to zero");
     let mut frame = reply(&payload).build();
     set_l4_checksum(&mut frame, 0x0bad);
-    let r = verified(&e.run(&frame));
+    let r = translated(&e.run(&frame));
     assert_eq!((r.payload, r.udp_checksum), (payload, 0xffff));
 
     // No checksum ("none") stays none.
-    let r = verified(&e.run(&reply(b"none").no_udp_checksum().build()));
+    let r = translated(&e.run(&reply(b"none").no_udp_checksum().build()));
     assert_eq!(r.udp_checksum, 0);
     e.dp.assert_reasons(&[(Reason::ToBackend, 1), (Reason::ToClient, 8)]);
 }
@@ -247,20 +236,20 @@ fn inner_frame() -> Vec<u8> {
 fn vxlan_cases(port: u16) -> Vec<(&'static str, Vec<u8>, Reason)> {
     let inner = inner_frame();
     let good = |flags: u8, vni: u32, inner: &[u8]| vxlan_frame(port, &[&vxlan_header(flags, vni)[..], inner].concat());
-    let mut short_ip = good(0x08, VNI, &inner[..14 + 20]);
+    let mut short_ip = good(0x08, OVERLAY_VNI, &inner[..14 + 20]);
     let cut = (20 + 8 + 8 + 14 + 19) as u16;
     short_ip[16..18].copy_from_slice(&cut.to_be_bytes());
     fix_ipv4_checksum(&mut short_ip);
     vec![
-        ("known vni", good(0x08, VNI, &inner), Reason::PassVxlan),
-        ("known vni, other flag bits set", good(0x0c, VNI, &inner), Reason::PassVxlan),
-        ("known vni, inner headers only", good(0x08, VNI, &inner[..14 + 20]), Reason::PassVxlan),
-        ("unknown vni", good(0x08, VNI + 1, &inner), Reason::PassVxlanUnknownVni),
+        ("known vni", good(0x08, OVERLAY_VNI, &inner), Reason::PassVxlan),
+        ("known vni, other flag bits set", good(0x0c, OVERLAY_VNI, &inner), Reason::PassVxlan),
+        ("known vni, inner headers only", good(0x08, OVERLAY_VNI, &inner[..14 + 20]), Reason::PassVxlan),
+        ("unknown vni", good(0x08, OVERLAY_VNI + 1, &inner), Reason::PassVxlanUnknownVni),
         ("empty", vxlan_frame(port, &[]), Reason::MalformedVxlan),
-        ("short vxlan header", vxlan_frame(port, &vxlan_header(0x08, VNI)[..4]), Reason::MalformedVxlan),
-        ("i flag missing", good(0x00, VNI, &inner), Reason::MalformedVxlan),
-        ("no inner frame", good(0x08, VNI, &[]), Reason::MalformedVxlan),
-        ("inner ipv4 header truncated", good(0x08, VNI, &inner[..14 + 19]), Reason::MalformedVxlan),
+        ("short vxlan header", vxlan_frame(port, &vxlan_header(0x08, OVERLAY_VNI)[..4]), Reason::MalformedVxlan),
+        ("i flag missing", good(0x00, OVERLAY_VNI, &inner), Reason::MalformedVxlan),
+        ("no inner frame", good(0x08, OVERLAY_VNI, &[]), Reason::MalformedVxlan),
+        ("inner ipv4 header truncated", good(0x08, OVERLAY_VNI, &inner[..14 + 19]), Reason::MalformedVxlan),
         ("inner headers past the ip total length (padding)", short_ip, Reason::MalformedVxlan),
     ]
 }
@@ -268,9 +257,7 @@ fn vxlan_cases(port: u16) -> Vec<(&'static str, Vec<u8>, Reason)> {
 #[test]
 fn vxlan_on_the_underlay_is_inspected_under_both_policies() {
     for (policy, malformed_action) in [("pass", XDP_PASS), ("drop", XDP_DROP)] {
-        let mut e = env();
-        e.dp.set_local_node("node-1");
-        e.apply(&swarm(policy, 4789, &service("web", "198.18.0.10:80/tcp", 8080, false)));
+        let mut e = swarm_env(policy, 4789, &swarm_service("web", "198.18.0.10:80/tcp", 8080, false));
         let cases = vxlan_cases(4789);
         for (what, frame, reason) in &cases {
             let before = e.dp.reason(*reason).unwrap();
@@ -289,10 +276,8 @@ fn vxlan_on_the_underlay_is_inspected_under_both_policies() {
 
 #[test]
 fn vxlan_port_follows_the_settings() {
-    let mut e = env();
-    e.dp.set_local_node("node-1");
-    e.apply(&swarm("drop", 8472, ""));
-    let good = [&vxlan_header(0x08, VNI)[..], &inner_frame()].concat();
+    let e = swarm_env("drop", 8472, "");
+    let good = [&vxlan_header(0x08, OVERLAY_VNI)[..], &inner_frame()].concat();
     let out = e.run(&vxlan_frame(8472, &good));
     assert_eq!(out.action, XDP_PASS);
     // 4789 is just another UDP port now: not inspected, even if it would be malformed.

@@ -4,7 +4,7 @@ use std::process::Command;
 
 use anyhow::Result;
 
-use crate::setup::{self, Verbosity, run_cmd, workspace_root};
+use crate::setup::{self, Verbosity, run_cmd, target_dir, workspace_root};
 
 fn cargo() -> Command {
     let mut cmd = Command::new(env!("CARGO"));
@@ -22,13 +22,13 @@ fn ensure_setup() -> Result<()> {
 pub fn build() -> Result<()> {
     ensure_setup()?;
     run_cmd(cargo().args(["build", "--release", "--package", "lb-userspace"]))?;
-    eprintln!("built {}", workspace_root().join("target/release/swarmlb").display());
+    eprintln!("built {}", target_dir().join("release/swarmlb").display());
     Ok(())
 }
 
 pub fn build_and_load(ifaces: &[String], config: &str) -> Result<()> {
     build()?;
-    let mut run = Command::new(workspace_root().join("target/release/swarmlb"));
+    let mut run = Command::new(target_dir().join("release/swarmlb"));
     run.current_dir(workspace_root()).arg("run").args(["--config", config]);
     for iface in ifaces {
         run.args(["--iface", iface]);
@@ -52,7 +52,7 @@ pub fn bench() -> Result<()> {
     ensure_setup()?;
     run_cmd(cargo().args(["bench", "--package", "tests", "--bench", "datapath"]))?;
     // The end-to-end bench runs the real `swarmlb` and `slb-testsrv`, found beside the bench
-    // executable's directory (`sibling_binary`): the bench profile builds into target/release.
+    // executable's directory (`sibling_binary`): the bench profile builds into <target>/release.
     run_cmd(cargo().args(["build", "--release", "--package", "lb-userspace", "--package", "tests", "--bins"]))?;
     run_cmd(cargo().args(["bench", "--package", "tests", "--bench", "endtoend"]))?;
     run_cmd(cargo().args(["bench", "--package", "tests", "--bench", "scale"]))
@@ -61,8 +61,8 @@ pub fn bench() -> Result<()> {
 pub fn demo(keep: bool) -> Result<()> {
     ensure_setup()?;
     run_cmd(cargo().args(["build", "--release", "--package", "lb-userspace", "--package", "tests", "--bins"]))?;
-    let mut demo = Command::new(workspace_root().join("target/release/swarmlb-demo"));
-    demo.arg("--swarmlb").arg(workspace_root().join("target/release/swarmlb"));
+    let mut demo = Command::new(target_dir().join("release/swarmlb-demo"));
+    demo.arg("--swarmlb").arg(target_dir().join("release/swarmlb"));
     if keep {
         demo.arg("--keep");
     }

@@ -5,15 +5,14 @@
 //! - `swarmlb:latest`: entrypoint `/swarmlb` (the agent and CLI; see `deploy/swarmlb.yml`);
 //! - `slb-testsrv:latest`: entrypoint `/slb-testsrv` (the test server the Docker tests run).
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-    time::Instant,
-};
+use std::{path::Path, process::Command, time::Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::setup::{run_cmd, workspace_root};
+use crate::{
+    rootfs,
+    setup::{run_cmd, target_dir, workspace_root},
+};
 
 pub fn run() -> Result<()> {
     crate::commands::build()?;
@@ -27,7 +26,7 @@ pub fn run() -> Result<()> {
         "slb-testsrv",
     ]))?;
     eprintln!("built slb-testsrv in {:.1?}", start.elapsed());
-    let release = workspace_root().join("target/release");
+    let release = target_dir().join("release");
     for (binary, tag) in [("swarmlb", "swarmlb:latest"), ("slb-testsrv", "slb-testsrv:latest")] {
         let start = Instant::now();
         let id = image(&release.join(binary), tag)?;
@@ -39,17 +38,14 @@ pub fn run() -> Result<()> {
 /// Builds image `tag` holding `binary` as its entrypoint; returns the image id.
 fn image(binary: &Path, tag: &str) -> Result<String> {
     let name = binary.file_name().context("binary path")?.to_string_lossy().into_owned();
-    let context = workspace_root().join("target/image").join(&name);
+    let context = target_dir().join("image").join(&name);
     if context.exists() {
         std::fs::remove_dir_all(&context).with_context(|| format!("clearing {}", context.display()))?;
     }
-    let rootfs = context.join("rootfs");
-    std::fs::create_dir_all(&rootfs)?;
-    copy(binary, &rootfs.join(&name))?;
-    for lib in shared_libraries(binary)? {
-        // `std::fs::copy` follows symlinks: the image gets the file under the name ldd printed.
-        copy(&lib, &rootfs.join(lib.strip_prefix("/").unwrap_or(&lib)))?;
-    }
+    let root = context.join("rootfs");
+    std::fs::create_dir_all(&root)?;
+    // Each library at the path ldd printed, which is where the binary's loader looks.
+    rootfs::copy_with_libraries(binary, &root.join(&name), |lib| root.join(lib.strip_prefix("/").unwrap_or(lib)))?;
     std::fs::write(context.join("Dockerfile"), format!("FROM scratch\nCOPY rootfs/ /\nENTRYPOINT [\"/{name}\"]\n"))?;
     let out = Command::new("docker")
         .args(["build", "--quiet", "--tag", tag])
@@ -60,43 +56,4 @@ fn image(binary: &Path, tag: &str) -> Result<String> {
         bail!("docker build of {tag} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-/// Absolute paths of the libraries `ldd` resolves for `binary`, the loader included.
-fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
-    let out = Command::new("ldd").arg(binary).output().context("running ldd")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        // "not a dynamic executable": a static binary needs nothing more.
-        if text.contains("not a dynamic") || String::from_utf8_lossy(&out.stderr).contains("not a dynamic") {
-            return Ok(Vec::new());
-        }
-        bail!("ldd {} failed: {}", binary.display(), String::from_utf8_lossy(&out.stderr));
-    }
-    let mut libs = Vec::new();
-    for line in text.lines() {
-        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)", "/lib64/ld-linux-x86-64.so.2 (0x…)",
-        // "linux-vdso.so.1 (0x…)" (in the kernel, nothing to copy).
-        let path = match line.split_once("=>") {
-            Some((_, rest)) => rest.split_whitespace().next(),
-            None => line.split_whitespace().next(),
-        };
-        match path {
-            Some(p) if p.starts_with('/') => libs.push(PathBuf::from(p)),
-            Some("not") => bail!("{}: {line}", binary.display()),
-            _ => {}
-        }
-        if line.contains("not found") {
-            bail!("{}: {line}", binary.display());
-        }
-    }
-    Ok(libs)
-}
-
-fn copy(from: &Path, to: &Path) -> Result<()> {
-    if let Some(dir) = to.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::copy(from, to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
-    Ok(())
 }

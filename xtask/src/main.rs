@@ -2,6 +2,7 @@
 
 mod commands;
 mod image;
+mod rootfs;
 mod setup;
 
 use clap::{Parser, Subcommand};

@@ -3,10 +3,10 @@
 //! [`engine`] makes the Engine calls, [`translate`] turns their answers into a
 //! [`crate::model::Cluster`] (pure, unit-tested with fixtures), and [`run`] keeps it in step:
 //! a full read at start, then one after every burst of container/network/service/node events
-//! (debounced 100 ms), and every 30 s anyway. Each result goes to the agent through a watch
-//! channel (only the newest matters). When the Engine is unreachable or answers garbage nothing
-//! is sent, so the datapath keeps the last good state; the failure is logged once, retried with
-//! exponential backoff (0.5 s .. 30 s), and the recovery logged once.
+//! (debounced 100 ms), and every `--resync-interval` (30 s) anyway. Each result goes to the
+//! agent through a watch channel (only the newest matters). When the Engine is unreachable or
+//! answers garbage nothing is sent, so the datapath keeps the last good state; the failure is
+//! logged once, retried with exponential backoff (0.5 s .. 30 s), and the recovery logged once.
 
 pub mod backoff;
 pub mod engine;
@@ -33,21 +33,20 @@ use engine::Engine;
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
 /// A burst that never pauses is still read this long after its first event.
 pub const DEBOUNCE_MAX: Duration = Duration::from_secs(1);
-/// Full read even without events: the safety net for missed events.
-pub const RESYNC: Duration = Duration::from_secs(30);
 pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How far before a session's first read its event stream starts (clock granularity, and
 /// the Engine stamping an event just before the read saw its change).
 const EVENTS_OVERLAP: Duration = Duration::from_secs(1);
 
-/// Runs forever: reads the Engine at `host` and sends each new desired state to `tx`.
+/// Runs forever: reads the Engine at `host` (in full at least every `resync`) and sends each new
+/// desired state to `tx`.
 /// Records only failures in `status`: successes are recorded by the agent once the maps are
 /// written.
-pub async fn run(host: String, tx: watch::Sender<Option<Update>>, status: Arc<SyncStatus>) {
+pub async fn run(host: String, resync: Duration, tx: watch::Sender<Option<Update>>, status: Arc<SyncStatus>) {
     let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
     let mut health = Health::default();
-    let mut sync = Syncer { tx, status, health: &mut health, last_notes: Vec::new(), backoff: &mut backoff };
+    let mut sync = Syncer { tx, status, resync, health: &mut health, last_notes: Vec::new(), backoff: &mut backoff };
     loop {
         let result = sync.session(&host).await;
         let e = match result {
@@ -69,6 +68,8 @@ pub async fn run(host: String, tx: watch::Sender<Option<Update>>, status: Arc<Sy
 struct Syncer<'a> {
     tx: watch::Sender<Option<Update>>,
     status: Arc<SyncStatus>,
+    /// Full read even without events: the safety net for missed events.
+    resync: Duration,
     health: &'a mut Health,
     backoff: &'a mut Backoff,
     last_notes: Vec<String>,
@@ -82,7 +83,7 @@ impl Syncer<'_> {
         // just before the read, so a change made meanwhile is replayed rather than missed.
         let mut events = Box::pin(engine.events(SystemTime::now() - EVENTS_OVERLAP));
         self.read(&engine, None).await?;
-        let mut resync = tokio::time::interval_at(tokio::time::Instant::now() + RESYNC, RESYNC);
+        let mut resync = tokio::time::interval_at(tokio::time::Instant::now() + self.resync, self.resync);
         // First event of the pending burst, and when to read.
         let mut pending: Option<(Instant, tokio::time::Instant)> = None;
         loop {
