@@ -20,7 +20,7 @@ use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use tests::{
     agent::{self, Agent},
-    netns::sh,
+    cmd::sh,
     topology::{LB_BACK_ADDR, LB_FRONT_ADDR, SingleNode, backend_addr},
 };
 
