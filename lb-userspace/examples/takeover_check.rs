@@ -2,6 +2,7 @@
 //!   takeover_check ensure VNI SUBNET/PREFIX MTU ENDPOINT [TASK...]   (again on each stdin line)
 //!   takeover_check connect ENDPOINT TASK:PORT     (TCP from ENDPOINT, prints the first bytes)
 //!   takeover_check release
+//! `takeover_fake_docker.sh` runs it against a fake Docker layout in namespaces.
 //! e.g. `takeover_check ensure 4096 198.19.128.0/24 1450 198.19.128.2 198.19.128.4 198.19.128.5`.
 
 use std::{

@@ -2,7 +2,8 @@
 //! takeover walks Docker's namespaces and rebuilds the veth, so it reruns only when its inputs
 //! changed, the last run failed, or a cheap check shows that what it made is gone (Docker
 //! deleted or recreated a namespace, someone removed the veth). Otherwise only the neighbour
-//! entries of tasks that came or went are written.
+//! entries of tasks that came or went are written. An overlay no namespace had is looked for
+//! again only once Docker's namespace files differ from those it looked through.
 
 use std::{collections::BTreeSet, fmt, net::Ipv4Addr, os::unix::fs::MetadataExt, path::PathBuf};
 
@@ -58,19 +59,28 @@ pub struct Ensured {
     pub tasks: BTreeSet<Ipv4Addr>,
 }
 
+/// Docker's namespace files, by name, as listed before a takeover looked through them.
+pub type Listing = Vec<(PathBuf, Option<FileId>)>;
+
 /// How the last takeover of one overlay ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Last {
     Ensured(Ensured),
     /// It failed with these inputs; the next apply retries in full.
     Failed(Inputs),
+    /// No Docker namespace had the overlay: looking again is worth it only once the namespaces
+    /// differ from `seen`.
+    Missing {
+        inputs: Inputs,
+        seen: Listing,
+    },
 }
 
 impl Last {
     pub fn inputs(&self) -> &Inputs {
         match self {
             Last::Ensured(e) => &e.inputs,
-            Last::Failed(i) => i,
+            Last::Failed(i) | Last::Missing { inputs: i, .. } => i,
         }
     }
 }
@@ -83,13 +93,15 @@ pub struct LinkState {
     pub up: bool,
 }
 
-/// The cheap checks of what an [`Ensured`] made, read just before deciding.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// The cheap checks of what the last takeover made or found, read just before deciding.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Observed {
     /// `slb-<vni>`, if there is a link by that name.
     pub link: Option<LinkState>,
     pub overlay: Option<FileId>,
     pub holder: Option<FileId>,
+    /// Docker's namespaces now (read after a [`Last::Missing`] only).
+    pub listing: Listing,
 }
 
 /// Why a takeover runs in full.
@@ -97,6 +109,7 @@ pub struct Observed {
 pub enum Why {
     New,
     LastFailed,
+    NamespacesChanged,
     InputsChanged,
     LinkGone,
     LinkChanged,
@@ -109,6 +122,7 @@ impl fmt::Display for Why {
         f.write_str(match self {
             Why::New => "first takeover",
             Why::LastFailed => "the last one failed",
+            Why::NamespacesChanged => "Docker's namespaces changed since no overlay was found",
             Why::InputsChanged => "the endpoint, subnet or MTU changed",
             Why::LinkGone => "the veth is gone",
             Why::LinkChanged => "the veth changed (ifindex, MAC or down)",
@@ -133,6 +147,8 @@ pub enum Action {
         prev: Ensured,
         diff: NeighDiff,
     },
+    /// Still no Docker namespace that could have the overlay: the last answer stands.
+    StillMissing(Listing),
 }
 
 /// What to do for one overlay, given how its last takeover ended and what is there now.
@@ -140,6 +156,13 @@ pub fn decide(last: Option<Last>, inputs: &Inputs, observed: &Observed, tasks: &
     let prev = match last {
         None => return Action::Full(Why::New),
         Some(Last::Failed(_)) => return Action::Full(Why::LastFailed),
+        Some(Last::Missing { inputs: last, seen }) => {
+            return match (last == *inputs, seen == observed.listing) {
+                (false, _) => Action::Full(Why::InputsChanged),
+                (true, false) => Action::Full(Why::NamespacesChanged),
+                (true, true) => Action::StillMissing(seen),
+            };
+        }
         Some(Last::Ensured(prev)) => prev,
     };
     if prev.inputs != *inputs {
@@ -201,7 +224,7 @@ mod tests {
     fn hit(action: Action) -> Option<NeighDiff> {
         match action {
             Action::Hit { diff, .. } => Some(diff),
-            Action::Full(_) => None,
+            Action::Full(_) | Action::StillMissing(_) => None,
         }
     }
 
@@ -210,6 +233,7 @@ mod tests {
             link: Some(LinkState { ifindex: 7, mac: [0x02, 0x42, 10, 0, 1, 2], up: true }),
             overlay: Some(OVERLAY),
             holder: Some(HOLDER),
+            listing: Vec::new(),
         }
     }
 
@@ -259,6 +283,22 @@ mod tests {
         assert_eq!(check(Observed { overlay: recreated, ..intact() }), Action::Full(Why::OverlayReplaced));
         assert_eq!(check(Observed { overlay: None, ..intact() }), Action::Full(Why::OverlayReplaced));
         assert_eq!(check(Observed { holder: recreated, ..intact() }), Action::Full(Why::HolderReplaced));
+    }
+
+    #[test]
+    fn a_missing_overlay_is_looked_for_again_only_when_the_namespaces_change() {
+        let seen: Listing = vec![("/var/run/docker/netns/ingress_sbox".into(), Some(HOLDER))];
+        let missing = || Some(Last::Missing { inputs: inputs(), seen: seen.clone() });
+        let now = |listing: Listing| Observed { listing, ..Observed::default() };
+        let same = decide(missing(), &inputs(), &now(seen.clone()), &tasks(&[10]));
+        assert_eq!(same, Action::StillMissing(seen.clone()));
+        let mut more = seen.clone();
+        more.push(("/var/run/docker/netns/1-abc".into(), Some(OVERLAY)));
+        assert_eq!(decide(missing(), &inputs(), &now(more), &tasks(&[10])), Action::Full(Why::NamespacesChanged));
+        let recreated = vec![("/var/run/docker/netns/ingress_sbox".into(), Some(FileId { dev: 4, ino: 300 }))];
+        assert_eq!(decide(missing(), &inputs(), &now(recreated), &tasks(&[10])), Action::Full(Why::NamespacesChanged));
+        let other = Inputs { mtu: 1400, ..inputs() };
+        assert_eq!(decide(missing(), &other, &now(seen.clone()), &tasks(&[10])), Action::Full(Why::InputsChanged));
     }
 
     #[test]

@@ -86,6 +86,23 @@ pub struct HiddenNetns {
     pub hidden: Vec<std::path::PathBuf>,
 }
 
+/// No Docker namespace on the node has the network's VXLAN device (yet).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "network {network} (VNI {vni}): no Docker overlay namespace with that VNI in {DOCKER_NETNS} (no task or endpoint \
+     of it on this node yet?)"
+)]
+pub struct NoOverlay {
+    pub network: String,
+    pub vni: u32,
+}
+
+impl NoOverlay {
+    fn of(network: &Network) -> NoOverlay {
+        NoOverlay { network: network.name.clone(), vni: network.vni }
+    }
+}
+
 /// How [`Takeover::ensure`] went for one overlay.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Run {
@@ -114,31 +131,9 @@ impl Takeover {
         let inputs = Inputs { endpoint, subnet: network.subnet, mtu: network.mtu };
         let host = nl::host()?;
         let last = self.last.remove(&vni);
-        let observed = match &last {
-            Some(Last::Ensured(prev)) => observe(&host.handle, vni, prev).await,
-            _ => Ok(Observed::default()),
-        };
-        let done = match observed {
-            Ok(observed) => match cache::decide(last, &inputs, &observed, tasks) {
-                Action::Hit { prev, diff } => refresh(&host.handle, network, prev, &diff, tasks).await,
-                Action::Full(why) => {
-                    info!(network = network.name, vni, "taking over the overlay endpoint: {why}");
-                    full(&host.handle, network, &inputs, tasks).await.map(|e| (e, Run::Full))
-                }
-            },
-            Err(e) => Err(e),
-        };
-        match done {
-            Ok((ensured, run)) => {
-                let attached = Attached { iface: veth::host_name(vni), ifindex: ensured.ifindex };
-                self.last.insert(vni, Last::Ensured(ensured));
-                Ok((attached, run))
-            }
-            Err(e) => {
-                self.last.insert(vni, Last::Failed(inputs));
-                Err(e)
-            }
-        }
+        let (next, done) = step(&host.handle, network, &inputs, last, tasks).await;
+        self.last.insert(vni, next);
+        done.map(|(ifindex, run)| (Attached { iface: veth::host_name(vni), ifindex }, run))
     }
 
     /// Gives back every overlay taken over whose VNI is not in `keep`: deletes its veth and
@@ -161,15 +156,67 @@ impl Takeover {
     }
 }
 
-/// The cheap checks of what `prev` made: no namespace is entered.
-async fn observe(host: &Handle, vni: u32, prev: &Ensured) -> Result<Observed> {
+/// One takeover: what to remember of it, and the host side's ifindex and how it ran.
+async fn step(
+    host: &Handle,
+    network: &Network,
+    inputs: &Inputs,
+    last: Option<Last>,
+    tasks: &BTreeSet<Ipv4Addr>,
+) -> (Last, Result<(u32, Run)>) {
+    let failed = |e| (Last::Failed(inputs.clone()), Err(e));
+    let observed = match observe(host, network.vni, last.as_ref()).await {
+        Ok(o) => o,
+        Err(e) => return failed(e),
+    };
+    match cache::decide(last, inputs, &observed, tasks) {
+        Action::Hit { prev, diff } => match refresh(host, network, prev, &diff, tasks).await {
+            Ok(e) => ensured(e, Run::Cached),
+            Err(e) => failed(e),
+        },
+        Action::StillMissing(seen) => {
+            (Last::Missing { inputs: inputs.clone(), seen }, Err(NoOverlay::of(network).into()))
+        }
+        Action::Full(why) => {
+            info!(network = network.name, vni = network.vni, "taking over the overlay endpoint: {why}");
+            // Listed before the walk: a namespace made during it makes the next apply look again.
+            let seen = match listing() {
+                Ok(l) => l,
+                Err(e) => return failed(e),
+            };
+            match full(host, network, inputs, tasks).await {
+                Ok(e) => ensured(e, Run::Full),
+                Err(e) if e.is::<NoOverlay>() => (Last::Missing { inputs: inputs.clone(), seen }, Err(e)),
+                Err(e) => failed(e),
+            }
+        }
+    }
+}
+
+fn ensured(e: Ensured, run: Run) -> (Last, Result<(u32, Run)>) {
+    let ifindex = e.ifindex;
+    (Last::Ensured(e), Ok((ifindex, run)))
+}
+
+/// Docker's namespace files with their identities.
+fn listing() -> Result<cache::Listing> {
+    Ok(nl::docker_netns(&[])?.into_iter().map(|p| (p.clone(), FileId::of(&p))).collect())
+}
+
+/// The cheap checks of what the last takeover made or found: no namespace is entered.
+async fn observe(host: &Handle, vni: u32, last: Option<&Last>) -> Result<Observed> {
+    let prev = match last {
+        Some(Last::Ensured(prev)) => prev,
+        Some(Last::Missing { .. }) => return Ok(Observed { listing: listing()?, ..Observed::default() }),
+        _ => return Ok(Observed::default()),
+    };
     let link = nl::link_by_name(host, &veth::host_name(vni)).await?.map(|l| LinkState {
         ifindex: l.header.index,
         mac: nl::link_mac(&l).and_then(|m| m.try_into().ok()).unwrap_or_default(),
         up: nl::link_is_up(&l),
     });
     let holder = prev.holder.as_ref().and_then(|h| FileId::of(&h.path));
-    Ok(Observed { link, overlay: FileId::of(&prev.overlay.path), holder })
+    Ok(Observed { link, overlay: FileId::of(&prev.overlay.path), holder, listing: Vec::new() })
 }
 
 /// A takeover that still holds: the neighbour entries of tasks that came or went.
@@ -179,7 +226,7 @@ async fn refresh(
     mut prev: Ensured,
     diff: &NeighDiff,
     tasks: &BTreeSet<Ipv4Addr>,
-) -> Result<(Ensured, Run)> {
+) -> Result<Ensured> {
     neigh::apply(host, prev.ifindex, diff).await.with_context(|| format!("network {}", network.name))?;
     if !diff.add.is_empty() || !diff.remove.is_empty() {
         debug!(
@@ -190,7 +237,7 @@ async fn refresh(
         );
     }
     prev.tasks = tasks.clone();
-    Ok((prev, Run::Cached))
+    Ok(prev)
 }
 
 /// The whole takeover: finds Docker's namespaces, makes the veth, parks Docker's endpoint,
@@ -206,11 +253,7 @@ async fn full(host: &Handle, network: &Network, inputs: &Inputs, tasks: &BTreeSe
         if !hidden.hidden.is_empty() {
             return Err(hidden.into());
         }
-        bail!(
-            "network {} (VNI {vni}): no Docker overlay namespace with that VNI in {DOCKER_NETNS} (no task or endpoint \
-             of it on this node yet?)",
-            network.name
-        );
+        return Err(NoOverlay::of(network).into());
     };
     let holder = find::holder(endpoint).await?;
     if holder.is_none() {
