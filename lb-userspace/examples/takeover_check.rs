@@ -1,10 +1,14 @@
 //! Hand-run check of `swarmlb::takeover` on a real Docker swarm node (needs root):
-//!   takeover_check ensure VNI SUBNET/PREFIX MTU ENDPOINT [TASK...]
+//!   takeover_check ensure VNI SUBNET/PREFIX MTU ENDPOINT [TASK...]   (again on each stdin line)
 //!   takeover_check connect ENDPOINT TASK:PORT     (TCP from ENDPOINT, prints the first bytes)
 //!   takeover_check release
+//! `takeover_fake_docker.sh` runs it against a fake Docker layout in namespaces.
 //! e.g. `takeover_check ensure 4096 198.19.128.0/24 1450 198.19.128.2 198.19.128.4 198.19.128.5`.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+};
 
 use anyhow::{Context, Result, bail};
 use swarmlb::model::{Network, Subnet};
@@ -24,10 +28,18 @@ async fn main() -> Result<()> {
                 mtu: args[3].parse()?,
                 endpoints: Vec::new(),
             };
-            let tasks = args[5..].iter().map(ip).collect::<Result<Vec<_>>>()?;
-            let t = std::time::Instant::now();
-            let attached = swarmlb::takeover::ensure(&network, ip(&args[4])?, &tasks).await?;
-            println!("{attached:?} in {:?}", t.elapsed());
+            let tasks = args[5..].iter().map(ip).collect::<Result<BTreeSet<_>>>()?;
+            let mut takeover = swarmlb::takeover::Takeover::default();
+            loop {
+                let t = std::time::Instant::now();
+                match takeover.ensure(&network, ip(&args[4])?, &tasks).await {
+                    Ok((attached, run)) => println!("{attached:?} {run:?} in {:?}", t.elapsed()),
+                    Err(e) => println!("failed in {:?}: {e:#}", t.elapsed()),
+                }
+                if std::io::stdin().read_line(&mut String::new())? == 0 {
+                    break;
+                }
+            }
         }
         Some("connect") if args.len() == 3 => {
             let to: SocketAddrV4 = args[2].parse()?;

@@ -9,8 +9,9 @@
 //! Sources: `file` re-reads the config on SIGHUP or when its mtime changes;
 //! `docker` ([`crate::source::docker`]) runs as its own task and sends updates through a watch
 //! channel. With the Docker source, every overlay network a service uses has its load-balancer
-//! endpoint taken over ([`takeover::ensure`]) before each apply, and the XDP program attached to
-//! the interface that gives (pinned `link_<ifname>`, added to `slb_tx_ports`).
+//! endpoint taken over ([`takeover::Takeover::ensure`], in full only when something changed)
+//! before each apply, and the XDP program attached to the interface that gives (pinned
+//! `link_<ifname>`, added to `slb_tx_ports`).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -160,7 +161,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
 
     // The file source describes overlays someone else wired (the tests' virtual swarm); the
     // Docker source takes Docker's endpoints over.
-    let takeover = matches!(source, Source::Docker { .. });
+    let takeover = matches!(source, Source::Docker { .. }).then(takeover::Takeover::default);
     let mut agent = Agent {
         programmer: Arc::new(std::sync::Mutex::new(Programmer::new(writer, state_dir.clone()))),
         left_out: Vec::new(),
@@ -239,8 +240,8 @@ struct Agent {
     loaded: Loaded,
     pin_dir: PathBuf,
     state_dir: PathBuf,
-    /// Whether overlay endpoints are taken over before each apply (Docker source).
-    takeover: bool,
+    /// The overlay endpoints taken over before each apply (Docker source only).
+    takeover: Option<takeover::Takeover>,
     /// Interfaces the programs are attached to (by this run).
     attached: BTreeMap<String, Attachment>,
     /// The last takeover error per network, to log each once.
@@ -363,52 +364,72 @@ impl Agent {
 
     /// Before an apply: every overlay network a service uses gets its endpoint taken over, and
     /// the program attached to the interface that gives (and that interface put in
-    /// `slb_tx_ports`). A network whose takeover fails is logged (once per distinct error) and
-    /// its services are still programmed: the maps stay true to the swarm, and the next apply
-    /// retries.
+    /// `slb_tx_ports`); overlays no service uses any more are given back. A network whose
+    /// takeover fails is logged (once per distinct error) and its services are still programmed:
+    /// the maps stay true to the swarm, and the next apply retries.
     async fn take_over(&mut self, cluster: &Cluster, local: Option<&str>) {
-        if !self.takeover {
-            return;
-        }
+        let Some(mut takeover) = self.takeover.take() else { return };
         let used: BTreeSet<&str> = cluster.services.iter().filter_map(|s| s.network.as_deref()).collect();
-        for name in used {
+        let (mut full, mut cached) = (0, 0);
+        let mut kept = BTreeSet::new();
+        for name in &used {
             let Some(network) = cluster.network(name) else { continue };
             let Some(endpoint) = local.and_then(|l| network.endpoint(l)) else { continue };
-            let tasks: Vec<Ipv4Addr> = cluster
+            kept.insert(network.vni);
+            let tasks: BTreeSet<Ipv4Addr> = cluster
                 .services
                 .iter()
-                .filter(|s| s.network.as_deref() == Some(name))
+                .filter(|s| s.network.as_deref() == Some(*name))
                 .flat_map(|s| s.backends.iter().map(|b| *b.addr.ip()))
-                .collect::<BTreeSet<_>>()
-                .into_iter()
                 .collect();
-            let attached = takeover::ensure(network, endpoint, &tasks).await;
-            let attached = match attached {
-                Ok(a) if self.attached.get(&a.iface).map(|x| x.ifindex) != Some(a.ifindex) => {
-                    self.attach_endpoint(name, &a.iface, a.ifindex).await
+            let ran = match takeover.ensure(network, endpoint, &tasks).await {
+                Ok((a, run)) if self.attached.get(&a.iface).map(|x| x.ifindex) != Some(a.ifindex) => {
+                    self.attach_endpoint(name, &a.iface, a.ifindex).await.map(|()| run)
                 }
-                other => other.map(|_| ()),
+                other => other.map(|(_, run)| run),
             };
-            match attached {
-                Err(e) if e.downcast_ref::<takeover::HiddenNetns>().is_some() => {
-                    error!("{e:#}; exiting so that swarm starts the agent again (the datapath keeps serving)");
-                    self.restart = Some(e);
-                    return;
+            match ran {
+                Ok(takeover::Run::Full) => full += 1,
+                Ok(takeover::Run::Cached) => cached += 1,
+                Err(_) => {}
+            }
+            if !self.note_takeover(name, ran.map(|_| ())) {
+                self.takeover = Some(takeover);
+                return;
+            }
+        }
+        let released = takeover.release_gone(&kept).await;
+        for iface in &released {
+            self.attached.remove(iface);
+        }
+        self.takeover_errors.retain(|name, _| used.contains(name.as_str()));
+        self.takeover = Some(takeover);
+        debug!(full, cached, released = released.len(), "overlay endpoint takeovers");
+    }
+
+    /// Logs a network's takeover result (each distinct error once). `false`: only a restart
+    /// helps (set in `restart`).
+    fn note_takeover(&mut self, network: &str, result: Result<()>) -> bool {
+        match result {
+            Err(e) if e.downcast_ref::<takeover::HiddenNetns>().is_some() => {
+                error!("{e:#}; exiting so that swarm starts the agent again (the datapath keeps serving)");
+                self.restart = Some(e);
+                return false;
+            }
+            Ok(()) => {
+                if self.takeover_errors.remove(network).is_some() {
+                    info!(network, "overlay endpoint takeover works again");
                 }
-                Ok(_) => {
-                    if self.takeover_errors.remove(name).is_some() {
-                        info!(network = name, "overlay endpoint takeover works again");
-                    }
-                }
-                Err(e) => {
-                    let e = format!("{e:#}");
-                    if self.takeover_errors.get(name) != Some(&e) {
-                        warn!(network = name, "overlay endpoint takeover failed: {e}");
-                        self.takeover_errors.insert(name.to_owned(), e);
-                    }
+            }
+            Err(e) => {
+                let e = format!("{e:#}");
+                if self.takeover_errors.get(network) != Some(&e) {
+                    warn!(network, "overlay endpoint takeover failed: {e}");
+                    self.takeover_errors.insert(network.to_owned(), e);
                 }
             }
         }
+        true
     }
 
     async fn attach_endpoint(&mut self, network: &str, iface: &str, ifindex: u32) -> Result<()> {

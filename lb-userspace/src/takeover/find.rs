@@ -66,6 +66,8 @@ pub struct Holder {
     pub nl: Nl,
     pub index: u32,
     pub name: String,
+    /// Whether it carries [`super::PARKED_ALIAS`].
+    pub parked: bool,
 }
 
 /// The sandbox interface that holds `addr` (Docker's load-balancer endpoint), looking in
@@ -86,14 +88,11 @@ pub async fn holder(addr: Ipv4Addr) -> Result<Option<Holder>> {
             .find(|a| nl::addr_v4(a) == Some(addr))
             .map(|a| a.header.index);
         let Some(index) = found else { continue };
-        let name = nl::links(&conn.handle)
-            .await?
-            .iter()
-            .find(|l| l.header.index == index)
-            .and_then(nl::link_name)
-            .unwrap_or("?")
-            .to_string();
-        return Ok(Some(Holder { path, nl: conn, index, name }));
+        let links = nl::links(&conn.handle).await?;
+        let link = links.iter().find(|l| l.header.index == index);
+        let name = link.and_then(nl::link_name).unwrap_or("?").to_string();
+        let parked = link.and_then(nl::link_alias) == Some(super::PARKED_ALIAS);
+        return Ok(Some(Holder { path, nl: conn, index, name, parked }));
     }
     Ok(None)
 }

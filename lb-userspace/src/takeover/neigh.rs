@@ -10,16 +10,15 @@ use rtnetlink::{
     Handle,
     packet_route::{
         AddressFamily,
-        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState},
+        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
     },
 };
 
-use super::nl;
+use super::{cache::NeighDiff, nl};
 
 /// Adds (or replaces) an entry for every task and removes permanent entries for addresses that
 /// are no longer tasks. Dynamic entries the kernel learned are left alone.
-pub async fn sync(host: &Handle, index: u32, tasks: &[Ipv4Addr]) -> Result<()> {
-    let want: BTreeSet<Ipv4Addr> = tasks.iter().copied().collect();
+pub async fn sync(host: &Handle, index: u32, want: &BTreeSet<Ipv4Addr>) -> Result<()> {
     let entries: Vec<_> = host
         .neighbours()
         .get()
@@ -51,15 +50,38 @@ pub async fn sync(host: &Handle, index: u32, tasks: &[Ipv4Addr]) -> Result<()> {
             None => {}
         }
     }
-    for ip in want {
-        host.neighbours()
-            .add(index, ip.into())
-            .link_layer_address(&nl::docker_mac(ip))
-            .state(NeighbourState::Permanent)
-            .replace()
-            .execute()
-            .await
-            .with_context(|| format!("adding the neighbour entry of {ip}"))?;
+    for &ip in want {
+        add(host, index, ip).await?;
     }
     Ok(())
+}
+
+/// Writes only `diff`: the entries of tasks that came, and removes those of tasks that went.
+pub async fn apply(host: &Handle, index: u32, diff: &NeighDiff) -> Result<()> {
+    for &ip in &diff.remove {
+        let mut gone = NeighbourMessage::default();
+        gone.header.family = AddressFamily::Inet;
+        gone.header.ifindex = index;
+        gone.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        match host.neighbours().del(gone).execute().await {
+            Ok(()) => {}
+            Err(e) if nl::is_errno(&e, libc::ENOENT) => {}
+            Err(e) => return Err(e).with_context(|| format!("removing the neighbour entry of {ip}")),
+        }
+    }
+    for &ip in &diff.add {
+        add(host, index, ip).await?;
+    }
+    Ok(())
+}
+
+async fn add(host: &Handle, index: u32, ip: Ipv4Addr) -> Result<()> {
+    host.neighbours()
+        .add(index, ip.into())
+        .link_layer_address(&nl::docker_mac(ip))
+        .state(NeighbourState::Permanent)
+        .replace()
+        .execute()
+        .await
+        .with_context(|| format!("adding the neighbour entry of {ip}"))
 }

@@ -17,7 +17,7 @@ use rtnetlink::{
     Handle,
     packet_route::{
         address::{AddressAttribute, AddressMessage},
-        link::{InfoData, InfoKind, LinkAttribute, LinkInfo, LinkMessage},
+        link::{InfoData, InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
     },
 };
 
@@ -110,8 +110,13 @@ pub async fn links(h: &Handle) -> Result<Vec<LinkMessage>> {
     h.link().get().execute().try_collect().await.context("listing links")
 }
 
+/// The link named `name`, asked for by name (no dump of every link).
 pub async fn link_by_name(h: &Handle, name: &str) -> Result<Option<LinkMessage>> {
-    Ok(links(h).await?.into_iter().find(|l| link_name(l) == Some(name)))
+    match h.link().get().match_name(name).execute().try_next().await {
+        Ok(link) => Ok(link),
+        Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("looking up link {name}")),
+    }
 }
 
 pub async fn addresses(h: &Handle) -> Result<Vec<AddressMessage>> {
@@ -130,6 +135,17 @@ pub fn link_alias(l: &LinkMessage) -> Option<&str> {
         LinkAttribute::IfAlias(n) => Some(n.as_str()),
         _ => None,
     })
+}
+
+pub fn link_mac(l: &LinkMessage) -> Option<&[u8]> {
+    l.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Address(m) => Some(m.as_slice()),
+        _ => None,
+    })
+}
+
+pub fn link_is_up(l: &LinkMessage) -> bool {
+    l.header.flags.contains(LinkFlags::Up)
 }
 
 pub fn link_controller(l: &LinkMessage) -> Option<u32> {

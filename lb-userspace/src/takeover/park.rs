@@ -3,7 +3,7 @@
 //! on it, so bringing it back up restores Docker's endpoint as it was).
 
 use anyhow::{Context, Result};
-use rtnetlink::LinkUnspec;
+use rtnetlink::{Handle, LinkUnspec};
 use tracing::{info, warn};
 
 use super::{find::Holder, nl};
@@ -18,6 +18,25 @@ pub async fn park(h: &Holder) -> Result<()> {
         .execute()
         .await
         .with_context(|| format!("parking {} in {}", h.name, h.path.display()))
+}
+
+/// Brings `h` back up if it is parked.
+pub async fn unpark(h: &Holder) -> Result<()> {
+    if h.parked {
+        unpark_link(&h.nl.handle, h.index, &format!("{}/{}", h.path.display(), h.name)).await?;
+    }
+    Ok(())
+}
+
+async fn unpark_link(handle: &Handle, index: u32, name: &str) -> Result<()> {
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).alias("").up().build())
+        .execute()
+        .await
+        .with_context(|| format!("bringing {name} back up"))?;
+    info!("restored {name}");
+    Ok(())
 }
 
 /// Brings every parked interface in Docker's namespaces back up; returns `ns/ifname` of each.
@@ -36,13 +55,7 @@ pub async fn unpark_all() -> Result<Vec<String>> {
                 continue;
             }
             let name = format!("{}/{}", path.display(), nl::link_name(&l).unwrap_or("?"));
-            conn.handle
-                .link()
-                .set(LinkUnspec::new_with_index(l.header.index).alias("").up().build())
-                .execute()
-                .await
-                .with_context(|| format!("bringing {name} back up"))?;
-            info!("restored {name}");
+            unpark_link(&conn.handle, l.header.index, &name).await?;
             restored.push(name);
         }
     }

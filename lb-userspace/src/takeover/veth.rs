@@ -142,6 +142,26 @@ pub async fn ensure_addr(host: &Handle, index: u32, addr: Ipv4Addr, prefix: u8) 
     Ok(())
 }
 
+/// Sets the host side down, so its peer stops answering on the bridge for the endpoint's MAC.
+pub async fn set_down(host: &Handle, index: u32) -> Result<()> {
+    host.link()
+        .set(LinkUnspec::new_with_index(index).down().build())
+        .execute()
+        .await
+        .with_context(|| format!("setting ifindex {index} down"))
+}
+
+/// Deletes `slb-<vni>` (its peer goes with it); `false` if there was none.
+pub async fn delete(host: &Handle, vni: u32) -> Result<bool> {
+    let name = host_name(vni);
+    let Some(l) = nl::link_by_name(host, &name).await? else { return Ok(false) };
+    match host.link().del(l.header.index).execute().await {
+        Ok(()) => Ok(true),
+        Err(e) if nl::is_errno(&e, libc::ENODEV) => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("deleting {name}")),
+    }
+}
+
 /// Deletes every `slb-*` veth of the host namespace (their peers go with them).
 pub async fn delete_all(host: &Handle) -> Result<Vec<String>> {
     let mut gone = Vec::new();
