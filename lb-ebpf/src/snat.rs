@@ -6,7 +6,8 @@
 //!
 //! The search: first the client's own source port when it lies in the service's range (what
 //! Linux's nf_nat does: a client that reuses its port reaches the backend on the very tuple it
-//! used before, whose TIME_WAIT accepts the newer SYN); otherwise the client's port shifted by
+//! used before, whose TIME_WAIT accepts the newer SYN), taken over at once from a holder that
+//! has idled out (the client's own earlier connection, still in the LRU table); otherwise the client's port shifted by
 //! an offset derived from its address, so a client reusing its port lands on the same tuple
 //! again and one client's whole ephemeral range maps without collisions; then
 //! [`PORT_PROBES`] random ports. When
@@ -114,12 +115,17 @@ pub fn claim_port(key: &FlowKey, reverse_key: &mut FlowKey, reverse: &Flow, serv
         if keep { key.src_port } else { min + ((u32::from(key.src_port) + client_hash(key.src_addr)) % span) as u16 };
     reverse_key.dst_addr = service.snat_addrs[0];
     reverse_key.dst_port = first;
-    if consider(reverse_key.dst_addr, first, try_port(reverse_key, reverse, now)) {
+    let probe = try_port(reverse_key, reverse, now);
+    // A holder of the first port that has idled out (typically this client's own earlier
+    // connection from the same port) gives it up at once, so the backend sees the tuple again.
+    let claimed = probe == CLAIMED || (probe != TAKEN && probe & (IN_MAIN - 1) == 0 && take_over(reverse_key, reverse, probe));
+    if claimed {
         if keep {
             stats::count_event(CtEvent::PortPreserved);
         }
         return true;
     }
+    consider(reverse_key.dst_addr, first, probe);
     for i in 0..PORT_PROBES {
         // SAFETY: helper without arguments.
         let port = min + (unsafe { bpf_get_prandom_u32() } % span) as u16;
@@ -139,7 +145,14 @@ pub fn claim_port(key: &FlowKey, reverse_key: &mut FlowKey, reverse: &Flow, serv
     }
     reverse_key.dst_addr = victim_addr;
     reverse_key.dst_port = victim_port;
-    evict(if victim & IN_MAIN != 0 { Table::Main } else { Table::New }, reverse_key);
+    take_over(reverse_key, reverse, victim)
+}
+
+/// Evicts the connection holding `reverse_key` (found by [`try_port`] as `holder`) and claims
+/// its port; false if another CPU claimed it in between.
+#[inline(always)]
+fn take_over(reverse_key: &FlowKey, reverse: &Flow, holder: Probe) -> bool {
+    evict(if holder & IN_MAIN != 0 { Table::Main } else { Table::New }, reverse_key);
     if CT_NEW_MAP.insert(reverse_key, reverse, BPF_NOEXIST as u64).is_err() {
         return false;
     }

@@ -35,6 +35,25 @@ fn the_client_port_is_kept_when_free_else_one_derived_from_it() {
 }
 
 #[test]
+fn a_client_port_whose_earlier_connection_idled_out_is_kept() {
+    let mut e = env();
+    e.web();
+    let sport = SNAT_MIN + 5;
+    let first = e.connect(sport);
+    assert_eq!(first.sport, sport);
+    translated(&e.run(&client_segment(sport, RST).build()));
+    // Reset and idle for longer than a closed entry lives, but still in the LRU table: a random
+    // port would do, the client's own keeps the backend's tuple (and its TIME_WAIT's timestamps).
+    for k in [key(CLIENT, sport, VIP, FE_PORT, PROTO_TCP), key(first.dst, first.dport, first.src, sport, PROTO_TCP)] {
+        e.dp.age(&k, 11).unwrap();
+    }
+    let again = translated(&e.run(&client_syn(sport).build()));
+    assert_eq!((again.dst, again.sport), (first.dst, sport), "the same tuple towards the backend");
+    assert_eq!(e.dp.event(CtEvent::PortPreserved).unwrap(), 2);
+    assert_eq!(e.dp.event(CtEvent::PortTakenOver).unwrap(), 1);
+}
+
+#[test]
 fn a_range_full_of_established_connections_refuses_new_ones_until_one_idles_out() {
     let mut e = env();
     e.web();
@@ -48,8 +67,7 @@ fn a_range_full_of_established_connections_refuses_new_ones_until_one_idles_out(
     assert_eq!(out.action, XDP_DROP);
     assert_eq!(e.count(Reason::DropPortsExhausted), 1);
 
-    // One is reset and idles out: its client comes back on the same port and takes it over
-    // (the search also tried others, all held by live connections).
+    // One is reset and idles out: its client comes back on the same port and takes it over.
     let victim = SNAT_MIN + 77;
     let p = Parsed { sport: victim, ..translated(&e.run(&client_segment(victim, RST).build())) };
     for k in [key(CLIENT, victim, VIP, FE_PORT, PROTO_TCP), key(p.dst, p.dport, p.src, victim, PROTO_TCP)] {
