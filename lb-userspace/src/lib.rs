@@ -20,3 +20,4 @@ pub mod source;
 pub mod state;
 pub mod status;
 pub mod takeover;
+pub mod trace;
