@@ -6,7 +6,10 @@
 
 use core::mem::size_of;
 
-use crate::{Backend, CtEvent, Flow, FlowKey, Frontend, FrontendKey, Reason, Service, Settings, Traffic};
+use crate::{
+    Backend, CtEvent, Flow, FlowKey, Frontend, FrontendKey, Reason, Service, Settings, TraceFilter, TraceRecord,
+    Traffic,
+};
 
 /// bpffs directory holding the pinned maps and the pinned XDP links.
 pub const PIN_DIR: &str = "/sys/fs/bpf/swarmlb";
@@ -18,6 +21,10 @@ pub const PROG_PASS: &str = "swarmlb_pass";
 /// Name of the TC ingress program that sends what the XDP program handed off (a frame whose
 /// next hop has no neighbour entry yet) through the kernel's neighbour resolution.
 pub const PROG_NEIGH: &str = "swarmlb_neigh";
+/// Name of [`PROG_LB`] built to note its decisions for `swarmlb trace`.
+pub const PROG_TRACED: &str = "swarmlb_traced";
+/// Name of the XDP program that logs a traced packet's decisions (aya-log).
+pub const PROG_LOG: &str = "swarmlb_log";
 
 /// Frontends: [`crate::FrontendKey`] -> [`crate::Frontend`].
 pub const FRONTENDS: &str = "slb_frontends";
@@ -56,6 +63,17 @@ pub const SETTINGS: &str = "slb_settings";
 pub const TX_PORTS: &str = "slb_tx_ports";
 /// VXLAN networks of this swarm: VNI -> 1. VXLAN packets with other VNIs are counted apart.
 pub const OVERLAYS: &str = "slb_overlays";
+/// One [`crate::TraceFilter`] record: which packets' decisions the datapath logs (`swarmlb trace`).
+pub const TRACE: &str = "slb_trace";
+/// Per-CPU [`crate::TraceRecord`]: the decisions about the packet being traced on that CPU.
+pub const TRACE_RECORD: &str = "slb_trace_rec";
+/// Program array: [`TRACE_PROG_TRACED`] and [`TRACE_PROG_LOG`], filled by whoever loads the
+/// object.
+pub const TRACE_PROGS: &str = "slb_trace_progs";
+/// [`TRACE_PROGS`] entry of [`PROG_TRACED`], which [`PROG_LB`] tail-calls while tracing is on.
+pub const TRACE_PROG_TRACED: u32 = 0;
+/// [`TRACE_PROGS`] entry of [`PROG_LOG`], which [`PROG_TRACED`] tail-calls to log a packet.
+pub const TRACE_PROG_LOG: u32 = 1;
 
 /// Service ids are `1..MAX_SERVICES`; id 0 means "none". 4,095 services.
 pub const MAX_SERVICES: u32 = 4096;
@@ -123,6 +141,7 @@ pub const BPF_F_INNER_MAP: u32 = 1 << 12;
 pub enum MapKind {
     Hash = 1,
     Array = 2,
+    ProgArray = 3,
     PerCpuArray = 6,
     LruHash = 9,
     ArrayOfMaps = 12,
@@ -166,6 +185,9 @@ pub const SPECS: &[MapSpec] = {
         spec(REASONS, PerCpuArray, 4, 8, Reason::COUNT),
         spec(TX_PORTS, DevMapHash, 4, 8, MAX_TX_PORTS),
         spec(OVERLAYS, Hash, 4, 4, MAX_OVERLAYS),
+        spec(TRACE, Array, 4, size_of::<TraceFilter>(), 1),
+        spec(TRACE_RECORD, PerCpuArray, 4, size_of::<TraceRecord>(), 1),
+        spec(TRACE_PROGS, ProgArray, 4, 4, 2),
     ]
 };
 

@@ -249,6 +249,43 @@ pub struct Settings {
     pub _pad: u16,
 }
 
+/// Which packets the datapath logs its decisions about (`swarmlb trace`), one record at index 0.
+/// All zero (as the map is created) is off. A packet is traced while `enabled` is set and the
+/// clock is before `expires_ns`, and only if it matches: its client (the source of a client's
+/// packet, the destination a reply is translated to) and its service, once the datapath knows
+/// them. The deadline is what turns a trace off when `swarmlb trace` dies without clearing it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceFilter {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) deadline.
+    pub expires_ns: u64,
+    /// Non-zero: on.
+    pub enabled: u32,
+    /// The client's IPv4 address; 0.0.0.0: any client.
+    pub client: [u8; 4],
+    /// The service id; 0: any service (and packets no service claims).
+    pub service_id: u32,
+    pub _pad: u32,
+}
+
+/// What the datapath decided about one packet while tracing is on: written as it decides (one
+/// per-CPU record, reused by every traced packet) and logged by `swarmlb_trace` at the end,
+/// which reads the rest (backend, NAT, direction) from the packet's connection-table entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceRecord {
+    /// The packet's 5-tuple as received.
+    pub key: FlowKey,
+    /// The service of the frontend the packet was addressed to; 0: none was looked up, or none
+    /// matched (a tracked connection's packet is never looked up).
+    pub frontend_service: u32,
+    /// The XDP action returned.
+    pub action: u32,
+    /// The [`crate::Reason`] counted.
+    pub reason: u32,
+    pub _pad: u32,
+}
+
 // The eBPF and userspace sides must agree byte for byte; padding is spelled out above.
 const _: () = {
     assert!(size_of::<FrontendKey>() == 8);
@@ -260,6 +297,8 @@ const _: () = {
     assert!(size_of::<Flow>() == 72);
     assert!(size_of::<Traffic>() == 24);
     assert!(size_of::<Settings>() == 12);
+    assert!(size_of::<TraceFilter>() == 24);
+    assert!(size_of::<TraceRecord>() == 32);
 };
 
 #[cfg(feature = "user")]
@@ -274,4 +313,5 @@ mod pod {
     unsafe impl aya::Pod for super::Flow {}
     unsafe impl aya::Pod for super::Traffic {}
     unsafe impl aya::Pod for super::Settings {}
+    unsafe impl aya::Pod for super::TraceFilter {}
 }

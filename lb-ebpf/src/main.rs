@@ -1,5 +1,6 @@
 //! swarmlb's XDP datapath. `swarmlb` reads top to bottom as a packet's decision path; each step
-//! lives in its own module (parse, conntrack, select, snat, nat, forward, stats).
+//! lives in its own module (parse, conntrack, select, snat, nat, forward, stats). `t` notes the
+//! decisions for `swarmlb trace` ([`trace`]) in the traced copy of the program only.
 #![no_std]
 #![no_main]
 
@@ -15,6 +16,7 @@ mod parse;
 mod select;
 mod snat;
 mod stats;
+mod trace;
 mod verdict;
 mod vxlan;
 
@@ -28,13 +30,34 @@ use lb_common::{CT_NEW, DIR_TO_BACKEND, DIR_TO_CLIENT, Flow, FlowKey, PROTO_TCP,
 
 use crate::{
     parse::{PROTO_ICMP, Packet},
+    trace::Trace,
     verdict::Verdict,
 };
 
 #[xdp]
 pub fn swarmlb(ctx: XdpContext) -> u32 {
-    let verdict = balance(&ctx);
+    // While `swarmlb trace` runs, packets take `swarmlb_traced` instead: one lookup otherwise.
+    trace::divert(&ctx);
+    decide(&ctx, trace::Off)
+}
+
+/// `swarmlb` noting its decisions for `swarmlb trace`; ends in `swarmlb_log`, which logs them.
+#[xdp]
+pub fn swarmlb_traced(ctx: XdpContext) -> u32 {
+    decide(&ctx, trace::On)
+}
+
+/// Logs a traced packet's decisions (aya-log) and returns the action `swarmlb_traced` chose.
+#[xdp]
+pub fn swarmlb_log(ctx: XdpContext) -> u32 {
+    trace::log_record(&ctx)
+}
+
+#[inline(always)]
+fn decide(ctx: &XdpContext, t: impl Trace) -> u32 {
+    let verdict = balance(ctx, &t);
     stats::count_reason(verdict.reason);
+    t.finish(ctx, verdict);
     verdict.action
 }
 
@@ -53,7 +76,7 @@ pub fn swarmlb_neigh(ctx: TcContext) -> i32 {
 }
 
 #[inline(always)]
-fn balance(ctx: &XdpContext) -> Verdict {
+fn balance(ctx: &XdpContext, t: &impl Trace) -> Verdict {
     let pkt = match parse::parse_packet(ctx) {
         Ok(pkt) => pkt,
         Err(verdict) => return verdict,
@@ -61,6 +84,7 @@ fn balance(ctx: &XdpContext) -> Verdict {
     let settings = maps::settings();
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
+    t.start(&pkt);
     if pkt.key.proto == PROTO_ICMP {
         return forward_icmp(ctx, &pkt, now);
     }
@@ -87,6 +111,7 @@ fn balance(ctx: &XdpContext) -> Verdict {
     let Some(service_id) = select::find_service(&pkt.key) else {
         return not_for_a_frontend(ctx, &pkt, &settings);
     };
+    t.frontend(service_id);
     if pkt.key.proto == PROTO_TCP && !pkt.is_syn_without_ack() {
         return Verdict::pass(Reason::PassNoConnection);
     }

@@ -4,11 +4,12 @@
 //! definitions use. The agent's tests load the object and compare every map with its spec.
 
 use aya_ebpf::{
-    btf_maps::{Array, ArrayOfMaps, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, ArrayOfMaps, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
     macros::btf_map,
 };
 use lb_common::{
-    Backend, CtEvent, Flow, FlowKey, Frontend, FrontendKey, Reason, Service, Settings, Traffic,
+    Backend, CtEvent, Flow, FlowKey, Frontend, FrontendKey, Reason, Service, Settings, TraceFilter, TraceRecord,
+    Traffic,
     maps::{self as names, *},
 };
 
@@ -65,6 +66,17 @@ pub static OVERLAYS_MAP: HashMap<u32, u32, { MAX_OVERLAYS as usize }> = HashMap:
 #[btf_map(name = "slb_tx_ports")]
 pub static TX_PORTS_MAP: DevMapHash<{ MAX_TX_PORTS as usize }> = DevMapHash::new();
 
+/// What `swarmlb trace` asks to be logged (see `crate::trace`).
+#[btf_map(name = "slb_trace")]
+pub static TRACE_MAP: Array<TraceFilter, 1> = Array::new();
+
+#[btf_map(name = "slb_trace_rec")]
+pub static TRACE_RECORD_MAP: PerCpuArray<TraceRecord, 1> = PerCpuArray::new();
+
+/// `swarmlb_traced` and `swarmlb_log`, put there by whoever loads the object.
+#[btf_map(name = "slb_trace_progs")]
+pub static TRACE_PROGS_MAP: ProgramArray<2> = ProgramArray::new();
+
 // The literals above must be exactly the names the agent opens.
 const _: () = {
     assert!(same_name("slb_settings", names::SETTINGS));
@@ -83,6 +95,9 @@ const _: () = {
     assert!(same_name("slb_reasons", names::REASONS));
     assert!(same_name("slb_tx_ports", names::TX_PORTS));
     assert!(same_name("slb_overlays", names::OVERLAYS));
+    assert!(same_name("slb_trace", names::TRACE));
+    assert!(same_name("slb_trace_rec", names::TRACE_RECORD));
+    assert!(same_name("slb_trace_progs", names::TRACE_PROGS));
 };
 
 /// The node's settings record (all zero, i.e. defaults, if the agent has not written it).

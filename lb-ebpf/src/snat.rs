@@ -118,7 +118,8 @@ pub fn claim_port(key: &FlowKey, reverse_key: &mut FlowKey, reverse: &Flow, serv
     let probe = try_port(reverse_key, reverse, now);
     // A holder of the first port that has idled out (typically this client's own earlier
     // connection from the same port) gives it up at once, so the backend sees the tuple again.
-    let claimed = probe == CLAIMED || (probe != TAKEN && probe & (IN_MAIN - 1) == 0 && take_over(reverse_key, reverse, probe));
+    let claimed =
+        probe == CLAIMED || (probe != TAKEN && probe & (IN_MAIN - 1) == 0 && take_over(reverse_key, reverse, probe));
     if claimed {
         if keep {
             stats::count_event(CtEvent::PortPreserved);

@@ -1,4 +1,5 @@
-//! The command line: `swarmlb run`, `swarmlb status`, `swarmlb flows`, `swarmlb unload`.
+//! The command line: `swarmlb run`, `swarmlb status`, `swarmlb flows`, `swarmlb trace`,
+//! `swarmlb unload`.
 
 use std::path::{Path, PathBuf};
 
@@ -35,6 +36,22 @@ pub enum Command {
         /// Only the connections of this service.
         #[arg(long)]
         service: Option<String>,
+        #[command(flatten)]
+        dirs: Dirs,
+    },
+    /// Print the datapath's decisions (frontend, new or existing connection, NAT, verdict and
+    /// reason) about the packets of one client and/or one service as they happen. Tracing is
+    /// off again when this ends (Ctrl-C, --duration, or a few seconds after it is killed).
+    Trace {
+        /// Only packets of this client (its IPv4 address).
+        #[arg(long)]
+        client: Option<std::net::Ipv4Addr>,
+        /// Only packets of this service (a name in the agent's state).
+        #[arg(long)]
+        service: Option<String>,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        duration: Option<u64>,
         #[command(flatten)]
         dirs: Dirs,
     },
@@ -169,7 +186,10 @@ mod tests {
     #[test]
     fn state_dir_follows_the_pin_dir_unless_given() {
         let parse = |args: &[&str]| match Cli::try_parse_from(args).unwrap().command {
-            Command::Status { dirs, .. } | Command::Flows { dirs, .. } | Command::Unload { dirs } => dirs,
+            Command::Status { dirs, .. }
+            | Command::Flows { dirs, .. }
+            | Command::Trace { dirs, .. }
+            | Command::Unload { dirs } => dirs,
             Command::Run(run) => run.dirs,
         };
         let d = parse(&["swarmlb", "status"]);

@@ -33,6 +33,7 @@ pub mod source;
 pub mod state;
 pub mod status;
 pub mod takeover;
+pub mod trace;
 
 #[cfg(test)]
 mod tests {

@@ -7,7 +7,7 @@ use clap::Parser;
 use swarmlb::{
     agent,
     cli::{Cli, Command},
-    datapath, flows, health, state, status, takeover,
+    datapath, flows, health, state, status, takeover, trace,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -54,6 +54,16 @@ fn run() -> Result<()> {
                 print!("{}", flows::table(&flows));
             }
             Ok(())
+        }
+        Command::Trace { client, service, duration, dirs } => {
+            let service_id = match &service {
+                Some(name) => trace::service_id(&dirs.state_dir(), name)?,
+                None => 0,
+            };
+            let names = trace::Names::from_state(&dirs.state_dir())?;
+            let filter = trace::Filter { client, service_id };
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(trace::run(&dirs.pin_dir, &names, filter, duration.map(std::time::Duration::from_secs)))
         }
         Command::Unload { dirs } => {
             // An agent of the Docker source attached to the overlay endpoints it took over

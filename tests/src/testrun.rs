@@ -128,6 +128,7 @@ impl Datapath {
             .with_context(|| format!("program {} missing from the object", maps::PROG_NEIGH))?
             .try_into()?;
         neigh.load().with_context(|| format!("verifier rejected {}", maps::PROG_NEIGH))?;
+        pins::load_trace_programs(&mut ebpf)?;
         Ok(Self { ebpf, pin_dir, writer: None, owns_pins, plan: None, local_node: None })
     }
 

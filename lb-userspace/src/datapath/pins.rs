@@ -15,6 +15,7 @@ use std::{collections::BTreeSet, io::ErrorKind, path::Path};
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
+    maps::ProgramArray,
     programs::{
         LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, LinkError, PinnedLink},
@@ -22,7 +23,7 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use lb_common::maps::{PROG_LB, PROG_NEIGH};
+use lb_common::maps::{PROG_LB, PROG_LOG, PROG_NEIGH, PROG_TRACED, TRACE_PROG_LOG, TRACE_PROG_TRACED, TRACE_PROGS};
 use tracing::{info, warn};
 
 use super::{
@@ -115,9 +116,31 @@ pub fn load(object: &[u8], pin_dir: &Path, sizes: &MapSizes, mode: XdpMode) -> R
     let mut ebpf = loader(pin_dir, sizes).load(object).context("loading the eBPF object (maps and programs)")?;
     xdp_program(&mut ebpf)?.load().with_context(|| format!("loading program {PROG_LB:?} (verifier)"))?;
     tc_program(&mut ebpf)?.load().with_context(|| format!("loading program {PROG_NEIGH:?} (verifier)"))?;
+    load_trace_programs(&mut ebpf)?;
     carried.copy(pin_dir)?;
     let carried = (!carried.is_empty()).then_some(carried);
     Ok(Loaded { ebpf, pin_dir: pin_dir.to_owned(), mode, handoff: BTreeSet::new(), carried })
+}
+
+/// Loads the programs `swarmlb trace` diverts packets to (the traced pipeline and its logger)
+/// and puts them in `slb_trace_progs`, so tracing needs nothing more of the agent.
+pub fn load_trace_programs(ebpf: &mut Ebpf) -> Result<()> {
+    let mut fds = Vec::new();
+    for (name, index) in [(PROG_TRACED, TRACE_PROG_TRACED), (PROG_LOG, TRACE_PROG_LOG)] {
+        let prog: &mut Xdp = ebpf
+            .program_mut(name)
+            .with_context(|| format!("the eBPF object has no program {name:?}"))?
+            .try_into()
+            .context("program is not XDP")?;
+        prog.load().with_context(|| format!("loading program {name:?} (verifier)"))?;
+        fds.push((index, prog.fd()?.try_clone()?));
+    }
+    let map = ebpf.map_mut(TRACE_PROGS).with_context(|| format!("the eBPF object has no map {TRACE_PROGS}"))?;
+    let mut progs = ProgramArray::try_from(map)?;
+    for (index, fd) in &fds {
+        progs.set(*index, fd, 0).with_context(|| format!("setting {TRACE_PROGS}[{index}]"))?;
+    }
+    Ok(())
 }
 
 /// `/sys/fs/bpf` must be a bpffs; mount one if it is not (fresh containers often lack it). The
