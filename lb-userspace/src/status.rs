@@ -41,8 +41,10 @@ pub struct Report {
     pub events: BTreeMap<&'static str, u64>,
     /// Entries of the main connection table (two per established connection).
     pub conntrack_entries: usize,
+    pub conntrack_capacity: u32,
     /// Entries of the new-flow table (two per unconfirmed connection).
     pub new_flow_entries: usize,
+    pub new_flow_capacity: u32,
     /// Everything an operator should act on, in words: an agent that is not running, a failing
     /// sync, what the last sync left out, NAT port ranges and tables past [`WARN_FULL_PERCENT`].
     pub problems: Vec<String>,
@@ -210,9 +212,11 @@ pub fn collect(pin_dir: &Path, state_dir: &Path) -> Result<Report> {
     let reasons = counters.reasons()?.into_iter().map(|(r, n)| (r.name(), n)).collect();
     let events = counters.events()?.into_iter().map(|(e, n)| (e.name(), n)).collect();
     let (conntrack_entries, new_flow_entries) = scan.live_counts();
+    let conntrack_capacity = capacity(pin_dir, lb_common::maps::CONNTRACK)?;
+    let new_flow_capacity = capacity(pin_dir, lb_common::maps::NEW_FLOWS)?;
     for (what, entries, size) in [
-        ("connection table", conntrack_entries, lb_common::maps::CONNTRACK_SIZE),
-        ("new-flow table", new_flow_entries, lb_common::maps::NEW_FLOWS_SIZE),
+        ("connection table", conntrack_entries, conntrack_capacity),
+        ("new-flow table", new_flow_entries, new_flow_capacity),
     ] {
         if entries as u64 * 100 >= u64::from(size) * WARN_FULL_PERCENT {
             problems.push(format!("{what}: {entries} of {size} entries in use"));
@@ -226,9 +230,18 @@ pub fn collect(pin_dir: &Path, state_dir: &Path) -> Result<Report> {
         reasons,
         events,
         conntrack_entries,
+        conntrack_capacity,
         new_flow_entries,
+        new_flow_capacity,
         problems,
     })
+}
+
+/// A pinned table's `max_entries` (the connection table's is set at load, `--max-connections`).
+fn capacity(pin_dir: &Path, name: &str) -> Result<u32> {
+    let path = crate::datapath::pin_path(pin_dir, name);
+    let map = aya::maps::MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    Ok(map.info().with_context(|| format!("reading {name}'s size"))?.max_entries())
 }
 
 /// The human-readable form: services with their backends, nonzero reasons, connection count.
@@ -321,10 +334,7 @@ pub fn table(report: &Report) -> String {
     let _ = writeln!(
         out,
         "\nconntrack entries: {} of {} established, {} of {} unconfirmed",
-        report.conntrack_entries,
-        lb_common::maps::CONNTRACK_SIZE,
-        report.new_flow_entries,
-        lb_common::maps::NEW_FLOWS_SIZE
+        report.conntrack_entries, report.conntrack_capacity, report.new_flow_entries, report.new_flow_capacity
     );
     if !report.problems.is_empty() {
         let _ = writeln!(out);

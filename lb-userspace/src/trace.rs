@@ -135,6 +135,7 @@ impl Names {
     /// `line` with `key=number` words named: reasons, XDP actions, protocols, directions,
     /// services and backends.
     pub fn render(&self, line: &str) -> String {
+        let proto = line.split(' ').find_map(|w| w.strip_prefix("proto=")?.parse::<u8>().ok()).unwrap_or(0);
         let word = |w: &str| -> String {
             let Some((key, value)) = w.split_once('=') else { return w.to_owned() };
             let Ok(n) = value.parse::<u32>() else { return w.to_owned() };
@@ -148,6 +149,7 @@ impl Names {
                     _ => None,
                 },
                 "direction" => ["to_backend", "to_client"].get(n as usize).map(|s| s.to_string()),
+                "state" => u8::try_from(n).ok().map(|state| lb_common::state_name(proto, state).to_owned()),
                 "service" => self.services.get(&n).cloned(),
                 "backend" => self.backends.get(&n).cloned(),
                 _ => None,
@@ -218,8 +220,9 @@ mod tests {
     fn numbers_are_named() {
         let names = Names { services: [(1, "web".to_owned())].into(), backends: [(2, "web.1".to_owned())].into() };
         assert_eq!(
-            names.render("198.18.0.50:40000 > 198.18.0.10:80 proto=6 new flow direction=0 service=1 backend=2"),
-            "198.18.0.50:40000 > 198.18.0.10:80 proto=tcp new flow direction=to_backend service=web backend=web.1"
+            names.render("198.18.0.50:40000 > 198.18.0.10:80 proto=6 new flow direction=0 service=1 backend=2 state=2"),
+            "198.18.0.50:40000 > 198.18.0.10:80 proto=tcp new flow direction=to_backend service=web backend=web.1 \
+             state=established"
         );
         assert_eq!(
             names.render("proto=17 action=2 reason=5 service=9"),

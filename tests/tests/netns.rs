@@ -318,6 +318,8 @@ fn open_connections_survive_an_upgrade_that_resizes_the_connection_table() -> Re
     let mut agent = Agent::start_placed(&topo.lb, &sized(32768), &["front", "back"], config, 2)?;
     let (big_id, big_entries) = conntrack_map()?;
     ensure!(big_id != small_id && big_entries == 2 * 32768, "table after the upgrade: id {big_id}, {big_entries}");
+    let capacity = &agent::status()?["conntrack_capacity"];
+    ensure!(capacity == 2 * 32768, "status gives the table {capacity} entries");
     ensure!(agent.log_text().contains("carried over"), "the carry-over was not logged:\n{}", agent.log_text());
     wait_until_freed(small_id)?;
     for conn in &mut conns {

@@ -189,8 +189,8 @@ pub fn render(s: &Snapshot) -> String {
         let cap = Family::<TableLabels, Gauge>::default();
         r.register("conntrack_capacity_entries", "Size of a connection table", cap.clone());
         for (table, entries, size) in [
-            ("established", report.conntrack_entries, lb_common::maps::CONNTRACK_SIZE),
-            ("unconfirmed", report.new_flow_entries, lb_common::maps::NEW_FLOWS_SIZE),
+            ("established", report.conntrack_entries, report.conntrack_capacity),
+            ("unconfirmed", report.new_flow_entries, report.new_flow_capacity),
         ] {
             let l = TableLabels { table: table.to_string(), node: node.clone() };
             ct.get_or_create(&l).set(entries as i64);
@@ -293,7 +293,9 @@ mod tests {
             reasons: BTreeMap::from([("pass", 7), ("no_backend", 0)]),
             events: BTreeMap::from([("confirmed", 3)]),
             conntrack_entries: 6,
+            conntrack_capacity: 16384,
             new_flow_entries: 2,
+            new_flow_capacity: lb_common::maps::NEW_FLOWS_SIZE,
             problems: Vec::new(),
         };
         let mut sync = SyncState { attempted: true, ok: true, failures: 2, ..Default::default() };
@@ -317,6 +319,7 @@ mod tests {
             r#"swarmlb_reason_packets_total{reason="no_backend",node="node-1"} 0"#,
             r#"swarmlb_conntrack_entries{table="established",node="node-1"} 6"#,
             r#"swarmlb_conntrack_entries{table="unconfirmed",node="node-1"} 2"#,
+            r#"swarmlb_conntrack_capacity_entries{table="established",node="node-1"} 16384"#,
             r#"swarmlb_conntrack_capacity_entries{table="unconfirmed",node="node-1"} 32768"#,
             r#"swarmlb_conntrack_events_total{event="confirmed",node="node-1"} 3"#,
             r#"swarmlb_backend_nat_ports{service="web",backend="web.2",node="node-1"} 2"#,
