@@ -55,6 +55,7 @@ pub fn swarmlb_log(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn decide(ctx: &XdpContext, t: impl Trace) -> u32 {
+    t.begin();
     let verdict = balance(ctx, &t);
     stats::count_reason(verdict.reason);
     t.finish(ctx, verdict);

@@ -37,6 +37,8 @@ pub fn divert(ctx: &XdpContext) {
 
 /// The hooks of the pipeline.
 pub trait Trace {
+    /// A packet arrives: nothing is known of it yet.
+    fn begin(&self);
     /// The packet parsed as `pkt`.
     fn start(&self, pkt: &Packet);
     /// The packet is addressed to a frontend of `service_id`.
@@ -49,6 +51,8 @@ pub trait Trace {
 pub struct Off;
 
 impl Trace for Off {
+    #[inline(always)]
+    fn begin(&self) {}
     #[inline(always)]
     fn start(&self, _: &Packet) {}
     #[inline(always)]
@@ -68,6 +72,15 @@ fn record() -> Option<&'static mut TraceRecord> {
 }
 
 impl Trace for On {
+    /// Clears what the last packet on this CPU left, so a packet that does not parse (never
+    /// [`Trace::start`]ed) is not logged under the last one's tuple.
+    #[inline(always)]
+    fn begin(&self) {
+        if let Some(r) = record() {
+            *r = TraceRecord::default();
+        }
+    }
+
     #[inline(always)]
     fn start(&self, pkt: &Packet) {
         if let Some(r) = record() {
@@ -84,7 +97,9 @@ impl Trace for On {
 
     #[inline(always)]
     fn finish(&self, ctx: &XdpContext, verdict: Verdict) {
-        if let Some(r) = record() {
+        if let Some(r) = record()
+            && r.key.proto != 0
+        {
             r.action = verdict.action;
             r.reason = verdict.reason as u32;
             // SAFETY: as in `divert`; on failure the packet leaves unlogged.

@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, path::PathBuf, sync::Mutex, thread, time::Duration};
 
 use anyhow::{Context, Result, ensure};
-use lb_common::maps::{CONNTRACK, PIN_DIR};
+use lb_common::maps::{CONNTRACK, PIN_DIR, TRACE};
 use serde_json::Value;
 use tests::{
     agent::{self, Agent, Placement},
@@ -341,5 +341,39 @@ fn open_connections_survive_an_upgrade_that_resizes_the_connection_table() -> Re
     for conn in &mut conns {
         conn.exchange("after shrinking the table")?;
     }
+    agent::unload()
+}
+
+/// Whether the pinned trace filter is on, from bpftool (BTF names the field).
+fn trace_enabled() -> Result<bool> {
+    let dump: Value = serde_json::from_str(&sh(&format!("bpftool -j map dump pinned {PIN_DIR}/{TRACE}"))?)?;
+    Ok(dump[0]["formatted"]["value"]["enabled"].as_u64().context("slb_trace's value")? != 0)
+}
+
+#[test]
+fn trace_shows_one_clients_decisions_and_turns_itself_off() -> Result<()> {
+    let _node = NODE.lock().unwrap_or_else(|e| e.into_inner());
+    let topo = SingleNode::new(3)?;
+    let config = write_config(&topo, &[0, 1, 2])?;
+    let _agent = start(&topo, &config)?;
+    let client = topology::CLIENT_ADDR.to_string();
+    let trace = std::process::Command::new(agent::swarmlb_binary()?)
+        .args(["trace", "--client", &client, "--duration", "6"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    wait_until("the trace filter to be set", trace_enabled)?;
+    let answers = spread(&topo, 80, 5)?;
+    ensure!(answers.values().sum::<usize>() == 5, "traced connections: {answers:?}");
+    let out = trace.wait_with_output()?;
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    ensure!(out.status.success(), "swarmlb trace: {}\n{stderr}", out.status);
+    let from_client = |l: &&str| l.starts_with(&format!("{client}:"));
+    let new_flows = stdout.lines().filter(|l| from_client(l) && l.contains(" new flow ")).count();
+    ensure!(new_flows == 5, "{new_flows} new flows traced of 5:\n{stdout}");
+    for named in ["frontend service=web", "backend=backend-", "state=", "reason=to_backend", "reason=to_client"] {
+        ensure!(stdout.contains(named), "no {named:?} in the trace:\n{stdout}");
+    }
+    ensure!(!trace_enabled()?, "the filter stayed on after the trace ended");
     agent::unload()
 }

@@ -1,6 +1,7 @@
 //! Packet tests of `swarmlb trace` through BPF_PROG_TEST_RUN: with the filter set for one
 //! client, that client's packets produce aya-log lines (frontend, new flow and NAT, verdict)
-//! read the way `swarmlb trace` reads them, another client's produce none, and none are
+//! read the way `swarmlb trace` reads them, another client's and frames that do not parse
+//! produce none, and none are
 //! produced once the filter is cleared or its deadline has passed. Maps are programmed through
 //! the planner and writer. Needs root; fails (never skips) without.
 
@@ -52,6 +53,11 @@ fn only_the_traced_client_is_logged_and_nothing_once_off() {
     assert!(names.render(&reply[0]).contains("existing flow direction=to_client"), "{}", reply[0]);
     assert_eq!(e.run(&other_syn(40002)).action, XDP_TX);
     assert!(reader.drain().is_empty(), "another client: no records");
+    // A frame that does not parse is not logged under the last traced packet's tuple.
+    e.run(&client_syn(40007).build());
+    reader.drain();
+    assert_eq!(e.run(&other_ethertype(ETH_P_ARP, 28)).action, XDP_PASS);
+    assert!(reader.drain().is_empty(), "ARP after a traced packet: no records");
 
     // Cleared, or past its deadline: nothing.
     trace::clear(&pin_dir).unwrap();
