@@ -36,11 +36,14 @@ pub const LOCAL_ADDRS: &str = "slb_local_addrs";
 pub const SERVICES: &str = "slb_services";
 /// Backends by id: [`crate::Backend`].
 pub const BACKENDS: &str = "slb_backends";
-/// Maglev lookup tables: service id -> that service's own table, an array map of
-/// `M + 1` entries whose entry 0 holds `M` (the table's prime size, [`maglev_size`]) and entries
-/// `1..=M` the backend ids. A table is replaced whole by swapping the inner map, so a packet
+/// Maglev lookup tables, two slots per service (`2 * id + generation`, [`maglev_slot`]), each
+/// an array map of `M + 1` entries whose entry 0 holds `M` (the table's prime size,
+/// [`maglev_size`]) and entries `1..=M` the backend ids. [`MAGLEV_GEN`] says which of a service's
+/// two is in use: the agent writes the other one whole, then flips the generation, so a packet
 /// sees the old table or the new one, never a mix, and its size travels with it.
 pub const MAGLEV: &str = "slb_maglev";
+/// Service id -> the generation (0 or 1) of its Maglev table in use in [`MAGLEV`].
+pub const MAGLEV_GEN: &str = "slb_maglev_gen";
 /// Connection table: [`crate::FlowKey`] -> [`crate::Flow`], two entries per connection.
 pub const CONNTRACK: &str = "slb_conntrack";
 /// New-flow table: entries of connections not yet confirmed ([`crate::CT_NEW`],
@@ -95,6 +98,11 @@ pub const MAGLEV_SIZES: [u32; 8] = [1021, 2039, 4093, 8191, 16381, 32749, 65521,
 pub const MAGLEV_SLOTS_PER_BACKEND: u32 = 100;
 /// Largest Maglev table (a service of more than 1,310 backends gets fewer than 100 slots each).
 pub const MAGLEV_MAX_SIZE: u32 = MAGLEV_SIZES[MAGLEV_SIZES.len() - 1];
+
+/// The [`MAGLEV`] slot of generation `generation` (0 or 1) of service `service_id`'s table.
+pub const fn maglev_slot(service_id: u32, generation: u32) -> u32 {
+    service_id * 2 + (generation & 1)
+}
 
 /// The Maglev table size of a service of `backends` backends: the smallest of
 /// [`MAGLEV_SIZES`] with at least [`MAGLEV_SLOTS_PER_BACKEND`] slots per backend, else the
@@ -175,7 +183,8 @@ pub const SPECS: &[MapSpec] = {
         spec(LOCAL_ADDRS, Hash, 4, 4, MAX_LOCAL_ADDRS),
         spec(SERVICES, Array, 4, size_of::<Service>(), MAX_SERVICES),
         spec(BACKENDS, Array, 4, size_of::<Backend>(), MAX_BACKENDS),
-        spec(MAGLEV, ArrayOfMaps, 4, 4, MAX_SERVICES),
+        spec(MAGLEV, ArrayOfMaps, 4, 4, 2 * MAX_SERVICES),
+        spec(MAGLEV_GEN, Array, 4, 4, MAX_SERVICES),
         spec(CONNTRACK, LruHash, size_of::<FlowKey>(), size_of::<Flow>(), CONNTRACK_SIZE),
         spec(NEW_FLOWS, LruHash, size_of::<FlowKey>(), size_of::<Flow>(), NEW_FLOWS_SIZE),
         spec(SNAT_ADDRS, Hash, 4, 4, MAX_SNAT_ADDRS),

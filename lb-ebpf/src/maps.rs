@@ -35,7 +35,10 @@ pub static BACKENDS_MAP: Array<Backend, { MAX_BACKENDS as usize }> = Array::new(
 pub type MaglevTable = Array<u32, { (MAGLEV_MAX_SIZE + 1) as usize }, { BPF_F_INNER_MAP as usize }>;
 
 #[btf_map(name = "slb_maglev")]
-pub static MAGLEV_MAP: ArrayOfMaps<MaglevTable, { MAX_SERVICES as usize }> = ArrayOfMaps::new();
+pub static MAGLEV_MAP: ArrayOfMaps<MaglevTable, { 2 * MAX_SERVICES as usize }> = ArrayOfMaps::new();
+
+#[btf_map(name = "slb_maglev_gen")]
+pub static MAGLEV_GEN_MAP: Array<u32, { MAX_SERVICES as usize }> = Array::new();
 
 #[btf_map(name = "slb_conntrack")]
 pub static CONNTRACK_MAP: LruHashMap<FlowKey, Flow, { CONNTRACK_SIZE as usize }> = LruHashMap::new();
@@ -86,6 +89,7 @@ const _: () = {
     assert!(same_name("slb_services", names::SERVICES));
     assert!(same_name("slb_backends", names::BACKENDS));
     assert!(same_name("slb_maglev", names::MAGLEV));
+    assert!(same_name("slb_maglev_gen", names::MAGLEV_GEN));
     assert!(same_name("slb_conntrack", names::CONNTRACK));
     assert!(same_name("slb_ct_new", names::NEW_FLOWS));
     assert!(same_name("slb_snat_addrs", names::SNAT_ADDRS));

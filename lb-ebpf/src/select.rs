@@ -5,10 +5,12 @@ use lb_common::{
     ANY_LOCAL_ADDR, BACKEND_REMOVED, Backend, Flow, FlowKey, FrontendKey, PORT_TRACKED_SHIFT, PROTO_BIT_TCP,
     PROTO_BIT_UDP, PROTO_TCP, SERVICE_STICKY, Service,
     hash::{client_hash, flow_hash},
+    maps::maglev_slot,
 };
 
 use crate::maps::{
-    BACKENDS_MAP, FE_PORTS_MAP, FRONTENDS_MAP, LOCAL_ADDRS_MAP, MAGLEV_MAP, SERVICES_MAP, SNAT_ADDRS_MAP,
+    BACKENDS_MAP, FE_PORTS_MAP, FRONTENDS_MAP, LOCAL_ADDRS_MAP, MAGLEV_GEN_MAP, MAGLEV_MAP, SERVICES_MAP,
+    SNAT_ADDRS_MAP,
 };
 
 /// Cheap pre-filter: does any frontend of this protocol use the destination port, or did one
@@ -71,11 +73,12 @@ pub fn pick_backend(service_id: u32, service: &Service, key: &FlowKey) -> Option
     } else {
         flow_hash(key.src_addr, key.dst_addr, key.src_port, key.dst_port, key.proto)
     };
-    // One lookup of the outer map gives one table; its size and slots are read from it alone.
-    // Race, handled: the agent may swap the service's table meanwhile (another CPU then sees
-    // the new one); the kernel frees the old one only after an RCU grace period, so this
-    // program finishes its reads on the table it found.
-    let table = MAGLEV_MAP.get(service_id)?;
+    // The generation read once picks one table; its size and slots are read from it alone.
+    // Race, handled: the agent may flip the generation meanwhile (another CPU then reads the
+    // new table), but it rewrites or frees the table it retired only after an RCU grace period
+    // has passed since the flip, so this program finishes its reads on the table it found.
+    let generation = *MAGLEV_GEN_MAP.get(service_id)?;
+    let table = MAGLEV_MAP.get(maglev_slot(service_id, generation))?;
     let size = *table.get(0)?;
     if size == 0 {
         return None;

@@ -79,6 +79,16 @@ fn a_thousand_services_of_ten_backends() {
     assert!(ports.contains(&9003) && !ports.contains(&8003), "backend ports seen: {ports:?}");
     serve(&e, 40002, FIRST_PORT + SERVICES - 1, 8000..8000 + BACKENDS);
 
+    // And back: the table retired by the first change is rewritten in place and flipped to.
+    e.dp.apply(&config(None)).expect("the change undone");
+    let ports: std::collections::BTreeSet<u16> = (0..200u16)
+        .map(|n| {
+            let syn = Spec::tcp(CLIENT, 42000 + n, VIP, FIRST_PORT + 500, SYN).macs(CLIENT_MAC_50, LAN_MAC).build();
+            translated(&e.run(&syn)).dport
+        })
+        .collect();
+    assert!(ports.contains(&8003) && !ports.contains(&9003), "backend ports seen after undoing: {ports:?}");
+
     let slots = SERVICES as u64 * (size as u64 + 1);
     eprintln!(
         "scale: {SERVICES} services x {BACKENDS} backends: full sync (plan + write) {full_ms} ms, \
