@@ -1,5 +1,5 @@
 #!/bin/bash
-# Hand-run check of the takeover cache and ordering without Docker (root): a fake Docker layout
+# Check of the takeover cache and ordering without Docker (root; run by tests/tests/takeover.rs): a fake Docker layout
 # (overlay namespace with bridge + VXLAN, an lb_ sandbox holding the endpoint, a task, 50 container
 # sandboxes) in a private mount namespace it enters itself, so the node's dockerd never sees it:
 #   lb-userspace/examples/takeover_fake_docker.sh <takeover_check binary>

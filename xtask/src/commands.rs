@@ -38,8 +38,9 @@ pub fn build_and_load(ifaces: &[String], config: &str) -> Result<()> {
 
 pub fn test() -> Result<()> {
     ensure_setup()?;
-    // The namespace tests run the real `swarmlb` binary; the Docker tests run both images.
-    run_cmd(cargo().args(["build", "--package", "lb-userspace", "--bins"]))?;
+    // The namespace tests run the real `swarmlb` binary (and the takeover test its
+    // `takeover_check` example); the Docker tests run both images.
+    run_cmd(cargo().args(["build", "--package", "lb-userspace", "--bins", "--examples"]))?;
     crate::image::run()?;
     run_cmd(
         cargo()
