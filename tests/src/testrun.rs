@@ -101,21 +101,25 @@ impl Datapath {
         Self::load_with_pins(pin_dir.to_owned(), false)
     }
 
+    /// Loads over `pin_dir`; a load that fails anywhere (a verifier rejection included) removes
+    /// the pins it made, if they are its own.
     fn load_with_pins(pin_dir: PathBuf, owns_pins: bool) -> Result<Self> {
-        let loaded = swarmlb::ebpf_object().map_err(anyhow::Error::from).and_then(|object| {
-            pins::loader(&pin_dir, &MapSizes::default())
-                .load(object)
-                .context("loading the XDP object (needs root and BPF)")
-        });
-        let mut ebpf = match loaded {
-            Ok(ebpf) => ebpf,
+        match Self::load_programs(&pin_dir) {
+            Ok(ebpf) => Ok(Self { ebpf, pin_dir, writer: None, owns_pins, plan: None, local_node: None }),
             Err(e) => {
                 if owns_pins {
                     let _ = pins::unload(&pin_dir);
                 }
-                return Err(e);
+                Err(e)
             }
-        };
+        }
+    }
+
+    fn load_programs(pin_dir: &Path) -> Result<aya::Ebpf> {
+        let object = swarmlb::ebpf_object()?;
+        let mut ebpf = pins::loader(pin_dir, &MapSizes::default())
+            .load(object)
+            .context("loading the XDP object (needs root and BPF)")?;
         for name in [maps::PROG_LB, maps::PROG_PASS] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
@@ -129,7 +133,7 @@ impl Datapath {
             .try_into()?;
         neigh.load().with_context(|| format!("verifier rejected {}", maps::PROG_NEIGH))?;
         pins::load_trace_programs(&mut ebpf)?;
-        Ok(Self { ebpf, pin_dir, writer: None, owns_pins, plan: None, local_node: None })
+        Ok(ebpf)
     }
 
     /// Where the maps are pinned (for a `Writer` or `swarmlb` commands of the test's own).
