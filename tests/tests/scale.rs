@@ -45,6 +45,16 @@ fn serve(e: &Env, sport: u16, port: u16, backend_ports: std::ops::Range<u16>) {
     assert_eq!((back.src, back.sport, back.dst, back.dport), (VIP, port, CLIENT, sport));
 }
 
+/// The backend ports 200 new connections to `port` reach, from client ports `first_sport..`.
+fn backend_ports(e: &Env, port: u16, first_sport: u16) -> std::collections::BTreeSet<u16> {
+    (0..200u16)
+        .map(|n| {
+            let syn = Spec::tcp(CLIENT, first_sport + n, VIP, port, SYN).macs(CLIENT_MAC_50, LAN_MAC).build();
+            translated(&e.run(&syn)).dport
+        })
+        .collect()
+}
+
 #[test]
 fn a_thousand_services_of_ten_backends() {
     let mut e = env();
@@ -70,23 +80,13 @@ fn a_thousand_services_of_ten_backends() {
     assert_eq!((change.backends.len(), change.removed_backends.len(), change.services.len()), (1, 1, 0));
     assert!(change.frontends.is_empty() && change.fe_ports.is_empty());
     // New connections to that service reach its moved backend's new port among the others.
-    let ports: std::collections::BTreeSet<u16> = (0..200u16)
-        .map(|n| {
-            let syn = Spec::tcp(CLIENT, 41000 + n, VIP, FIRST_PORT + 500, SYN).macs(CLIENT_MAC_50, LAN_MAC).build();
-            translated(&e.run(&syn)).dport
-        })
-        .collect();
+    let ports = backend_ports(&e, FIRST_PORT + 500, 41000);
     assert!(ports.contains(&9003) && !ports.contains(&8003), "backend ports seen: {ports:?}");
     serve(&e, 40002, FIRST_PORT + SERVICES - 1, 8000..8000 + BACKENDS);
 
     // And back: the table retired by the first change is rewritten in place and flipped to.
     e.dp.apply(&config(None)).expect("the change undone");
-    let ports: std::collections::BTreeSet<u16> = (0..200u16)
-        .map(|n| {
-            let syn = Spec::tcp(CLIENT, 42000 + n, VIP, FIRST_PORT + 500, SYN).macs(CLIENT_MAC_50, LAN_MAC).build();
-            translated(&e.run(&syn)).dport
-        })
-        .collect();
+    let ports = backend_ports(&e, FIRST_PORT + 500, 42000);
     assert!(ports.contains(&8003) && !ports.contains(&9003), "backend ports seen after undoing: {ports:?}");
 
     let slots = SERVICES as u64 * (size as u64 + 1);
