@@ -35,6 +35,25 @@ pub const fn client_hash(src_addr: [u8; 4]) -> u32 {
     fmix32(mix(0x5157_4c42, u32::from_be_bytes(src_addr)))
 }
 
+/// Hash of a socket and the frontend it names, the input of Maglev slot selection in the socket
+/// programs (the socket's own address is not chosen yet at connect time).
+#[inline(always)]
+pub const fn socket_hash(socket_cookie: u64, frontend: [u8; 4], port: u16, proto: u8) -> u32 {
+    let mut h = 0x5157_4c42;
+    h = mix(h, socket_cookie as u32);
+    h = mix(h, (socket_cookie >> 32) as u32);
+    h = mix(h, u32::from_be_bytes(frontend));
+    h = mix(h, ((port as u32) << 8) | proto as u32);
+    fmix32(h)
+}
+
+/// Hash of a network namespace, the client identity of sticky services in the socket programs:
+/// every socket of one container goes to the same backend.
+#[inline(always)]
+pub const fn namespace_hash(netns_cookie: u64) -> u32 {
+    fmix32(mix(mix(0x5157_4c42, netns_cookie as u32), (netns_cookie >> 32) as u32))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,5 +79,23 @@ mod tests {
         assert_ne!(base, flow_hash([1, 2, 3, 4], [5, 6, 7, 8], 1000, 81, 6));
         assert_ne!(base, flow_hash([1, 2, 3, 4], [5, 6, 7, 8], 1000, 80, 17));
         assert_ne!(client_hash([1, 2, 3, 4]), client_hash([1, 2, 3, 5]));
+        let sock = socket_hash(1 << 40 | 7, [10, 0, 1, 5], 8080, 6);
+        assert_ne!(sock, socket_hash(1 << 40 | 8, [10, 0, 1, 5], 8080, 6));
+        assert_ne!(sock, socket_hash(2 << 40 | 7, [10, 0, 1, 5], 8080, 6));
+        assert_ne!(sock, socket_hash(1 << 40 | 7, [10, 0, 1, 6], 8080, 6));
+        assert_ne!(sock, socket_hash(1 << 40 | 7, [10, 0, 1, 5], 8081, 6));
+        assert_ne!(sock, socket_hash(1 << 40 | 7, [10, 0, 1, 5], 8080, 17));
+        assert_ne!(namespace_hash(1 << 40), namespace_hash(2 << 40));
+    }
+
+    #[test]
+    fn spreads_sequential_socket_cookies_evenly() {
+        const SLOTS: usize = 101;
+        let mut buckets = [0u32; SLOTS];
+        for cookie in 4096..4096 + 50_500u64 {
+            buckets[socket_hash(cookie, [10, 0, 1, 5], 8080, 6) as usize % SLOTS] += 1;
+        }
+        let (min, max) = (buckets.iter().min().unwrap(), buckets.iter().max().unwrap());
+        assert!(*min > 400 && *max < 600, "min {min} max {max}");
     }
 }

@@ -10,5 +10,5 @@ pub mod maps;
 pub mod reason;
 pub mod types;
 
-pub use reason::{CtEvent, Reason};
+pub use reason::{CtEvent, Reason, SockEvent};
 pub use types::*;

@@ -7,8 +7,8 @@
 use core::mem::size_of;
 
 use crate::{
-    Backend, CtEvent, Flow, FlowKey, Frontend, FrontendKey, Reason, Service, Settings, TraceFilter, TraceRecord,
-    Traffic,
+    Backend, CtEvent, Flow, FlowKey, Frontend, FrontendKey, MemberKey, Reason, Service, Settings, SockEvent, SockLb,
+    TraceFilter, TraceRecord, Traffic,
 };
 
 /// bpffs directory holding the pinned maps and the pinned XDP links.
@@ -25,6 +25,15 @@ pub const PROG_NEIGH: &str = "swarmlb_neigh";
 pub const PROG_TRACED: &str = "swarmlb_traced";
 /// Name of the XDP program that logs a traced packet's decisions (aya-log).
 pub const PROG_LOG: &str = "swarmlb_log";
+/// The socket programs, attached to the cgroup v2 root (socket load balancing, see
+/// [`SK_MEMBER`]), by program name and the attach point they are pinned under
+/// (`link_cgroup:<hook>`).
+pub const SOCK_PROGS: [(&str, &str); 4] = [
+    ("swarmlb_conn4", "connect4"),
+    ("swarmlb_send4", "sendmsg4"),
+    ("swarmlb_recv4", "recvmsg4"),
+    ("swarmlb_peer4", "getpeername4"),
+];
 
 /// Frontends: [`crate::FrontendKey`] -> [`crate::Frontend`].
 pub const FRONTENDS: &str = "slb_frontends";
@@ -66,6 +75,15 @@ pub const SETTINGS: &str = "slb_settings";
 pub const TX_PORTS: &str = "slb_tx_ports";
 /// VXLAN networks of this swarm: VNI -> 1. VXLAN packets with other VNIs are counted apart.
 pub const OVERLAYS: &str = "slb_overlays";
+/// Network namespaces whose sockets are balanced: [`crate::MemberKey`] -> `MEMBER_*` flags. A
+/// socket in a namespace with no entry is never rewritten, so the node's and containers' traffic
+/// to anything but a VIP of their own overlays or a published port is untouched, and agents of
+/// several nodes sharing one kernel (Docker-in-Docker) each act on their own node's namespaces.
+pub const SK_MEMBER: &str = "slb_sk_member";
+/// Socket-local storage: [`crate::SockLb`], a socket's translations, freed with the socket.
+pub const SK_LB: &str = "slb_sk_lb";
+/// Per-CPU count per [`crate::SockEvent`].
+pub const SK_EVENTS: &str = "slb_sk_events";
 /// One [`crate::TraceFilter`] record: which packets' decisions the datapath logs (`swarmlb trace`).
 pub const TRACE: &str = "slb_trace";
 /// Per-CPU [`crate::TraceRecord`]: the decisions about the packet being traced on that CPU.
@@ -86,6 +104,8 @@ pub const MAX_FRONTENDS: u32 = 8192;
 pub const MAX_LOCAL_ADDRS: u32 = 256;
 pub const MAX_TX_PORTS: u32 = 256;
 pub const MAX_OVERLAYS: u32 = 256;
+/// [`SK_MEMBER`] entries: a namespace takes one plus one per overlay it is attached to.
+pub const MAX_MEMBER_ENTRIES: u32 = 16_384;
 /// VXLAN's IANA port, used when [`crate::Settings::vxlan_port`] is 0.
 pub const DEFAULT_VXLAN_PORT: u16 = 4789;
 /// The prime sizes a Maglev table can have, as Cilium offers them: each about twice the last.
@@ -140,6 +160,8 @@ pub const OVERLAY_SNAT_PORTS: (u16, u16) = (1024, 65535);
 /// One entry per possible destination port.
 pub const FE_PORTS_SIZE: u32 = 1 << 16;
 
+/// `BPF_F_NO_PREALLOC` (linux/bpf.h), which socket storage requires.
+pub const BPF_F_NO_PREALLOC: u32 = 1;
 /// `BPF_F_INNER_MAP` (linux/bpf.h): inner maps of one outer map may differ in `max_entries`.
 pub const BPF_F_INNER_MAP: u32 = 1 << 12;
 
@@ -153,6 +175,7 @@ pub enum MapKind {
     PerCpuArray = 6,
     LruHash = 9,
     ArrayOfMaps = 12,
+    SkStorage = 24,
     DevMapHash = 25,
 }
 
@@ -197,6 +220,9 @@ pub const SPECS: &[MapSpec] = {
         spec(TRACE, Array, 4, size_of::<TraceFilter>(), 1),
         spec(TRACE_RECORD, PerCpuArray, 4, size_of::<TraceRecord>(), 1),
         spec(TRACE_PROGS, ProgArray, 4, 4, 2),
+        spec(SK_MEMBER, Hash, size_of::<MemberKey>(), 4, MAX_MEMBER_ENTRIES),
+        MapSpec { flags: BPF_F_NO_PREALLOC, ..spec(SK_LB, SkStorage, 4, size_of::<SockLb>(), 0) },
+        spec(SK_EVENTS, PerCpuArray, 4, 8, SockEvent::COUNT),
     ]
 };
 

@@ -119,3 +119,25 @@ CtEvent {
     Reopened = "reopened",
 }
 }
+
+counters! {
+/// What the socket programs (connect, sendmsg, recvmsg, getpeername) did; the discriminant
+/// indexes the `slb_sk_events` map.
+SockEvent {
+    /// A connect or an unconnected datagram to a frontend was sent to a backend instead.
+    Balanced = "balanced",
+    /// An unconnected socket's datagram to a frontend it had sent to before kept its backend.
+    Kept = "kept",
+    /// A reply's source (`recvmsg`) or a socket's peer (`getpeername`) was shown as the
+    /// frontend again.
+    Reversed = "reversed",
+    /// A frontend whose service has no backend: the address was left as it was.
+    NoBackend = "no_backend",
+    /// A VIP of an overlay the socket's namespace is not attached to: left as it was.
+    NotMember = "not_member",
+    /// The socket's storage could not be created: balanced, but replies show the backend.
+    NoStorage = "no_storage",
+    /// An unconnected socket had more frontends than slots: its oldest translation was dropped.
+    SlotReused = "slot_reused",
+}
+}

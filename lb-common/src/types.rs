@@ -38,6 +38,10 @@ pub const SERVICE_STICKY: u32 = 1;
 /// partial (offloaded) L4 checksum when the task runs on this node, so replies get their TCP/UDP
 /// checksum computed from scratch rather than updated.
 pub const SERVICE_OVERLAY: u32 = 2;
+/// [`Service::flags`]: a service VIP (frontends `VIP:*`), reached only by the sockets of network
+/// namespaces attached to overlay [`Service::vni`]: the socket programs rewrite their connect
+/// to a backend, the XDP program never sees it as a frontend.
+pub const SERVICE_VIP: u32 = 4;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -57,12 +61,15 @@ pub struct Service {
     /// local socket uses that address), outside `ip_local_port_range` on a node address.
     pub snat_port_min: u16,
     pub snat_port_max: u16,
+    /// [`SERVICE_VIP`]: the VNI of the overlay whose members may reach it; 0 otherwise.
+    pub vni: u32,
 }
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Backend {
     pub addr: [u8; 4],
+    /// 0 for a VIP service's task: the port the client asked for (`VIP:p` goes to `task:p`).
     pub port: u16,
     /// [`BACKEND_REMOVED`] once the agent has taken it out of its service.
     pub flags: u16,
@@ -286,11 +293,61 @@ pub struct TraceRecord {
     pub _pad: u32,
 }
 
+/// [`MemberKey::vni`] of a namespace's node entry: its sockets reach published ports at the
+/// node's addresses ([`crate::maps::LOCAL_ADDRS`]) and the node's explicit frontends.
+pub const MEMBER_NODE: u32 = 0;
+/// Member value flag: the node's own namespace, whose 127.0.0.0/8 is the node's (a container's
+/// loopback is its own).
+pub const MEMBER_HOST: u32 = 1;
+
+/// A network namespace registered for socket load balancing (`slb_sk_member`): its entry
+/// [`MEMBER_NODE`], plus one per overlay VNI it is attached to, whose VIPs it may reach.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MemberKey {
+    /// `bpf_get_netns_cookie` / `SO_NETNS_COOKIE` of the namespace.
+    pub netns_cookie: u64,
+    pub vni: u32,
+    pub _pad: u32,
+}
+
+/// Frontends one socket can be translated for at once (an unconnected UDP socket sending to
+/// several VIPs); the oldest slot is reused after that.
+pub const SOCK_SLOTS: usize = 4;
+
+/// One translation a socket program made: the frontend the application named and the backend
+/// it went to, so replies (`recvmsg`, `getpeername`) show the frontend again and later datagrams
+/// of an unconnected socket keep their backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockSlot {
+    pub frontend: [u8; 4],
+    pub backend: [u8; 4],
+    pub frontend_port: u16,
+    pub backend_port: u16,
+    pub service_id: u32,
+    /// 0: the slot is free.
+    pub backend_id: u32,
+}
+
+/// A socket's translations, in socket-local storage (`slb_sk_lb`): freed with the socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockLb {
+    pub slots: [SockSlot; SOCK_SLOTS],
+    /// The slot the next new translation takes (round robin).
+    pub next: u32,
+    pub _pad: u32,
+}
+
 // The eBPF and userspace sides must agree byte for byte; padding is spelled out above.
 const _: () = {
     assert!(size_of::<FrontendKey>() == 8);
     assert!(size_of::<Frontend>() == 4);
-    assert!(size_of::<Service>() == 32);
+    assert!(size_of::<Service>() == 36);
+    assert!(size_of::<MemberKey>() == 16);
+    assert!(size_of::<SockSlot>() == 20);
+    assert!(size_of::<SockLb>() == 88);
     assert!(size_of::<Backend>() == 8);
     assert!(size_of::<FlowKey>() == 16);
     assert!(size_of::<NextHop>() == 32);
@@ -314,4 +371,6 @@ mod pod {
     unsafe impl aya::Pod for super::Traffic {}
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::TraceFilter {}
+    unsafe impl aya::Pod for super::MemberKey {}
+    unsafe impl aya::Pod for super::SockLb {}
 }

@@ -15,6 +15,7 @@ mod neigh;
 mod parse;
 mod select;
 mod snat;
+mod sock;
 mod stats;
 mod trace;
 mod verdict;
@@ -23,8 +24,8 @@ mod vxlan;
 use aya_ebpf::{
     bindings::xdp_action::XDP_PASS,
     helpers::bpf_ktime_get_ns,
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 use lb_common::{CT_NEW, DIR_TO_BACKEND, DIR_TO_CLIENT, Flow, FlowKey, PROTO_TCP, Reason, Settings};
 
@@ -74,6 +75,36 @@ pub fn swarmlb_pass(ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn swarmlb_neigh(ctx: TcContext) -> i32 {
     neigh::redirect_handed_over(&ctx)
+}
+
+/// Socket load balancing ([`sock`]): a connect to a frontend goes to a backend. Always allows
+/// the call (1): an address this program does not balance is left as the application gave it.
+#[cgroup_sock_addr(connect4)]
+pub fn swarmlb_conn4(ctx: SockAddrContext) -> i32 {
+    sock::balance(&ctx, false);
+    1
+}
+
+/// An unconnected UDP socket's datagram to a frontend goes to a backend, the same one for the
+/// socket's later datagrams to it.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn swarmlb_send4(ctx: SockAddrContext) -> i32 {
+    sock::balance(&ctx, true);
+    1
+}
+
+/// A datagram from a backend shows the frontend the socket sent to as its source.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn swarmlb_recv4(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx);
+    1
+}
+
+/// A connected socket's peer shows as the frontend it connected to.
+#[cgroup_sock_addr(getpeername4)]
+pub fn swarmlb_peer4(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx);
+    1
 }
 
 #[inline(always)]

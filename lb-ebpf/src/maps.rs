@@ -4,12 +4,12 @@
 //! definitions use. The agent's tests load the object and compare every map with its spec.
 
 use aya_ebpf::{
-    btf_maps::{Array, ArrayOfMaps, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
+    btf_maps::{Array, ArrayOfMaps, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray, SkStorage},
     macros::btf_map,
 };
 use lb_common::{
-    Backend, CtEvent, Flow, FlowKey, Frontend, FrontendKey, Reason, Service, Settings, TraceFilter, TraceRecord,
-    Traffic,
+    Backend, CtEvent, Flow, FlowKey, Frontend, FrontendKey, MemberKey, Reason, Service, Settings, SockEvent, SockLb,
+    TraceFilter, TraceRecord, Traffic,
     maps::{self as names, *},
 };
 
@@ -80,6 +80,15 @@ pub static TRACE_RECORD_MAP: PerCpuArray<TraceRecord, 1> = PerCpuArray::new();
 #[btf_map(name = "slb_trace_progs")]
 pub static TRACE_PROGS_MAP: ProgramArray<2> = ProgramArray::new();
 
+#[btf_map(name = "slb_sk_member")]
+pub static SK_MEMBER_MAP: HashMap<MemberKey, u32, { MAX_MEMBER_ENTRIES as usize }> = HashMap::new();
+
+#[btf_map(name = "slb_sk_lb")]
+pub static SK_LB_MAP: SkStorage<SockLb> = SkStorage::new();
+
+#[btf_map(name = "slb_sk_events")]
+pub static SK_EVENTS_MAP: PerCpuArray<u64, { SockEvent::COUNT as usize }> = PerCpuArray::new();
+
 // The literals above must be exactly the names the agent opens.
 const _: () = {
     assert!(same_name("slb_settings", names::SETTINGS));
@@ -102,6 +111,9 @@ const _: () = {
     assert!(same_name("slb_trace", names::TRACE));
     assert!(same_name("slb_trace_rec", names::TRACE_RECORD));
     assert!(same_name("slb_trace_progs", names::TRACE_PROGS));
+    assert!(same_name("slb_sk_member", names::SK_MEMBER));
+    assert!(same_name("slb_sk_lb", names::SK_LB));
+    assert!(same_name("slb_sk_events", names::SK_EVENTS));
 };
 
 /// The node's settings record (all zero, i.e. defaults, if the agent has not written it).

@@ -56,9 +56,16 @@ pub fn service(service_id: u32) -> Option<Service> {
 /// its id now holds another address.
 #[inline(always)]
 pub fn backend_is_gone(flow: &Flow) -> bool {
-    match BACKENDS_MAP.get(flow.backend_id) {
-        Some(b) => b.flags & BACKEND_REMOVED != 0 || b.addr != flow.new_dst_addr || b.port != flow.new_dst_port,
-        None => true,
+    !backend_is_still(flow.backend_id, flow.new_dst_addr, flow.new_dst_port)
+}
+
+/// Whether backend `backend_id` is still in its service at `addr` and `port` (a port of 0 in
+/// the table, a VIP task's "the port the client asked for", matches any).
+#[inline(always)]
+pub fn backend_is_still(backend_id: u32, addr: [u8; 4], port: u16) -> bool {
+    match BACKENDS_MAP.get(backend_id) {
+        Some(b) => b.flags & BACKEND_REMOVED == 0 && b.addr == addr && (b.port == port || b.port == 0),
+        None => false,
     }
 }
 
@@ -73,6 +80,12 @@ pub fn pick_backend(service_id: u32, service: &Service, key: &FlowKey) -> Option
     } else {
         flow_hash(key.src_addr, key.dst_addr, key.src_port, key.dst_port, key.proto)
     };
+    maglev_backend(service_id, hash)
+}
+
+/// The backend in the Maglev slot `hash` picks of the service's table in use.
+#[inline(always)]
+pub fn maglev_backend(service_id: u32, hash: u32) -> Option<(u32, Backend)> {
     // The generation read once picks one table; its size and slots are read from it alone.
     // Race, handled: the agent may flip the generation meanwhile (another CPU then reads the
     // new table), but it rewrites or frees the table it retired only after an RCU grace period

@@ -369,7 +369,9 @@ impl Agent {
     /// the maps stay true to the swarm, and the next apply retries.
     async fn take_over(&mut self, cluster: &Cluster, local: Option<&str>) {
         let Some(mut takeover) = self.takeover.take() else { return };
-        let used: BTreeSet<&str> = cluster.services.iter().filter_map(|s| s.network.as_deref()).collect();
+        // A VIP service is reached by sockets, not packets: its network needs no takeover.
+        let used: BTreeSet<&str> =
+            cluster.services.iter().filter(|s| !s.vip).filter_map(|s| s.network.as_deref()).collect();
         let (mut full, mut cached) = (0, 0);
         let mut kept = BTreeSet::new();
         for name in &used {
@@ -379,7 +381,7 @@ impl Agent {
             let tasks: BTreeSet<Ipv4Addr> = cluster
                 .services
                 .iter()
-                .filter(|s| s.network.as_deref() == Some(*name))
+                .filter(|s| s.network.as_deref() == Some(*name) && !s.vip)
                 .flat_map(|s| s.backends.iter().map(|b| *b.addr.ip()))
                 .collect();
             let ran = match takeover.ensure(network, endpoint, &tasks).await {

@@ -12,6 +12,7 @@
 use std::{
     fmt,
     net::{Ipv4Addr, SocketAddrV4},
+    path::PathBuf,
 };
 
 use serde::{Deserialize, Serialize};
@@ -26,6 +27,9 @@ pub struct Cluster {
     pub networks: Vec<Network>,
     /// In the order the source listed them.
     pub services: Vec<Service>,
+    /// This node's network namespaces whose sockets are balanced (socket load balancing): the
+    /// node's own and its containers'. Local, like [`NodeSettings`].
+    pub members: Vec<Member>,
 }
 
 impl Cluster {
@@ -132,6 +136,24 @@ pub enum MalformedPolicy {
     Drop,
 }
 
+/// A network namespace of this node whose connections to frontends are balanced where they
+/// start, by the socket programs: to the VIPs of the overlay networks it is attached to and,
+/// if `node` is set, to this node's published ports and explicit frontends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// A file naming the namespace: Docker's `SandboxKey` (`/var/run/docker/netns/<id>`), a
+    /// named netns (`/run/netns/<name>`), `/proc/<pid>/ns/net`.
+    pub netns: PathBuf,
+    /// For `status`: the container's name, `host` for the node's own namespace.
+    pub name: String,
+    /// Overlay networks (names of [`Cluster::networks`]) it is attached to.
+    pub networks: Vec<String>,
+    /// Its connections to the node's addresses reach published ports.
+    pub node: bool,
+    /// The node's own namespace: 127.0.0.0/8 is the node's too.
+    pub host: bool,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Service {
     pub name: String,
@@ -145,6 +167,10 @@ pub struct Service {
     pub nat_addrs: Vec<Ipv4Addr>,
     /// The overlay network its backends (tasks) are on; `None`: reached by plain routing.
     pub network: Option<String>,
+    /// A service VIP on `network` (which it requires): its frontends are `VIP:*` (port 0, every
+    /// port) and its backends' ports are 0 (the port the client named). Reached only by the
+    /// sockets of `network`'s [`Member`]s, never by packets: no NAT address, no takeover.
+    pub vip: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -183,15 +209,24 @@ impl Proto {
 pub struct Frontend {
     /// `None` means any local address of this node (a published port).
     pub addr: Option<Ipv4Addr>,
+    /// [`ANY_PORT`] (a VIP's frontend): every port.
     pub port: u16,
     pub proto: Proto,
 }
 
+/// [`Frontend::port`] of a VIP, and a VIP task's [`Backend::addr`] port: every port, each to
+/// the same port of the task.
+pub const ANY_PORT: u16 = 0;
+
 impl fmt::Display for Frontend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.addr {
-            Some(addr) => write!(f, "{addr}:{}/{}", self.port, self.proto.name()),
-            None => write!(f, "*:{}/{}", self.port, self.proto.name()),
+            Some(addr) => write!(f, "{addr}:")?,
+            None => write!(f, "*:")?,
+        }
+        match self.port {
+            ANY_PORT => write!(f, "*/{}", self.proto.name()),
+            port => write!(f, "{port}/{}", self.proto.name()),
         }
     }
 }

@@ -188,7 +188,7 @@ impl Writer {
         let mut flagged = 0;
         for id in (1..names::MAX_BACKENDS).filter(|id| !live.contains(id)) {
             let backend = self.backends.get(&id, 0).with_context(|| format!("reading slb_backends[{id}]"))?;
-            if backend.port != 0 && backend.flags & BACKEND_REMOVED == 0 {
+            if backend.addr != [0; 4] && backend.flags & BACKEND_REMOVED == 0 {
                 let removed = Backend { flags: BACKEND_REMOVED, ..backend };
                 self.backends.set(id, removed, 0).with_context(|| format!("flagging slb_backends[{id}] removed"))?;
                 flagged += 1;

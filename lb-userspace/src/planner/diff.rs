@@ -92,7 +92,7 @@ impl std::fmt::Display for Summary {
 /// The node-wide settings of a plan; the NAT port range is the union of its services' ranges
 /// (the datapath's filter for replies).
 pub fn settings_value(plan: &Plan) -> lb_common::Settings {
-    let ranges = plan.services.iter().map(|s| nat_ports(s, &plan.node));
+    let ranges = plan.services.iter().filter(|s| !s.is_vip()).map(|s| nat_ports(s, &plan.node));
     let (min, max) = ranges.reduce(|a, b| (a.0.min(b.0), a.1.max(b.1))).unwrap_or(plan.node.snat_ports);
     lb_common::Settings {
         malformed_policy: match plan.node.malformed {
@@ -124,12 +124,14 @@ pub fn service_value(s: &PlannedService, node: &NodeSettings) -> lb_common::Serv
         snat_addrs,
         snat_count,
         flags: if s.sticky { lb_common::SERVICE_STICKY } else { 0 }
-            | if s.network.is_some() { lb_common::SERVICE_OVERLAY } else { 0 },
+            | if s.network.is_some() { lb_common::SERVICE_OVERLAY } else { 0 }
+            | if s.is_vip() { lb_common::SERVICE_VIP } else { 0 },
         active_backends: s.backends.iter().filter(|b| b.weight > 0).count() as u32,
         mss: s.mss,
         _pad: 0,
         snat_port_min,
         snat_port_max,
+        vni: s.vip_vni,
     }
 }
 
@@ -155,7 +157,8 @@ pub fn frontend_key(f: &Frontend) -> lb_common::FrontendKey {
 /// [`lb_common::PORT_TRACKED_SHIFT`] (connections may run on the port).
 pub fn port_bits(plan: &Plan) -> BTreeMap<u16, u8> {
     let mut bits = BTreeMap::new();
-    for f in plan.services.iter().flat_map(|s| &s.frontends) {
+    // A VIP's frontends (every port) are the socket programs' alone: no packet is for them.
+    for f in plan.services.iter().filter(|s| !s.is_vip()).flat_map(|s| &s.frontends) {
         let bit = f.proto.port_bit();
         *bits.entry(f.port).or_insert(0) |= bit | bit << lb_common::PORT_TRACKED_SHIFT;
     }

@@ -23,7 +23,8 @@ use std::{
 };
 
 use lb_common::maps::{
-    MAX_BACKENDS, MAX_FRONTENDS, MAX_OVERLAYS, MAX_SERVICES, MAX_SNAT_ADDRS, MAX_SNAT_PER_SERVICE, maglev_size,
+    MAX_BACKENDS, MAX_FRONTENDS, MAX_MEMBER_ENTRIES, MAX_OVERLAYS, MAX_SERVICES, MAX_SNAT_ADDRS, MAX_SNAT_PER_SERVICE,
+    maglev_size,
 };
 use serde::{Deserialize, Serialize};
 
@@ -56,6 +57,13 @@ pub enum LeftOut {
     NoLocalEndpoint { service: String, network: String, node: Option<String> },
     #[error("service {service:?} left out: no NAT address")]
     NoNatAddr { service: String },
+    #[error("VIP service {service:?} left out: it names no overlay network")]
+    VipWithoutNetwork { service: String },
+    #[error(
+        "{count} namespace(s) left out of socket load balancing, from {first:?}: at most {MAX_MEMBER_ENTRIES} \
+        namespace entries (one per namespace and one per overlay it is attached to)"
+    )]
+    TooManyMembers { count: usize, first: String },
 }
 
 /// A plan and what did not fit in it.
@@ -80,8 +88,29 @@ pub struct Plan {
     pub overlays: Vec<u32>,
     /// Sorted by id.
     pub services: Vec<PlannedService>,
+    /// Namespaces whose sockets are balanced, with their overlays' VNIs (`slb_sk_member`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<PlannedMember>,
     /// Id allocation state, carried from plan to plan.
     pub ids: IdState,
+}
+
+/// A [`crate::model::Member`] with its networks as VNIs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedMember {
+    pub netns: std::path::PathBuf,
+    pub name: String,
+    /// Sorted.
+    pub vnis: Vec<u32>,
+    pub node: bool,
+    pub host: bool,
+}
+
+impl PlannedMember {
+    /// The `slb_sk_member` entries it takes.
+    pub fn entries(&self) -> usize {
+        self.vnis.len() + usize::from(self.node)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -99,6 +128,10 @@ pub struct PlannedService {
     /// The overlay network the backends are tasks on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// A VIP service's overlay VNI: reached by the sockets of that overlay's members, never by
+    /// packets, so it has no NAT address. 0 for every other service.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub vip_vni: u32,
     /// TCP MSS clamp (overlay MTU - 40); 0 for none.
     #[serde(default)]
     pub mss: u16,
@@ -123,6 +156,10 @@ pub struct PlannedBackend {
 
 fn default_vxlan_port() -> u16 {
     DEFAULT_VXLAN_PORT
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,9 +219,13 @@ fn take(next: &mut u32, limit: u32, retired: &mut VecDeque<u32>) -> Option<u32> 
 }
 
 impl PlannedService {
-    /// Every NAT address of the service, the first one first.
+    /// Every NAT address of the service, the first one first (none for a VIP service).
     pub fn nat_addrs(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
-        std::iter::once(self.nat_addr).chain(self.more_nat_addrs.iter().copied())
+        (!self.is_vip()).then_some(self.nat_addr).into_iter().chain(self.more_nat_addrs.iter().copied())
+    }
+
+    pub fn is_vip(&self) -> bool {
+        self.vip_vni != 0
     }
 }
 
@@ -236,7 +277,7 @@ pub fn plan(cluster: &Cluster, local: Option<&str>, prev: &Plan) -> Planned {
     let mut snat_used: HashSet<Ipv4Addr> = HashSet::new();
     for service in order {
         let old = prev_by_name.get(service.name.as_str()).copied();
-        let (mut nat_addrs, mss) = match nat_source(cluster, service, local) {
+        let (mut nat_addrs, mss, vip_vni) = match nat_source(cluster, service, local) {
             Ok(nat) => nat,
             Err(why) => {
                 left_out.push(why);
@@ -276,9 +317,10 @@ pub fn plan(cluster: &Cluster, local: Option<&str>, prev: &Plan) -> Planned {
             name: service.name.clone(),
             frontends,
             sticky: service.sticky,
-            nat_addr: nat_addrs[0],
-            more_nat_addrs: nat_addrs[1..].to_vec(),
+            nat_addr: nat_addrs.first().copied().unwrap_or(Ipv4Addr::UNSPECIFIED),
+            more_nat_addrs: nat_addrs.get(1..).unwrap_or_default().to_vec(),
             network: service.network.clone(),
+            vip_vni,
             mss,
             backends,
             maglev,
@@ -293,34 +335,65 @@ pub fn plan(cluster: &Cluster, local: Option<&str>, prev: &Plan) -> Planned {
         let dropped = overlays.split_off(MAX_OVERLAYS as usize);
         left_out.push(LeftOut::TooManyOverlays { count: dropped.len(), first: dropped[0] });
     }
+    let members = plan_members(cluster, &mut left_out);
     let plan = Plan {
         node: cluster.node.clone(),
         local_node: local.map(str::to_owned),
         vxlan_port: cluster.swarm.vxlan_port,
         overlays,
         services,
+        members,
         ids,
     };
     Planned { plan, left_out }
 }
 
-/// A service's NAT addresses and MSS clamp: the local node's endpoint on its overlay network
-/// (MSS from the network's MTU), or its configured NAT addresses.
-fn nat_source(cluster: &Cluster, service: &Service, local: Option<&str>) -> Result<(Vec<Ipv4Addr>, u16), LeftOut> {
+/// The members with their networks' VNIs (a network the cluster does not have is skipped: its
+/// VIPs are not planned either), in the source's order, as many as `slb_sk_member` holds.
+fn plan_members(cluster: &Cluster, left_out: &mut Vec<LeftOut>) -> Vec<PlannedMember> {
+    let mut members = Vec::with_capacity(cluster.members.len());
+    let mut entries = 0;
+    let mut over: Vec<&str> = Vec::new();
+    for m in &cluster.members {
+        let mut vnis: Vec<u32> = m.networks.iter().filter_map(|n| cluster.network(n)).map(|n| n.vni).collect();
+        vnis.sort_unstable();
+        vnis.dedup();
+        let member = PlannedMember { netns: m.netns.clone(), name: m.name.clone(), vnis, node: m.node, host: m.host };
+        if entries + member.entries() > MAX_MEMBER_ENTRIES as usize {
+            over.push(&m.name);
+            continue;
+        }
+        entries += member.entries();
+        members.push(member);
+    }
+    if let Some(first) = over.first() {
+        left_out.push(LeftOut::TooManyMembers { count: over.len(), first: (*first).to_owned() });
+    }
+    members
+}
+
+/// A service's NAT addresses, MSS clamp and VIP VNI: none and the network's VNI for a VIP
+/// service; the local node's endpoint on its overlay network (MSS from the network's MTU); or
+/// its configured NAT addresses.
+fn nat_source(cluster: &Cluster, service: &Service, local: Option<&str>) -> Result<(Vec<Ipv4Addr>, u16, u32), LeftOut> {
     match &service.network {
         Some(net_name) => {
             let network = cluster
                 .network(net_name)
                 .ok_or_else(|| LeftOut::UnknownNetwork { service: service.name.clone(), network: net_name.clone() })?;
+            if service.vip {
+                return Ok((Vec::new(), 0, network.vni));
+            }
             let endpoint = local.and_then(|node| network.endpoint(node)).ok_or_else(|| LeftOut::NoLocalEndpoint {
                 service: service.name.clone(),
                 network: net_name.clone(),
                 node: local.map(str::to_owned),
             })?;
-            Ok((vec![endpoint], limits::overlay_mss(network.mtu)))
+            Ok((vec![endpoint], limits::overlay_mss(network.mtu), 0))
         }
+        None if service.vip => Err(LeftOut::VipWithoutNetwork { service: service.name.clone() }),
         None if service.nat_addrs.is_empty() => Err(LeftOut::NoNatAddr { service: service.name.clone() }),
-        None => Ok((service.nat_addrs.clone(), 0)),
+        None => Ok((service.nat_addrs.clone(), 0, 0)),
     }
 }
 

@@ -19,6 +19,7 @@ fn svc(name: &str, port: u16, backends: &[(&str, u8, u32)]) -> Service {
         sticky: false,
         nat_addrs: vec![Ipv4Addr::new(198, 18, 2, 1)],
         network: None,
+        vip: false,
     }
 }
 
@@ -35,11 +36,19 @@ fn routed_service(p: &Plan) -> lb_common::Service {
         _pad: 0,
         snat_port_min: lo,
         snat_port_max: hi,
+        vni: 0,
     }
 }
 
 fn cluster(services: Vec<Service>) -> Cluster {
-    Cluster { node: NodeSettings::default(), swarm: Default::default(), nodes: vec![], networks: vec![], services }
+    Cluster {
+        node: NodeSettings::default(),
+        swarm: Default::default(),
+        nodes: vec![],
+        networks: vec![],
+        services,
+        members: vec![],
+    }
 }
 
 type Ids = Vec<(String, u32, Vec<(String, u32)>)>;
@@ -230,6 +239,7 @@ mod swarm {
             sticky: true,
             nat_addrs: Vec::new(),
             network: Some("web-net".into()),
+            vip: false,
         };
         let mut plain = svc("plain", 81, &[("p1", 11, 1)]);
         plain.nat_addrs = vec![Ipv4Addr::new(198, 18, 2, 1)];
@@ -241,6 +251,7 @@ mod swarm {
                 .collect(),
             networks: vec![net("web-net", 4097, 1, 1450), net("db-net", 4098, 2, 1400)],
             services: vec![web, plain],
+            members: vec![],
         }
     }
 
@@ -283,6 +294,7 @@ mod swarm {
                     _pad: 0,
                     snat_port_min: lb_common::maps::OVERLAY_SNAT_PORTS.0,
                     snat_port_max: lb_common::maps::OVERLAY_SNAT_PORTS.1,
+                    vni: 0,
                 },
                 "as {node}"
             );

@@ -248,7 +248,7 @@ impl Validator<'_> {
             }
             services.push(service);
         }
-        Ok(Cluster { node, swarm, nodes, networks, services })
+        Ok(Cluster { node, swarm, nodes, networks, services, members: Vec::new() })
     }
 }
 

@@ -116,7 +116,15 @@ impl Validator<'_> {
             }
             backends.push(backend);
         }
-        Ok(Service { name, frontends, backends, sticky, nat_addrs, network: network.map(|n| n.name.clone()) })
+        Ok(Service {
+            name,
+            frontends,
+            backends,
+            sticky,
+            nat_addrs,
+            network: network.map(|n| n.name.clone()),
+            vip: false,
+        })
     }
 
     /// `nat_addr`: one address, or a list of up to `MAX_SNAT_PER_SERVICE` distinct ones (each

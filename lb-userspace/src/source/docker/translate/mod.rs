@@ -103,6 +103,7 @@ pub fn translate(snap: &Snapshot) -> Result<Translation, TranslateError> {
             nodes,
             networks,
             services: built.services,
+            members: Vec::new(),
         },
         local_node: local,
         notes,

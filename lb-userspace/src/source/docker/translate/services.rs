@@ -127,6 +127,7 @@ fn services_by_target(want: &Want, net: &NetView, backends: &[TaskBackend]) -> V
                 sticky: want.sticky,
                 nat_addrs: Vec::new(),
                 network: Some(net.network.name.clone()),
+                vip: false,
             }
         })
         .collect()
