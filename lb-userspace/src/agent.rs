@@ -32,6 +32,7 @@ use crate::{
     cli::{AUTO, METRICS_PORT, MetricsAddr, RunArgs, SourceKind},
     datapath::{
         pins::{self, Loaded},
+        sockets,
         tables::{self, Tables},
         upgrade::MapSizes,
         writer::Writer,
@@ -151,6 +152,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     host::check_snat_range(first.cluster.node.snat_ports);
     let ifindexes = ifaces.iter().map(|i| host::ifindex(i)).collect::<Result<Vec<_>>>()?;
     let sizes = MapSizes { conntrack: args.max_connections * 2 };
+    let cgroup = sockets::cgroup((args.cgroup != AUTO).then(|| Path::new(&args.cgroup)))?;
     let loaded = pins::load(object, &pin_dir, &sizes, args.xdp_mode.into())?;
 
     let mut writer = Writer::open(&pin_dir)?;
@@ -189,6 +191,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         agent.loaded.attach(iface)?;
         agent.attached.insert(iface.clone(), attachment(&agent.loaded, iface, *ifindex).await);
     }
+    agent.loaded.attach_sockets(&cgroup)?;
     agent.loaded.finish_upgrade()?;
     agent.beat(false);
     let served = agent.serve(source, int, term).await;

@@ -120,6 +120,11 @@ pub struct RunArgs {
     /// address, the swarm one if any, else the first of the first interface, port 9720).
     #[arg(long, default_value = AUTO)]
     pub metrics_addr: MetricsAddr,
+    /// The cgroup v2 directory the socket programs (VIPs and published ports from the node and
+    /// its containers) are attached to, for every process below it: `auto`, the root of the
+    /// node's cgroup v2 hierarchy (mounted at /run/swarmlb/cgroup2 if none is), or a path.
+    #[arg(long, default_value = AUTO)]
+    pub cgroup: String,
     #[command(flatten)]
     pub dirs: Dirs,
 }

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use tracing::{debug, info};
 
 use crate::{
-    datapath::writer::Writer,
+    datapath::{members::Synced, writer::Writer},
     model::Cluster,
     planner::{self, LeftOut, Plan},
     state,
@@ -28,6 +28,8 @@ pub struct Programmer {
 pub struct Programmed {
     /// What did not fit, from the planner.
     pub left_out: Vec<LeftOut>,
+    /// The namespaces registered for socket load balancing.
+    pub members: Synced,
 }
 
 impl Programmer {
@@ -60,6 +62,8 @@ impl Programmer {
         let prev = self.applied.clone().or_else(|| state::load(&self.state_dir).ok().flatten()).unwrap_or_default();
         let planned = planner::plan(cluster, local, &prev);
         let planned_in = started.elapsed();
+        // Namespaces come and go with containers, whatever the services do.
+        let members = self.writer.sync_members(&planned.plan.members)?;
         if let Some(what) = self.apply(planned.plan)? {
             let took = started.elapsed();
             info!(
@@ -68,7 +72,7 @@ impl Programmer {
                 (took - planned_in).as_millis()
             );
         }
-        Ok(Programmed { left_out: planned.left_out })
+        Ok(Programmed { left_out: planned.left_out, members })
     }
 
     /// Writes the difference between what the maps hold and `plan`; what it wrote, in words

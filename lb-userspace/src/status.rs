@@ -39,6 +39,7 @@ pub struct Report {
     pub reasons: BTreeMap<&'static str, u64>,
     /// Every connection-table event, by name.
     pub events: BTreeMap<&'static str, u64>,
+    pub socket_lb: SocketLbReport,
     /// Entries of the main connection table (two per established connection).
     pub conntrack_entries: usize,
     pub conntrack_capacity: u32,
@@ -48,6 +49,18 @@ pub struct Report {
     /// Everything an operator should act on, in words: an agent that is not running, a failing
     /// sync, what the last sync left out, NAT port ranges and tables past [`WARN_FULL_PERCENT`].
     pub problems: Vec<String>,
+}
+
+/// Socket load balancing: which namespaces it covers and what its programs did.
+#[derive(Debug, Serialize)]
+pub struct SocketLbReport {
+    /// The namespaces the agent balances, by name (a container's, `host`).
+    pub members: Vec<String>,
+    /// Namespaces registered in the datapath (fewer than `members` when some could not be
+    /// resolved: the agent logs why).
+    pub registered: usize,
+    /// Every socket-program event, by name.
+    pub events: BTreeMap<&'static str, u64>,
 }
 
 /// Whether an agent keeps these maps in step with the swarm, from its heartbeat.
@@ -211,6 +224,11 @@ pub fn collect(pin_dir: &Path, state_dir: &Path) -> Result<Report> {
     }
     let reasons = counters.reasons()?.into_iter().map(|(r, n)| (r.name(), n)).collect();
     let events = counters.events()?.into_iter().map(|(e, n)| (e.name(), n)).collect();
+    let socket_lb = SocketLbReport {
+        members: plan.members.iter().map(|m| m.name.clone()).collect(),
+        registered: counters.registered_namespaces(),
+        events: counters.sock_events()?.into_iter().map(|(e, n)| (e.name(), n)).collect(),
+    };
     let (conntrack_entries, new_flow_entries) = scan.live_counts();
     let conntrack_capacity = capacity(pin_dir, lb_common::maps::CONNTRACK)?;
     let new_flow_capacity = capacity(pin_dir, lb_common::maps::NEW_FLOWS)?;
@@ -229,6 +247,7 @@ pub fn collect(pin_dir: &Path, state_dir: &Path) -> Result<Report> {
         services,
         reasons,
         events,
+        socket_lb,
         conntrack_entries,
         conntrack_capacity,
         new_flow_entries,
@@ -296,8 +315,14 @@ pub fn table(report: &Report) -> String {
     );
     for s in &report.services {
         let mut at = s.frontends.join(" ") + if s.sticky { " (sticky)" } else { "" };
-        if let Some(network) = &s.network {
-            let _ = write!(at, "  network {network} from {}", s.nat_addr);
+        match &s.network {
+            Some(network) if s.nat_addr.is_empty() => {
+                let _ = write!(at, "  VIP on network {network} (socket LB)");
+            }
+            Some(network) => {
+                let _ = write!(at, "  network {network} from {}", s.nat_addr);
+            }
+            None => {}
         }
         row(&mut out, s.id.to_string(), s.name.clone(), String::new(), (s.packets, s.bytes, s.new_flows), at);
         for b in &s.backends {
@@ -331,6 +356,17 @@ pub fn table(report: &Report) -> String {
     if !events.is_empty() {
         let _ = writeln!(out, "\nconnection events: {}", events.join(", "));
     }
+    let sock = &report.socket_lb;
+    let sock_events: Vec<String> =
+        sock.events.iter().filter(|(_, n)| **n > 0).map(|(e, n)| format!("{e} {n}")).collect();
+    let _ = writeln!(
+        out,
+        "\nsocket LB: {} of {} namespaces registered ({}){}",
+        sock.registered,
+        sock.members.len(),
+        sock.members.join(", "),
+        if sock_events.is_empty() { String::new() } else { format!("; {}", sock_events.join(", ")) }
+    );
     let _ = writeln!(
         out,
         "\nconntrack entries: {} of {} established, {} of {} unconfirmed",

@@ -36,6 +36,8 @@ pub struct Placement {
     pub max_connections: Option<u32>,
     /// `--resync-interval` (seconds) for `run --source docker`.
     pub resync_interval_s: Option<u64>,
+    /// `--cgroup` for `run`: where the socket programs are attached.
+    pub cgroup: Option<String>,
 }
 
 impl Placement {
@@ -49,6 +51,9 @@ impl Placement {
         }
         if let Some(n) = self.max_connections {
             args.extend(["--max-connections".to_string(), n.to_string()]);
+        }
+        if let Some(cgroup) = &self.cgroup {
+            args.extend(["--cgroup".to_string(), cgroup.clone()]);
         }
         args.extend(self.pin_args());
         args

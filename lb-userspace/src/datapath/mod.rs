@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 
 pub mod batch;
 pub mod maglev;
+pub mod members;
 pub mod pins;
 pub mod reader;
+pub mod sockets;
 pub mod tables;
 pub mod upgrade;
 pub mod writer;
@@ -18,8 +20,8 @@ pub(crate) fn pin_path(pin_dir: &Path, name: &str) -> PathBuf {
     pin_dir.join(name)
 }
 
-/// Pinned links are `link_<ifname>` (XDP) and `link_<ifname>:tc` (TC ingress; no interface name
-/// holds a `:`); pinned maps are `slb_<what>`. Nothing else in a pin directory is ours, so
+/// Pinned links are `link_<ifname>` (XDP), `link_<ifname>:tc` (TC ingress; no interface name
+/// holds a `:`) and `link_cgroup:<hook>` (the socket programs); pinned maps are `slb_<what>`. Nothing else in a pin directory is ours, so
 /// `unload` removes only these.
 pub(crate) const LINK_PREFIX: &str = "link_";
 pub(crate) const TC_LINK_SUFFIX: &str = ":tc";

@@ -2,8 +2,8 @@
 //! default `/sys/fs/bpf/swarmlb`; created on first run, reused afterwards so established
 //! connections survive an agent restart, checked and carried over by [`super::upgrade`]),
 //! attaches the XDP program `swarmlb` and, beside it, the TC ingress program `swarmlb_neigh`
-//! (the neighbour-resolution hand-off) to interfaces through pinned bpf_links, and removes it
-//! all on `unload`. Loading and attaching are separate steps so the agent fills new maps before
+//! (the neighbour-resolution hand-off) to interfaces through pinned bpf_links (the socket
+//! programs, to a cgroup: [`super::sockets`]), and removes it all on `unload`. Loading and attaching are separate steps so the agent fills new maps before
 //! any interface runs the program that reads them.
 //!
 //! On restart an interface's pinned links are kept and their programs swapped atomically with
@@ -64,6 +64,11 @@ impl Loaded {
     pub fn has_handoff(&self, iface: &str) -> bool {
         self.handoff.contains(iface)
     }
+
+    /// Attaches the socket programs to `cgroup`, pinned like the XDP links.
+    pub fn attach_sockets(&mut self, cgroup: &Path) -> Result<()> {
+        super::sockets::attach(&mut self.ebpf, &self.pin_dir, cgroup)
+    }
 }
 
 fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
@@ -117,6 +122,7 @@ pub fn load(object: &[u8], pin_dir: &Path, sizes: &MapSizes, mode: XdpMode) -> R
     xdp_program(&mut ebpf)?.load().with_context(|| format!("loading program {PROG_LB:?} (verifier)"))?;
     tc_program(&mut ebpf)?.load().with_context(|| format!("loading program {PROG_NEIGH:?} (verifier)"))?;
     load_trace_programs(&mut ebpf)?;
+    super::sockets::load(&mut ebpf)?;
     carried.copy(pin_dir)?;
     let carried = (!carried.is_empty()).then_some(carried);
     Ok(Loaded { ebpf, pin_dir: pin_dir.to_owned(), mode, handoff: BTreeSet::new(), carried })

@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use anyhow::Result;
-use aya::maps::{MapData, PerCpuArray};
-use lb_common::{CtEvent, Reason, Traffic, maps as names};
+use aya::maps::{HashMap, MapData, PerCpuArray};
+use lb_common::{CtEvent, MemberKey, Reason, SockEvent, Traffic, maps as names};
 
 use super::writer::typed;
 
@@ -14,6 +14,8 @@ pub struct Counters {
     be_stats: PerCpuArray<MapData, Traffic>,
     reasons: PerCpuArray<MapData, u64>,
     events: PerCpuArray<MapData, u64>,
+    sock_events: PerCpuArray<MapData, u64>,
+    members: HashMap<MapData, MemberKey, u32>,
 }
 
 impl Counters {
@@ -23,6 +25,8 @@ impl Counters {
             be_stats: typed!(pin_dir, names::BE_STATS),
             reasons: typed!(pin_dir, names::REASONS),
             events: typed!(pin_dir, names::CT_EVENTS),
+            sock_events: typed!(pin_dir, names::SK_EVENTS),
+            members: typed!(pin_dir, names::SK_MEMBER),
         })
     }
 
@@ -42,6 +46,20 @@ impl Counters {
     /// Every connection-table event with its count, in map order.
     pub fn events(&self) -> Result<Vec<(CtEvent, u64)>> {
         CtEvent::ALL.iter().map(|e| Ok((*e, self.events.get(&(*e as u32), 0)?.iter().sum()))).collect()
+    }
+}
+
+impl Counters {
+    /// Every socket-program event with its count, in map order.
+    pub fn sock_events(&self) -> Result<Vec<(SockEvent, u64)>> {
+        SockEvent::ALL.iter().map(|e| Ok((*e, self.sock_events.get(&(*e as u32), 0)?.iter().sum()))).collect()
+    }
+
+    /// How many network namespaces `slb_sk_member` registers.
+    pub fn registered_namespaces(&self) -> usize {
+        let cookies: std::collections::BTreeSet<u64> =
+            self.members.keys().filter_map(|k| k.ok()).map(|k| k.netns_cookie).collect();
+        cookies.len()
     }
 }
 

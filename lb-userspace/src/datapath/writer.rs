@@ -17,8 +17,12 @@ use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues, xdp::De
 use lb_common::{BACKEND_REMOVED, Backend, Frontend, FrontendKey, Service, Settings, Traffic, maps as names};
 use tracing::debug;
 
-use super::{maglev::MaglevTables, pin_path};
-use crate::planner::{Diff, Plan, StatsReset, TRACKED_BITS, frontend_key, port_bits, snat_addrs};
+use super::{
+    maglev::MaglevTables,
+    members::{Members, Synced},
+    pin_path,
+};
+use crate::planner::{Diff, Plan, PlannedMember, StatsReset, TRACKED_BITS, frontend_key, port_bits, snat_addrs};
 
 /// The maps the agent writes, opened from their pins.
 pub struct Writer {
@@ -34,6 +38,7 @@ pub struct Writer {
     be_stats: PerCpuArray<MapData, Traffic>,
     tx_ports: DevMapHash<MapData>,
     overlays: HashMap<MapData, u32, u32>,
+    members: Members,
     cpus: usize,
     /// Ports whose frontends are gone while connections through them may still run: port ->
     /// its "tracked" bits. [`Writer::release_ports`] clears them once no connection is left.
@@ -71,6 +76,7 @@ impl Writer {
             be_stats: typed!(pin_dir, names::BE_STATS),
             tx_ports: typed!(pin_dir, names::TX_PORTS),
             overlays: typed!(pin_dir, names::OVERLAYS),
+            members: Members::open(pin_dir)?,
             cpus: aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?,
             draining: BTreeMap::new(),
         })
@@ -239,6 +245,11 @@ impl Writer {
             remove_if_present(self.local_addrs.remove(addr))?;
         }
         Ok(wanted != present)
+    }
+
+    /// Makes `slb_sk_member` hold exactly `members`' namespaces.
+    pub fn sync_members(&mut self, members: &[PlannedMember]) -> Result<Synced> {
+        self.members.sync(members)
     }
 
     /// Lets the datapath redirect out of these interfaces.

@@ -184,6 +184,13 @@ pub fn render(s: &Snapshot) -> String {
         for (event, n) in &report.events {
             ev.get_or_create(&EventLabels { event: (*event).to_string(), node: node.clone() }).inc_by(*n);
         }
+        let sock = counter::<EventLabels>(&mut r, "socket_lb_events", "What the socket programs did, by event");
+        for (event, n) in &report.socket_lb.events {
+            sock.get_or_create(&EventLabels { event: (*event).to_string(), node: node.clone() }).inc_by(*n);
+        }
+        let ns = Family::<NodeLabels, Gauge>::default();
+        r.register("socket_lb_namespaces", "Network namespaces whose sockets are balanced", ns.clone());
+        ns.get_or_create(&nl).set(report.socket_lb.registered as i64);
         let ct = Family::<TableLabels, Gauge>::default();
         r.register("conntrack_entries", "Entries in a connection table (two per connection)", ct.clone());
         let cap = Family::<TableLabels, Gauge>::default();
@@ -243,7 +250,7 @@ mod tests {
     use super::*;
     use crate::{
         health::Attachment,
-        status::{AgentReport, BackendReport, Report, ServiceReport},
+        status::{AgentReport, BackendReport, Report, ServiceReport, SocketLbReport},
     };
 
     fn snapshot() -> Snapshot {
@@ -292,6 +299,11 @@ mod tests {
             }],
             reasons: BTreeMap::from([("pass", 7), ("no_backend", 0)]),
             events: BTreeMap::from([("confirmed", 3)]),
+            socket_lb: SocketLbReport {
+                members: vec!["host".into(), "client".into()],
+                registered: 2,
+                events: BTreeMap::from([("balanced", 40)]),
+            },
             conntrack_entries: 6,
             conntrack_capacity: 16384,
             new_flow_entries: 2,
@@ -322,6 +334,8 @@ mod tests {
             r#"swarmlb_conntrack_capacity_entries{table="established",node="node-1"} 16384"#,
             r#"swarmlb_conntrack_capacity_entries{table="unconfirmed",node="node-1"} 32768"#,
             r#"swarmlb_conntrack_events_total{event="confirmed",node="node-1"} 3"#,
+            r#"swarmlb_socket_lb_events_total{event="balanced",node="node-1"} 40"#,
+            r#"swarmlb_socket_lb_namespaces{node="node-1"} 2"#,
             r#"swarmlb_backend_nat_ports{service="web",backend="web.2",node="node-1"} 2"#,
             r#"swarmlb_backend_nat_ports_capacity{service="web",backend="web.2",node="node-1"} 31744"#,
             r#"swarmlb_datapath_up{node="node-1"} 1"#,

@@ -4,7 +4,7 @@
 //!
 //! Split by section: this module holds the raw (spanned) file layout and the shared field
 //! checks; [`swarm`] validates `[swarm]`, `[[swarm.node]]` and `[[network]]`; [`services`]
-//! validates `[node]` and `[[service]]`.
+//! validates `[node]` and `[[service]]`; [`members`] validates `[[member]]`.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -21,6 +21,7 @@ use crate::{
     model::{Cluster, Frontend, NodeSettings, Service},
 };
 
+mod members;
 mod services;
 mod swarm;
 
@@ -78,6 +79,8 @@ struct RawFile {
     network: Vec<Spanned<RawNetwork>>,
     #[serde(default)]
     service: Vec<Spanned<RawService>>,
+    #[serde(default)]
+    member: Vec<Spanned<RawMember>>,
 }
 
 #[derive(Deserialize)]
@@ -126,6 +129,7 @@ struct RawEndpoint {
 struct RawService {
     name: Field,
     network: Field,
+    vip: Field,
     frontends: Field,
     sticky: Field,
     nat_addr: Field,
@@ -140,6 +144,16 @@ struct RawBackend {
     addr: Field,
     weight: Field,
     node: Field,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMember {
+    name: Field,
+    netns: Field,
+    networks: Field,
+    node: Field,
+    host: Field,
 }
 
 struct Validator<'a> {
@@ -199,6 +213,15 @@ impl Validator<'_> {
         check(n).map_err(|e| self.err(v.span(), ctx, field, e))
     }
 
+    fn boolean(&self, v: &Field, ctx: &str, field: &str) -> Result<bool, ConfigError> {
+        match v {
+            None => Ok(false),
+            Some(v) => v.get_ref().as_bool().ok_or_else(|| {
+                self.err(v.span(), ctx, field, format!("expected true or false, found {}", v.get_ref().type_str()))
+            }),
+        }
+    }
+
     fn name(&self, v: &Spanned<Value>, ctx: &str) -> Result<String, ConfigError> {
         self.name_field(v, ctx, "name")
     }
@@ -248,7 +271,8 @@ impl Validator<'_> {
             }
             services.push(service);
         }
-        Ok(Cluster { node, swarm, nodes, networks, services, members: Vec::new() })
+        let members = self.members(&raw.member, &networks)?;
+        Ok(Cluster { node, swarm, nodes, networks, services, members })
     }
 }
 

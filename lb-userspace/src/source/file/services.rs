@@ -7,7 +7,7 @@ use toml::{Spanned, Value};
 use super::{ConfigError, RawBackend, RawNode, RawService, Validator};
 use crate::{
     limits,
-    model::{Backend, Frontend, MalformedPolicy, Network, Node, NodeSettings, Proto, Service},
+    model::{ANY_PORT, Backend, Frontend, MalformedPolicy, Network, Node, NodeSettings, Proto, Service},
 };
 
 impl Validator<'_> {
@@ -50,29 +50,15 @@ impl Validator<'_> {
         let name_v = self.required(&raw.name, spanned.span(), "service: ", "name")?;
         let name = self.name(name_v, "service: ")?;
         let ctx = format!("service {name:?}: ");
-        let network = raw.network.as_ref().map(|v| self.service_network(v, &ctx, networks)).transpose()?;
-        let frontends_v = self.required(&raw.frontends, spanned.span(), &ctx, "frontends")?;
-        let Value::Array(items) = frontends_v.get_ref() else {
-            return Err(self.err(
-                frontends_v.span(),
-                &ctx,
-                "frontends",
-                format!("expected an array of strings, found {}", frontends_v.get_ref().type_str()),
-            ));
+        let network =
+            raw.network.as_ref().map(|v| self.service_network(v, &ctx, networks, raw.vip.is_none())).transpose()?;
+        let vip = raw.vip.as_ref().map(|v| self.vip(v, raw, &ctx, network)).transpose()?;
+        let frontends = match vip {
+            Some(vip) => {
+                [Proto::Tcp, Proto::Udp].map(|proto| Frontend { addr: Some(vip), port: ANY_PORT, proto }).to_vec()
+            }
+            None => self.frontends(spanned, &ctx)?,
         };
-        if items.is_empty() {
-            return Err(self.err(frontends_v.span(), &ctx, "frontends", "at least one frontend is required"));
-        }
-        let mut frontends = Vec::with_capacity(items.len());
-        for item in items {
-            let s = item.as_str().ok_or_else(|| {
-                self.err(frontends_v.span(), &ctx, "frontends", format!("expected strings, found {}", item.type_str()))
-            })?;
-            let frontend = parse_frontend(s).map_err(|why| {
-                self.err(frontends_v.span(), &ctx, "frontends", format!("invalid frontend {s:?}: {why}"))
-            })?;
-            frontends.push(frontend);
-        }
         let sticky = match &raw.sticky {
             None => false,
             Some(v) => v.get_ref().as_bool().ok_or_else(|| {
@@ -99,7 +85,7 @@ impl Validator<'_> {
         };
         let mut backends: Vec<Backend> = Vec::with_capacity(raw.backend.len());
         for raw_backend in &raw.backend {
-            let backend = self.backend(raw_backend, &name, nodes, network)?;
+            let backend = self.backend(raw_backend, &name, nodes, network, vip.is_some())?;
             if backends.iter().any(|b| b.name == backend.name) {
                 let at = raw_backend.get_ref().name.as_ref().map_or(raw_backend.span(), Spanned::span);
                 return Err(self.err(at, &ctx, "name", format!("duplicate backend name {:?}", backend.name)));
@@ -123,8 +109,69 @@ impl Validator<'_> {
             sticky,
             nat_addrs,
             network: network.map(|n| n.name.clone()),
-            vip: false,
+            vip: vip.is_some(),
         })
+    }
+
+    /// `frontends`: a non-empty array of `ADDR:PORT/PROTO`.
+    fn frontends(&self, spanned: &Spanned<RawService>, ctx: &str) -> Result<Vec<Frontend>, ConfigError> {
+        let frontends_v = self.required(&spanned.get_ref().frontends, spanned.span(), ctx, "frontends")?;
+        let Value::Array(items) = frontends_v.get_ref() else {
+            return Err(self.err(
+                frontends_v.span(),
+                ctx,
+                "frontends",
+                format!("expected an array of strings, found {}", frontends_v.get_ref().type_str()),
+            ));
+        };
+        if items.is_empty() {
+            return Err(self.err(frontends_v.span(), ctx, "frontends", "at least one frontend is required"));
+        }
+        let mut frontends = Vec::with_capacity(items.len());
+        for item in items {
+            let s = item.as_str().ok_or_else(|| {
+                self.err(frontends_v.span(), ctx, "frontends", format!("expected strings, found {}", item.type_str()))
+            })?;
+            let frontend = parse_frontend(s).map_err(|why| {
+                self.err(frontends_v.span(), ctx, "frontends", format!("invalid frontend {s:?}: {why}"))
+            })?;
+            frontends.push(frontend);
+        }
+        Ok(frontends)
+    }
+
+    /// `vip`: a host address of the service's network. A VIP service takes every port, TCP and
+    /// UDP, of it, and needs no NAT address.
+    fn vip(
+        &self,
+        v: &Spanned<Value>,
+        raw: &RawService,
+        ctx: &str,
+        network: Option<&Network>,
+    ) -> Result<Ipv4Addr, ConfigError> {
+        let ip = self.unicast(v, ctx, "vip")?;
+        let Some(net) = network else {
+            return Err(self.err(v.span(), ctx, "vip", "a VIP is an address of an overlay network: set network"));
+        };
+        if !net.subnet.contains(ip) || net.subnet.is_reserved(ip) {
+            return Err(self.err(
+                v.span(),
+                ctx,
+                "vip",
+                format!("{ip} is not a host address of network {:?} ({})", net.name, net.subnet),
+            ));
+        }
+        for (field, given) in [("frontends", &raw.frontends), ("nat_addr", &raw.nat_addr)] {
+            if let Some(g) = given {
+                return Err(self.err(
+                    g.span(),
+                    ctx,
+                    field,
+                    "not allowed on a VIP service (it takes every port of its VIP)",
+                ));
+            }
+        }
+        Ok(ip)
     }
 
     /// `nat_addr`: one address, or a list of up to `MAX_SNAT_PER_SERVICE` distinct ones (each
@@ -156,19 +203,21 @@ impl Validator<'_> {
         Ok(addrs)
     }
 
-    /// A service's `network`: it must exist and have an endpoint for this node, whose address
-    /// becomes the service's source address.
+    /// A service's `network`: it must exist and, if `needs_endpoint` (it is not a VIP service),
+    /// have an endpoint for this node, whose address becomes the service's source address.
     fn service_network<'n>(
         &self,
         v: &Spanned<Value>,
         ctx: &str,
         networks: &'n [Network],
+        needs_endpoint: bool,
     ) -> Result<&'n Network, ConfigError> {
         let name = self.string(v, ctx, "network")?;
         let network = networks.iter().find(|n| n.name == name).ok_or_else(|| {
             self.err(v.span(), ctx, "network", format!("unknown network {name:?} (no [[network]] has that name)"))
         })?;
         match self.local {
+            _ if !needs_endpoint => Ok(network),
             None => Err(self.err(v.span(), ctx, "network", format!(
                 "network {name:?} needs this node's endpoint address, but no node was named (run with --node NAME)"
             ))),
@@ -185,6 +234,7 @@ impl Validator<'_> {
         service: &str,
         nodes: &[Node],
         network: Option<&Network>,
+        of_vip: bool,
     ) -> Result<Backend, ConfigError> {
         let raw = spanned.get_ref();
         let bctx = format!("service {service:?} backend: ");
@@ -192,9 +242,16 @@ impl Validator<'_> {
         let ctx = format!("service {service:?} backend {name:?}: ");
         let addr_v = self.required(&raw.addr, spanned.span(), &ctx, "addr")?;
         let s = self.string(addr_v, &ctx, "addr")?;
-        let addr: SocketAddrV4 =
-            s.parse().map_err(|_| self.err(addr_v.span(), &ctx, "addr", format!("invalid socket address {s:?}")))?;
-        if addr.port() == 0 || addr.ip().is_unspecified() || addr.ip().is_broadcast() || addr.ip().is_multicast() {
+        // A VIP service's task takes the port the client asked for.
+        let parsed = if of_vip { s.parse().map(|ip| SocketAddrV4::new(ip, ANY_PORT)) } else { s.parse() };
+        let invalid =
+            if of_vip { "invalid IPv4 address (a VIP's backend has no port)" } else { "invalid socket address" };
+        let addr = parsed.map_err(|_| self.err(addr_v.span(), &ctx, "addr", format!("{invalid} {s:?}")))?;
+        if (addr.port() == 0 && !of_vip)
+            || addr.ip().is_unspecified()
+            || addr.ip().is_broadcast()
+            || addr.ip().is_multicast()
+        {
             return Err(self.err(
                 addr_v.span(),
                 &ctx,

@@ -121,7 +121,7 @@ fn errors_name_file_line_and_field() {
         (
             r#"name = "web""#,
             r#"nome = "web""#,
-            r#"config.toml:8: unknown field `nome`, expected one of `name`, `network`, `frontends`, `sticky`, `nat_addr`, `backend`"#,
+            r#"config.toml:8: unknown field `nome`, expected one of `name`, `network`, `vip`, `frontends`, `sticky`, `nat_addr`, `backend`"#,
         ),
         (
             r#"frontends = ["*:53/udp"]"#,
@@ -227,4 +227,107 @@ fn a_service_may_have_several_nat_addresses() {
 fn missing_file_is_an_error_naming_it() {
     let e = load(Path::new("/nonexistent/swarmlb.toml"), None).unwrap_err().to_string();
     assert!(e.starts_with("/nonexistent/swarmlb.toml: cannot read"), "{e}");
+}
+
+const VIPS: &str = r#"
+[[network]]
+name = "appnet"
+vni = 4242
+subnet = "198.19.5.0/24"
+
+[[service]]
+name = "api"
+network = "appnet"
+vip = "198.19.5.200"
+
+[[service.backend]]
+name = "api.1"
+addr = "198.19.5.11"
+
+[[member]]
+name = "client"
+netns = "/run/netns/client"
+networks = ["appnet"]
+node = true
+
+[[member]]
+name = "host"
+netns = "/proc/self/ns/net"
+node = true
+host = true
+"#;
+
+#[test]
+fn a_vip_service_takes_every_port_of_its_vip_and_members_name_their_networks() {
+    use crate::model::{ANY_PORT, Member};
+    let c = parse("config.toml", VIPS, None).unwrap();
+    let api = &c.services[0];
+    assert!(api.vip);
+    let frontends: Vec<String> = api.frontends.iter().map(ToString::to_string).collect();
+    assert_eq!(frontends, ["198.19.5.200:*/tcp", "198.19.5.200:*/udp"]);
+    assert_eq!(api.backends[0].addr, std::net::SocketAddrV4::new(Ipv4Addr::new(198, 19, 5, 11), ANY_PORT));
+    assert!(api.nat_addrs.is_empty());
+    assert_eq!(
+        c.members,
+        [
+            Member {
+                netns: "/run/netns/client".into(),
+                name: "client".into(),
+                networks: vec!["appnet".into()],
+                node: true,
+                host: false
+            },
+            Member { netns: "/proc/self/ns/net".into(), name: "host".into(), networks: vec![], node: true, host: true },
+        ]
+    );
+}
+
+#[test]
+fn bad_vips_and_members_are_named_with_their_line() {
+    let cases = [
+        (
+            r#"vip = "198.19.5.200""#,
+            r#"vip = "198.19.6.200""#,
+            r#"config.toml:10: service "api": field vip: 198.19.6.200 is not a host address of network "appnet" (198.19.5.0/24)"#,
+        ),
+        (
+            r#"vip = "198.19.5.200""#,
+            "vip = \"198.19.5.200\"\nfrontends = [\"*:80/tcp\"]",
+            r#"config.toml:11: service "api": field frontends: not allowed on a VIP service (it takes every port of its VIP)"#,
+        ),
+        (
+            r#"network = "appnet""#,
+            "",
+            r#"config.toml:10: service "api": field vip: a VIP is an address of an overlay network: set network"#,
+        ),
+        (
+            r#"addr = "198.19.5.11""#,
+            r#"addr = "198.19.5.11:80""#,
+            r#"config.toml:14: service "api" backend "api.1": field addr: invalid IPv4 address (a VIP's backend has no port) "198.19.5.11:80""#,
+        ),
+        (
+            r#"networks = ["appnet"]"#,
+            r#"networks = ["other"]"#,
+            r#"config.toml:19: member "client": field networks: "other" is not the name of a [[network]]"#,
+        ),
+        (
+            r#"netns = "/run/netns/client""#,
+            r#"netns = "client""#,
+            r#"config.toml:18: member "client": field netns: expected an absolute path (/run/netns/NAME)"#,
+        ),
+        (
+            r#"netns = "/run/netns/client""#,
+            r#"netns = "/proc/self/ns/net""#,
+            r#"config.toml:24: member "host": field netns: /proc/self/ns/net is another member's"#,
+        ),
+        (
+            "node = true\nhost = true",
+            "host = true",
+            r#"config.toml:25: member "host": field host: the node's own namespace reaches its published ports: set node = true"#,
+        ),
+    ];
+    for (from, to, want) in cases {
+        assert!(VIPS.contains(from), "{from:?} not in the sample");
+        assert_eq!(&err(&VIPS.replacen(from, to, 1)), want, "replacing {from:?} with {to:?}");
+    }
 }

@@ -1,0 +1,172 @@
+//! Socket load balancing in namespaces: the real agent attaches its socket programs to a cgroup
+//! of the test's own, and `slb-testsrv client`s run in that cgroup, in a member namespace (the
+//! client, attached to overlay `appnet`; the load-balancer node, the node's own namespace) or
+//! in one that is not. A VIP nobody owns (ARP for it goes unanswered, as for Docker's VIPs
+//! without IPVS) reaches the backends only through the socket programs. Needs root.
+
+use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
+
+use anyhow::{Context, Result, ensure};
+use lb_common::maps::SOCK_PROGS;
+use tests::{
+    agent::{self, Agent, Placement},
+    cgroup::TestCgroup,
+    netns::{Netns, sibling_binary},
+    topology::{BACKEND_TCP_PORT, BACKEND_UDP_PORT, LB_BACK_ADDR, SingleNode, backend_addr, backend_name},
+};
+
+/// Owned by nobody, in the backends' subnet.
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 200);
+/// A published port (any local address of the node).
+const PUBLISHED: u16 = 8080;
+
+fn config(topo: &SingleNode, backends: usize) -> String {
+    let mut toml = format!(
+        "[node]\nnat_addr = \"{LB_BACK_ADDR}\"\n\n[[network]]\nname = \"appnet\"\nvni = 4242\nsubnet = \"198.18.1.0/24\"\n\n\
+         [[service]]\nname = \"api\"\nnetwork = \"appnet\"\nvip = \"{VIP}\"\n"
+    );
+    for i in 0..backends {
+        toml += &format!("[[service.backend]]\nname = \"{}\"\naddr = \"{}\"\n", backend_name(i), backend_addr(i));
+    }
+    toml += &format!("\n[[service]]\nname = \"web\"\nfrontends = [\"*:{PUBLISHED}/tcp\"]\n");
+    for i in 0..backends {
+        toml += &format!(
+            "[[service.backend]]\nname = \"{}\"\naddr = \"{}:{BACKEND_TCP_PORT}\"\n",
+            backend_name(i),
+            backend_addr(i)
+        );
+    }
+    toml += &format!(
+        "\n[[member]]\nname = \"client\"\nnetns = \"/var/run/netns/{}\"\nnetworks = [\"appnet\"]\nnode = true\n\n\
+         [[member]]\nname = \"node\"\nnetns = \"/var/run/netns/{}\"\nnode = true\nhost = true\n",
+        topo.client.name, topo.lb.name
+    );
+    toml
+}
+
+/// One client answer: the backend that answered and what the socket reported as its peer.
+#[derive(Debug)]
+struct Answer {
+    backend: String,
+    peer: String,
+}
+
+/// Runs `slb-testsrv client MODE TARGET COUNT` in the cgroup, in `ns`: its answers, and the
+/// error lines.
+fn client(cg: &TestCgroup, ns: &Netns, mode: &str, target: &str, count: usize) -> Result<(Vec<Answer>, Vec<String>)> {
+    let out = cg.run_in(ns, &sibling_binary("slb-testsrv")?, &["client", mode, target, &count.to_string()])?;
+    ensure!(out.status.success(), "client {mode} {target}: {}", String::from_utf8_lossy(&out.stderr));
+    let (mut answers, mut errors) = (Vec::new(), Vec::new());
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        match line.split_once(" peer=") {
+            Some((backend, peer)) => answers.push(Answer { backend: backend.to_owned(), peer: peer.to_owned() }),
+            None => errors.push(line.to_owned()),
+        }
+    }
+    Ok((answers, errors))
+}
+
+fn spread(answers: &[Answer]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for a in answers {
+        *counts.entry(a.backend.clone()).or_insert(0) += 1;
+    }
+    counts
+}
+
+fn sock_events(agent: &Agent) -> Result<serde_json::Value> {
+    Ok(agent.status()?["socket_lb"]["events"].clone())
+}
+
+#[test]
+fn vips_and_published_ports_are_balanced_where_sockets_connect_and_nowhere_else() -> Result<()> {
+    let topo = SingleNode::new(3)?;
+    let cg = TestCgroup::new()?;
+    let config_path: PathBuf = std::env::temp_dir().join(format!("{}-sock.toml", topo.lb.name));
+    std::fs::write(&config_path, config(&topo, 3))?;
+    let placement = Placement {
+        pin_dir: Some(format!("/sys/fs/bpf/{}-sock", topo.lb.name)),
+        cgroup: Some(cg.path_str().to_owned()),
+        ..Placement::default()
+    };
+    agent::unload_at(&placement)?;
+    let agent =
+        Agent::start_placed(&topo.lb, &placement, &["front", "back"], config_path.to_str().context("path")?, 2)?;
+    let result = (|| -> Result<()> {
+        let attached = cg.attached()?;
+        for (program, _) in SOCK_PROGS {
+            ensure!(attached.contains(program), "{program} is not attached to the test cgroup: {attached}");
+        }
+
+        // TCP to the VIP, new connections: spread over the tasks, the peer is the VIP.
+        let vip_tcp = format!("{VIP}:{BACKEND_TCP_PORT}");
+        let (answers, errors) = client(&cg, &topo.client, "tcp", &vip_tcp, 60)?;
+        ensure!(errors.is_empty() && answers.len() == 60, "VIP connections failed: {errors:?}");
+        let counts = spread(&answers);
+        eprintln!("60 connections to {vip_tcp}: {counts:?}");
+        ensure!(counts.len() == 3 && counts.values().all(|n| *n >= 5), "not spread over the 3 tasks: {counts:?}");
+        ensure!(answers.iter().all(|a| a.peer == vip_tcp), "getpeername did not show the VIP: {answers:?}");
+
+        // UDP to another port of the same VIP: one socket keeps its task, the source is the VIP.
+        let vip_udp = format!("{VIP}:{BACKEND_UDP_PORT}");
+        for mode in ["udp", "udp-unconnected"] {
+            let (answers, errors) = client(&cg, &topo.client, mode, &vip_udp, 10)?;
+            ensure!(errors.is_empty() && answers.len() == 10, "{mode} to the VIP failed: {errors:?}");
+            ensure!(spread(&answers).len() == 1, "{mode}: one socket's datagrams went to several tasks: {answers:?}");
+            ensure!(
+                answers.iter().all(|a| a.peer == vip_udp),
+                "{mode}: replies did not come from the VIP: {answers:?}"
+            );
+        }
+        let mut sockets = BTreeMap::new();
+        for _ in 0..12 {
+            let (answers, _) = client(&cg, &topo.client, "udp-unconnected", &vip_udp, 1)?;
+            for (backend, n) in spread(&answers) {
+                *sockets.entry(backend).or_insert(0) += n;
+            }
+        }
+        ensure!(sockets.len() >= 2, "12 UDP sockets all went to one task: {sockets:?}");
+
+        // A task's own address is left alone.
+        let direct = format!("{}:{BACKEND_TCP_PORT}", backend_addr(1));
+        let (answers, errors) = client(&cg, &topo.client, "tcp", &direct, 3)?;
+        ensure!(errors.is_empty(), "direct connections failed: {errors:?}");
+        ensure!(
+            answers.iter().all(|a| a.backend == backend_name(1) && a.peer == direct),
+            "a connection to a task's own address was moved: {answers:?}"
+        );
+
+        // The node's own namespace reaches a published port at 127.0.0.1, spread over the tasks.
+        let loopback = format!("127.0.0.1:{PUBLISHED}");
+        let (answers, errors) = client(&cg, &topo.lb, "tcp", &loopback, 30)?;
+        ensure!(errors.is_empty() && answers.len() == 30, "published port from the node failed: {errors:?}");
+        let counts = spread(&answers);
+        eprintln!("30 connections to {loopback} from the node: {counts:?}");
+        ensure!(counts.len() >= 2, "published port from the node not spread: {counts:?}");
+        ensure!(answers.iter().all(|a| a.peer == loopback), "getpeername did not show {loopback}: {answers:?}");
+
+        // The node's namespace is not attached to appnet: its VIP stays dead there, as does the
+        // VIP from a namespace that is no member at all.
+        let before = sock_events(&agent)?["not_member"].as_u64().unwrap_or(0);
+        let (answers, _) = client(&cg, &topo.lb, "tcp", &vip_tcp, 1)?;
+        ensure!(answers.is_empty(), "a namespace not on appnet reached its VIP: {answers:?}");
+        let events = sock_events(&agent)?;
+        ensure!(events["not_member"].as_u64().unwrap_or(0) > before, "not counted as not_member: {events}");
+        let outsider = topo.backends[0].as_ref().context("backend 0")?;
+        let (answers, _) = client(&cg, outsider, "tcp", &vip_tcp, 1)?;
+        ensure!(answers.is_empty(), "a namespace that is no member reached the VIP: {answers:?}");
+        ensure!(events["balanced"].as_u64().unwrap_or(0) >= 60 + 2 + 12 + 30, "balanced count: {events}");
+
+        // Unload: nothing stays attached, and the VIP is dead again.
+        agent::unload_at(&placement)?;
+        let attached = cg.attached()?;
+        ensure!(!attached.contains("swarmlb"), "programs left on the cgroup after unload: {attached}");
+        let (answers, _) = client(&cg, &topo.client, "tcp", &vip_tcp, 1)?;
+        ensure!(answers.is_empty(), "the VIP still answered after unload: {answers:?}");
+        Ok(())
+    })();
+    let diagnosis = agent.diagnosis();
+    drop(agent);
+    agent::unload_at(&placement)?;
+    result.with_context(|| diagnosis)
+}
