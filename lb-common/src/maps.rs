@@ -150,13 +150,11 @@ pub const NEW_FLOWS_SIZE: u32 = 1 << 15;
 pub const MAX_SNAT_PER_SERVICE: usize = 4;
 /// Upper bound of the SNAT addresses in [`SNAT_ADDRS`].
 pub const MAX_SNAT_ADDRS: u32 = 256;
-/// Default NAT port range on a node address: every unprivileged port below the kernel's default
-/// `ip_local_port_range` (32768-60999), so translated flows never take a tuple the node's own
-/// connections could use.
+/// Default NAT port range, on node addresses and overlay endpoint addresses alike: every
+/// unprivileged port below the kernel's default `ip_local_port_range` (32768-60999), so
+/// translated flows never take a tuple the node's own connections could use (the node's sockets
+/// reach published ports through an overlay endpoint address too, by socket load balancing).
 pub const DEFAULT_NODE_SNAT_PORTS: (u16, u16) = (1024, 32767);
-/// NAT port range on an overlay endpoint address (no local socket uses it): every
-/// unprivileged port.
-pub const OVERLAY_SNAT_PORTS: (u16, u16) = (1024, 65535);
 /// One entry per possible destination port.
 pub const FE_PORTS_SIZE: u32 = 1 << 16;
 

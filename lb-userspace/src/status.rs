@@ -17,7 +17,6 @@ use crate::{
         tables::{Tables, monotonic_ns},
     },
     health::{self, Attachment, Heartbeat, Liveness},
-    planner::nat_ports,
     state,
 };
 
@@ -181,7 +180,7 @@ pub fn collect(pin_dir: &Path, state_dir: &Path) -> Result<Report> {
     let mut services = Vec::new();
     for s in &plan.services {
         let t = counters.service(s.id)?;
-        let (lo, hi) = nat_ports(s, &plan.node);
+        let (lo, hi) = plan.node.snat_ports;
         let addrs: Vec<String> = s.nat_addrs().map(|a| a.to_string()).collect();
         let capacity = (u64::from(hi - lo) + 1) * addrs.len() as u64;
         let mut backends = Vec::new();

@@ -89,11 +89,9 @@ impl std::fmt::Display for Summary {
     }
 }
 
-/// The node-wide settings of a plan; the NAT port range is the union of its services' ranges
-/// (the datapath's filter for replies).
+/// The node-wide settings of a plan; the NAT port range is the datapath's filter for replies.
 pub fn settings_value(plan: &Plan) -> lb_common::Settings {
-    let ranges = plan.services.iter().filter(|s| !s.is_vip()).map(|s| nat_ports(s, &plan.node));
-    let (min, max) = ranges.reduce(|a, b| (a.0.min(b.0), a.1.max(b.1))).unwrap_or(plan.node.snat_ports);
+    let (min, max) = plan.node.snat_ports;
     lb_common::Settings {
         malformed_policy: match plan.node.malformed {
             MalformedPolicy::Pass => lb_common::MALFORMED_PASS,
@@ -106,14 +104,8 @@ pub fn settings_value(plan: &Plan) -> lb_common::Settings {
     }
 }
 
-/// A service's NAT port range: every unprivileged port on an overlay endpoint address (no local
-/// socket uses it), the node's configured range on a node address.
-pub fn nat_ports(s: &PlannedService, node: &NodeSettings) -> (u16, u16) {
-    if s.network.is_some() { lb_common::maps::OVERLAY_SNAT_PORTS } else { node.snat_ports }
-}
-
 pub fn service_value(s: &PlannedService, node: &NodeSettings) -> lb_common::Service {
-    let (snat_port_min, snat_port_max) = nat_ports(s, node);
+    let (snat_port_min, snat_port_max) = node.snat_ports;
     let mut snat_addrs = [[0u8; 4]; lb_common::maps::MAX_SNAT_PER_SERVICE];
     let mut snat_count = 0;
     for (slot, addr) in snat_addrs.iter_mut().zip(s.nat_addrs()) {

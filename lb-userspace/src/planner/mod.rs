@@ -458,7 +458,7 @@ fn same_table_input(a: &[PlannedBackend], b: &[PlannedBackend]) -> bool {
 mod diff;
 
 pub use diff::{
-    Diff, StatsReset, Summary, TRACKED_BITS, backend_value, diff, frontend_key, nat_ports, port_bits, service_value,
+    Diff, StatsReset, Summary, TRACKED_BITS, backend_value, diff, frontend_key, port_bits, service_value,
     settings_value, snat_addrs, stats_to_reset,
 };
 

@@ -292,8 +292,8 @@ mod swarm {
                     active_backends: 4,
                     mss: 1410,
                     _pad: 0,
-                    snat_port_min: lb_common::maps::OVERLAY_SNAT_PORTS.0,
-                    snat_port_max: lb_common::maps::OVERLAY_SNAT_PORTS.1,
+                    snat_port_min: lb_common::maps::DEFAULT_NODE_SNAT_PORTS.0,
+                    snat_port_max: lb_common::maps::DEFAULT_NODE_SNAT_PORTS.1,
                     vni: 0,
                 },
                 "as {node}"
@@ -301,7 +301,7 @@ mod swarm {
             let plain = p.services.iter().find(|s| s.name == "plain").unwrap();
             assert_eq!(values[&plain.id], routed_service(&p));
             let settings = d.settings.unwrap();
-            assert_eq!((settings.snat_port_min, settings.snat_port_max), (1024, 65535), "the union of both ranges");
+            assert_eq!((settings.snat_port_min, settings.snat_port_max), (1024, 32767), "the node's range");
         }
     }
 
