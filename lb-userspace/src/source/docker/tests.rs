@@ -144,6 +144,7 @@ fn manager_snapshot() -> Snapshot {
         tasks: Some(vec![running("aaa", LOCAL), running("bbb", OTHER), running("ccc", LOCAL)]),
         networks: vec![ingress()],
         containers: vec![],
+        sandbox_keys: HashMap::new(),
     }
 }
 
@@ -431,6 +432,7 @@ fn worker_falls_back_to_what_the_node_sees() {
         tasks: None,
         networks: vec![ingress(), user],
         containers: vec![container],
+        sandbox_keys: HashMap::new(),
     };
     let t = translate(&snap).unwrap();
     // Peers are known by address only.
@@ -474,6 +476,7 @@ fn worker_publishes_both_protocols_except_on_a_number_two_services_share() {
         tasks: None,
         networks: vec![ing],
         containers: vec![],
+        sandbox_keys: HashMap::new(),
     };
     let t = translate(&snap).unwrap();
     let frontends = |name: &str| -> Vec<String> {

@@ -42,7 +42,7 @@ mod services;
 mod vips;
 mod wants;
 
-use std::net::Ipv4Addr;
+use std::{collections::HashMap, net::Ipv4Addr};
 
 use bollard::models::{
     ContainerSummary, NetworkInspect, Node as DockerNode, Service as DockerService, SystemInfo, Task,
@@ -67,8 +67,12 @@ pub struct Snapshot {
     pub tasks: Option<Vec<Task>>,
     /// Verbose inspects of the overlay networks this node can see.
     pub networks: Vec<NetworkInspect>,
-    /// This node's containers (their labels: the worker fallback for `swarmlb.publish`).
+    /// This node's running containers (their namespaces are members; their labels are the
+    /// worker fallback for `swarmlb.publish`).
     pub containers: Vec<ContainerSummary>,
+    /// `NetworkSettings.SandboxKey` of `containers` by id (a container inspect); one that could
+    /// not be inspected is missing.
+    pub sandbox_keys: HashMap<String, String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
