@@ -26,15 +26,19 @@
 //! - **VIPs**: each service VIP on a user overlay (from `/services` on a manager, the verbose
 //!   inspect on a worker) -> a VIP service `<service>@<network>`, frontends `VIP:*` TCP and UDP,
 //!   the same backends on port 0. Ingress VIPs are not served (published ports reach ingress).
+//! - **Members**: the node's own namespace, then each running local container's sandbox
+//!   (`SandboxKey`) with the cluster's overlays it is attached to; containers sharing the host's
+//!   or another container's namespace are skipped.
 //!
 //! A problem with one service (bad label, unknown network, no local endpoint, port already
 //! claimed) leaves that service out and is reported in [`Translation::notes`]; the rest is kept.
 //!
 //! [`translate`] runs one step per submodule: `nodes`, `networks`, `wants` (what each service
 //! asks for, its ports parsed by `ports`), `services` (the model services, their tasks from
-//! `backends`), `vips` (the VIP services, from `backends` too).
+//! `backends`), `vips` (the VIP services, from `backends` too), `members`.
 
 mod backends;
+mod members;
 mod networks;
 mod nodes;
 mod ports;
@@ -53,6 +57,7 @@ use networks::Networks;
 use nodes::Nodes;
 
 pub use backends::split_task_name;
+pub use members::HOST_NETNS;
 pub use networks::{OPT_MTU, OPT_VNI};
 pub use ports::{PortSpec, parse_inspect_port, parse_publish_label};
 pub use wants::{LABEL_NETWORK, LABEL_PUBLISH, LABEL_STICKY};
@@ -105,6 +110,7 @@ pub fn translate(snap: &Snapshot) -> Result<Translation, TranslateError> {
     let vips = vips::build(snap.services.as_deref(), &nets, &nodes, tasks.as_ref(), &mut notes);
     built.services.extend(vips.services);
     built.networks_used.extend(vips.networks_used);
+    let members = members::members(&snap.containers, &snap.sandbox_keys, &nets, &built.networks_used);
     let networks = nets.into_used(&built.networks_used);
     let Nodes { local, list: nodes, .. } = nodes;
     Ok(Translation {
@@ -114,7 +120,7 @@ pub fn translate(snap: &Snapshot) -> Result<Translation, TranslateError> {
             nodes,
             networks,
             services: built.services,
-            members: Vec::new(),
+            members,
         },
         local_node: local,
         notes,
