@@ -14,6 +14,8 @@ pub mod translate;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_vips;
 
 use std::{
     sync::Arc,
