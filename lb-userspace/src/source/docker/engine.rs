@@ -1,27 +1,31 @@
 //! Every call to the Docker Engine lives here (bollard over the unix socket, API version
 //! negotiated). [`Engine::snapshot`] reads what [`super::translate`] needs; nothing here
-//! interprets it.
+//! interprets it. Containers' sandbox keys are inspected once per container start and kept for
+//! the session ([`Engine::observe`] forgets one when its container starts or dies).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     time::{SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context, Result, bail};
 use bollard::{
     API_DEFAULT_VERSION, Docker,
-    models::EventMessage,
+    models::{ContainerSummary, EventMessage, EventMessageTypeEnum},
     query_parameters::{
-        EventsOptions, InspectNetworkOptions, ListContainersOptions, ListNetworksOptions, ListNodesOptions,
-        ListServicesOptions, ListTasksOptions,
+        EventsOptions, InspectContainerOptions, InspectNetworkOptions, ListContainersOptions, ListNetworksOptions,
+        ListNodesOptions, ListServicesOptions, ListTasksOptions,
     },
 };
-use futures_util::{Stream, StreamExt};
+use futures_util::{Stream, StreamExt, stream};
+use tracing::warn;
 
 use super::translate::Snapshot;
 
 /// Seconds an Engine request may take to answer (headers; the event stream then stays open).
 const TIMEOUT_SECS: u64 = 10;
+/// Container inspects in flight at once.
+const INSPECTS_AT_ONCE: usize = 8;
 
 /// The Engine's socket: `--docker-host`, else `DOCKER_HOST`, else `/var/run/docker.sock`.
 /// Only unix sockets (`unix:///path` or a plain path) are supported.
@@ -37,6 +41,9 @@ pub fn socket_path(host: &str) -> Result<String> {
 
 pub struct Engine {
     docker: Docker,
+    /// `NetworkSettings.SandboxKey` by container id, of the containers last listed: it stays
+    /// the same while the container runs.
+    sandbox_keys: HashMap<String, String>,
 }
 
 impl Engine {
@@ -47,12 +54,12 @@ impl Engine {
             .with_context(|| format!("connecting to the Docker Engine at {path}"))?;
         let docker =
             docker.negotiate_version().await.with_context(|| format!("negotiating the API version with {path}"))?;
-        Ok(Engine { docker })
+        Ok(Engine { docker, sandbox_keys: HashMap::new() })
     }
 
     /// Reads everything one sync needs. On a worker (`control_available` false) `/services`,
     /// `/tasks` and `/nodes` are not asked: the Engine refuses them there.
-    pub async fn snapshot(&self) -> Result<Snapshot> {
+    pub async fn snapshot(&mut self) -> Result<Snapshot> {
         let d = &self.docker;
         let info = d.info().await.context("GET /info")?;
         let manager = info.swarm.as_ref().and_then(|s| s.control_available).unwrap_or(false);
@@ -78,12 +85,50 @@ impl Engine {
                 Err(e) => return Err(e).with_context(|| format!("GET /networks/{id}?verbose=true")),
             }
         }
-        let filters = HashMap::from([("label".to_owned(), vec!["com.docker.swarm.service.name".to_owned()])]);
-        let containers = d
-            .list_containers(Some(ListContainersOptions { filters: Some(filters), ..Default::default() }))
-            .await
-            .context("GET /containers/json")?;
-        Ok(Snapshot { info, nodes, services, tasks, networks, containers })
+        let containers = d.list_containers(None::<ListContainersOptions>).await.context("GET /containers/json")?;
+        self.read_sandbox_keys(&containers).await;
+        let sandbox_keys = self.sandbox_keys.clone();
+        Ok(Snapshot { info, nodes, services, tasks, networks, containers, sandbox_keys })
+    }
+
+    /// Keeps the sandbox keys of `containers`, inspecting those not known yet. A container that
+    /// cannot be inspected (gone meanwhile) is left out of this read only.
+    async fn read_sandbox_keys(&mut self, containers: &[ContainerSummary]) {
+        let listed: HashSet<&str> = containers.iter().filter_map(|c| c.id.as_deref()).collect();
+        self.sandbox_keys.retain(|id, _| listed.contains(id.as_str()));
+        let unknown: Vec<String> =
+            listed.into_iter().filter(|id| !self.sandbox_keys.contains_key(*id)).map(str::to_owned).collect();
+        let inspected: Vec<_> = stream::iter(unknown)
+            .map(|id| {
+                let d = self.docker.clone();
+                async move {
+                    let result = d.inspect_container(&id, None::<InspectContainerOptions>).await;
+                    (id, result)
+                }
+            })
+            .buffer_unordered(INSPECTS_AT_ONCE)
+            .collect()
+            .await;
+        for (id, result) in inspected {
+            match result {
+                Ok(c) => {
+                    let key = c.network_settings.and_then(|n| n.sandbox_key).unwrap_or_default();
+                    self.sandbox_keys.insert(id, key);
+                }
+                Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
+                Err(e) => warn!("GET /containers/{id}/json: {e}; its namespace is not balanced until it answers"),
+            }
+        }
+    }
+
+    /// Forgets the sandbox key of a container that started or died: a new start has a new
+    /// sandbox.
+    pub fn observe(&mut self, ev: &EventMessage) {
+        let restarted =
+            ev.typ == Some(EventMessageTypeEnum::CONTAINER) && matches!(ev.action.as_deref(), Some("start" | "die"));
+        if let Some(id) = ev.actor.as_ref().and_then(|a| a.id.as_deref()).filter(|_| restarted) {
+            self.sandbox_keys.remove(id);
+        }
     }
 
     /// Container, network, service and node events (the last two only on managers) from `since`

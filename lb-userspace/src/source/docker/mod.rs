@@ -14,6 +14,8 @@ pub mod translate;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_vips;
 
 use std::{
     sync::Arc,
@@ -78,11 +80,11 @@ struct Syncer<'a> {
 impl Syncer<'_> {
     /// One connection: full read, then events until something fails.
     async fn session(&mut self, host: &str) -> Result<()> {
-        let engine = Engine::connect(host).await?;
+        let mut engine = Engine::connect(host).await?;
         // The stream subscribes when first polled, after the read: it asks for the events since
         // just before the read, so a change made meanwhile is replayed rather than missed.
         let mut events = Box::pin(engine.events(SystemTime::now() - EVENTS_OVERLAP));
-        self.read(&engine, None).await?;
+        self.read(&mut engine, None).await?;
         let mut resync = tokio::time::interval_at(tokio::time::Instant::now() + self.resync, self.resync);
         // First event of the pending burst, and when to read.
         let mut pending: Option<(Instant, tokio::time::Instant)> = None;
@@ -93,25 +95,26 @@ impl Syncer<'_> {
                     let ev = ev.context("the event stream ended")??;
                     let now = Instant::now();
                     debug!(kind = ?ev.typ, action = ?ev.action, actor = ?ev.actor.as_ref().and_then(|a| a.id.as_deref()), "event");
+                    engine.observe(&ev);
                     let first = pending.map_or(now, |(f, _)| f);
                     let by = tokio::time::Instant::from_std(now + DEBOUNCE).min(tokio::time::Instant::from_std(first + DEBOUNCE_MAX));
                     pending = Some((first, by));
                 }
                 _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => {
                     let (first, _) = pending.take().unwrap();
-                    self.read(&engine, Some(first)).await?;
+                    self.read(&mut engine, Some(first)).await?;
                 }
                 _ = resync.tick() => {
                     debug!("periodic resync");
                     let first = pending.take().map(|(f, _)| f);
-                    self.read(&engine, first).await?;
+                    self.read(&mut engine, first).await?;
                 }
             }
         }
     }
 
     /// Reads and translates; sends the result if it differs from the last one sent.
-    async fn read(&mut self, engine: &Engine, trigger: Option<Instant>) -> Result<()> {
+    async fn read(&mut self, engine: &mut Engine, trigger: Option<Instant>) -> Result<()> {
         let started = Instant::now();
         let snapshot = engine.snapshot().await?;
         let t = translate::translate(&snapshot).context("translating the Engine's state")?;

@@ -14,10 +14,10 @@ use serde_json::json;
 use super::translate::*;
 use crate::model::{Frontend, Proto};
 
-const LOCAL: &str = "sgvskka3mtycva06fgjowi23g";
-const OTHER: &str = "n2xxxxxxxxxxxxxxxxxxxxxxx";
+pub(super) const LOCAL: &str = "sgvskka3mtycva06fgjowi23g";
+pub(super) const OTHER: &str = "n2xxxxxxxxxxxxxxxxxxxxxxx";
 
-fn info(manager: bool) -> SystemInfo {
+pub(super) fn info(manager: bool) -> SystemInfo {
     SystemInfo {
         swarm: Some(SwarmInfo {
             node_id: Some(LOCAL.into()),
@@ -30,7 +30,7 @@ fn info(manager: bool) -> SystemInfo {
     }
 }
 
-fn node(id: &str, addr: &str) -> Node {
+pub(super) fn node(id: &str, addr: &str) -> Node {
     Node {
         id: Some(id.into()),
         status: Some(NodeStatus { addr: Some(addr.into()), ..Default::default() }),
@@ -39,7 +39,13 @@ fn node(id: &str, addr: &str) -> Node {
 }
 
 /// A verbose inspect: `tasks` are (service, task name, ip, host ip).
-fn network(name: &str, id: &str, vni: &str, subnet: &str, tasks: &[(&str, &str, &str, &str)]) -> NetworkInspect {
+pub(super) fn network(
+    name: &str,
+    id: &str,
+    vni: &str,
+    subnet: &str,
+    tasks: &[(&str, &str, &str, &str)],
+) -> NetworkInspect {
     let mut services: HashMap<String, Vec<serde_json::Value>> = HashMap::new();
     for (svc, task, ip, host) in tasks {
         services.entry(svc.to_string()).or_default().push(json!({
@@ -70,7 +76,7 @@ fn network(name: &str, id: &str, vni: &str, subnet: &str, tasks: &[(&str, &str, 
     }
 }
 
-fn ingress() -> NetworkInspect {
+pub(super) fn ingress() -> NetworkInspect {
     network(
         "ingress",
         "xab33rw0brqlat7awu1og6lp1",
@@ -86,7 +92,7 @@ fn ingress() -> NetworkInspect {
     )
 }
 
-fn service(name: &str, ports: &[(i64, i64, P, M)], labels: &[(&str, &str)], networks: &[&str]) -> Service {
+pub(super) fn service(name: &str, ports: &[(i64, i64, P, M)], labels: &[(&str, &str)], networks: &[&str]) -> Service {
     let ports: Vec<EndpointPortConfig> = ports
         .iter()
         .map(|(p, t, proto, mode)| EndpointPortConfig {
@@ -122,7 +128,7 @@ fn service(name: &str, ports: &[(i64, i64, P, M)], labels: &[(&str, &str)], netw
     }
 }
 
-fn task(id: &str, node: &str, desired: TaskState, state: TaskState) -> Task {
+pub(super) fn task(id: &str, node: &str, desired: TaskState, state: TaskState) -> Task {
     Task {
         id: Some(id.into()),
         node_id: Some(node.into()),
@@ -132,7 +138,7 @@ fn task(id: &str, node: &str, desired: TaskState, state: TaskState) -> Task {
     }
 }
 
-fn running(id: &str, node: &str) -> Task {
+pub(super) fn running(id: &str, node: &str) -> Task {
     task(id, node, TaskState::RUNNING, TaskState::RUNNING)
 }
 
@@ -144,6 +150,7 @@ fn manager_snapshot() -> Snapshot {
         tasks: Some(vec![running("aaa", LOCAL), running("bbb", OTHER), running("ccc", LOCAL)]),
         networks: vec![ingress()],
         containers: vec![],
+        sandbox_keys: HashMap::new(),
     }
 }
 
@@ -431,6 +438,7 @@ fn worker_falls_back_to_what_the_node_sees() {
         tasks: None,
         networks: vec![ingress(), user],
         containers: vec![container],
+        sandbox_keys: HashMap::new(),
     };
     let t = translate(&snap).unwrap();
     // Peers are known by address only.
@@ -474,6 +482,7 @@ fn worker_publishes_both_protocols_except_on_a_number_two_services_share() {
         tasks: None,
         networks: vec![ing],
         containers: vec![],
+        sandbox_keys: HashMap::new(),
     };
     let t = translate(&snap).unwrap();
     let frontends = |name: &str| -> Vec<String> {

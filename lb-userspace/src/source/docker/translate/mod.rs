@@ -7,7 +7,7 @@
 //!   gossip peers (`Peers` of each network), which it names `peer-<address>` (the peer name
 //!   there is networkdb's, neither the node id nor the hostname). Node names are informational
 //!   except the local one, which the planner looks up.
-//! - **Networks**: every overlay a translated service uses. VNI = first of
+//! - **Networks**: every overlay a translated service (or VIP) uses. VNI = first of
 //!   `com.docker.network.driver.overlay.vxlanid_list`, subnet = first IPv4 IPAM subnet, MTU =
 //!   `com.docker.network.driver.mtu` or 1450. Each node's load-balancer endpoint is the task named
 //!   `<network>-endpoint` (`ingress-endpoint` for ingress) in `Services[""]`, its `Host IP` mapped
@@ -23,22 +23,30 @@
 //! - **Backends**: the service's tasks on that network (verbose inspect), named `<service>.<slot>`
 //!   (the task id dropped), weight 1 when running and desired running, weight 0 (drain) when
 //!   desired shutdown but still running, left out otherwise.
+//! - **VIPs**: each service VIP on a user overlay (from `/services` on a manager, the verbose
+//!   inspect on a worker) -> a VIP service `<service>@<network>`, frontends `VIP:*` TCP and UDP,
+//!   the same backends on port 0. Ingress VIPs are not served (published ports reach ingress).
+//! - **Members**: the node's own namespace, then each running local container's sandbox
+//!   (`SandboxKey`) with the cluster's overlays it is attached to; containers sharing the host's
+//!   or another container's namespace are skipped.
 //!
 //! A problem with one service (bad label, unknown network, no local endpoint, port already
 //! claimed) leaves that service out and is reported in [`Translation::notes`]; the rest is kept.
 //!
 //! [`translate`] runs one step per submodule: `nodes`, `networks`, `wants` (what each service
 //! asks for, its ports parsed by `ports`), `services` (the model services, their tasks from
-//! `backends`).
+//! `backends`), `vips` (the VIP services, from `backends` too), `members`.
 
 mod backends;
+mod members;
 mod networks;
 mod nodes;
 mod ports;
 mod services;
+mod vips;
 mod wants;
 
-use std::net::Ipv4Addr;
+use std::{collections::HashMap, net::Ipv4Addr};
 
 use bollard::models::{
     ContainerSummary, NetworkInspect, Node as DockerNode, Service as DockerService, SystemInfo, Task,
@@ -49,6 +57,7 @@ use networks::Networks;
 use nodes::Nodes;
 
 pub use backends::split_task_name;
+pub use members::HOST_NETNS;
 pub use networks::{OPT_MTU, OPT_VNI};
 pub use ports::{PortSpec, parse_inspect_port, parse_publish_label};
 pub use wants::{LABEL_NETWORK, LABEL_PUBLISH, LABEL_STICKY};
@@ -63,8 +72,12 @@ pub struct Snapshot {
     pub tasks: Option<Vec<Task>>,
     /// Verbose inspects of the overlay networks this node can see.
     pub networks: Vec<NetworkInspect>,
-    /// This node's containers (their labels: the worker fallback for `swarmlb.publish`).
+    /// This node's running containers (their namespaces are members; their labels are the
+    /// worker fallback for `swarmlb.publish`).
     pub containers: Vec<ContainerSummary>,
+    /// `NetworkSettings.SandboxKey` of `containers` by id (a container inspect); one that could
+    /// not be inspected is missing.
+    pub sandbox_keys: HashMap<String, String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -93,7 +106,11 @@ pub fn translate(snap: &Snapshot) -> Result<Translation, TranslateError> {
         None => wants::seen_by_worker(&nets, &snap.containers, &mut notes),
     };
     let tasks = backends::tasks_by_id(snap.tasks.as_deref());
-    let built = services::build(wants, &nets, &nodes, tasks.as_ref(), &mut notes);
+    let mut built = services::build(wants, &nets, &nodes, tasks.as_ref(), &mut notes);
+    let vips = vips::build(snap.services.as_deref(), &nets, &nodes, tasks.as_ref(), &mut notes);
+    built.services.extend(vips.services);
+    built.networks_used.extend(vips.networks_used);
+    let members = members::members(&snap.containers, &snap.sandbox_keys, &nets, &built.networks_used);
     let networks = nets.into_used(&built.networks_used);
     let Nodes { local, list: nodes, .. } = nodes;
     Ok(Translation {
@@ -103,7 +120,7 @@ pub fn translate(snap: &Snapshot) -> Result<Translation, TranslateError> {
             nodes,
             networks,
             services: built.services,
-            members: Vec::new(),
+            members,
         },
         local_node: local,
         notes,

@@ -49,6 +49,10 @@ impl<'a> Networks<'a> {
         self.0.iter().find(|n| n.network.name == r || (!n.id.is_empty() && (n.id == r)))
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = &NetView<'a>> {
+        self.0.iter()
+    }
+
     pub fn ingress(&self) -> Option<&NetView<'a>> {
         self.0.iter().find(|n| n.ingress)
     }
