@@ -105,12 +105,8 @@ fn of_manager<'n>(services: &[DockerService], nets: &'n Networks, notes: &mut Ve
         }
         for v in s.endpoint.iter().flat_map(|e| e.virtual_ips.iter().flatten()) {
             let (id, addr) = (v.network_id.as_deref().unwrap_or_default(), v.addr.as_deref().unwrap_or_default());
-            let Some(net) = (!id.is_empty()).then(|| nets.by_ref(id)).flatten() else {
-                notes.push(format!(
-                    "service {svc:?}: VIP {addr} is on network id {id:?}, which this node does not have or cannot read; VIP left out"
-                ));
-                continue;
-            };
+            // A network no local task or container is attached to is not this node's to serve.
+            let Some(net) = (!id.is_empty()).then(|| nets.by_ref(id)).flatten() else { continue };
             if net.ingress {
                 continue;
             }
