@@ -96,7 +96,8 @@ fn remove(kind: &str, name: &str) {
         if docker(&format!("{kind} inspect {name} --format '{{{{.ID}}}}'")).is_err() {
             return Ok(Seen::Ready(()));
         }
-        Ok(Seen::ok(docker(&format!("{kind} rm {name}")).map(drop)))
+        let force = if kind == "container" { " --force" } else { "" };
+        Ok(Seen::ok(docker(&format!("{kind} rm{force} {name}")).map(drop)))
     });
     if let Err(e) = gone {
         eprintln!("{e:#}");
@@ -115,9 +116,28 @@ pub fn create_service(name: &str, args: &str) -> Result<Removable> {
 }
 
 pub fn create_overlay(name: &str, subnet: &str) -> Result<Removable> {
+    create_network(name, &format!("--driver overlay --subnet {subnet}"))
+}
+
+/// `docker network create ARGS NAME`.
+pub fn create_network(name: &str, args: &str) -> Result<Removable> {
     remove("network", name);
-    docker(&format!("network create --driver overlay --subnet {subnet} {name}"))?;
+    docker(&format!("network create {args} {name}"))?;
     Ok(Removable { name: name.to_string(), kind: "network" })
+}
+
+/// `docker run --detach --name NAME ARGS slb-testsrv:latest --name NAME`: a container serving
+/// as the test server, to run `slb-testsrv client` in with [`exec_client`].
+pub fn run_container(name: &str, args: &str) -> Result<Removable> {
+    remove("container", name);
+    docker(&format!("run --detach --name {name} {args} slb-testsrv:latest --name {name}"))?;
+    Ok(Removable { name: name.to_string(), kind: "container" })
+}
+
+/// `slb-testsrv client MODE TARGET COUNT` inside container `name`.
+pub fn exec_client(name: &str, mode: &str, target: &str, count: usize) -> Result<crate::sock_client::Output> {
+    let out = docker(&format!("exec {name} /slb-testsrv client {mode} {target} {count}"))?;
+    Ok(crate::sock_client::Output::parse(&out))
 }
 
 /// Waits until `service` has exactly `replicas` tasks running.

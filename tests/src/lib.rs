@@ -16,6 +16,7 @@ pub mod poll;
 /// Shared with `cargo xtask image`: one implementation of a binary-plus-libraries rootfs.
 #[path = "../../xtask/src/rootfs.rs"]
 mod rootfs;
+pub mod sock_client;
 pub mod swarm;
 pub mod swarm_config;
 pub mod swarm_lb;

@@ -12,6 +12,7 @@ use tests::{
     agent::{self, Agent, Placement},
     cgroup::TestCgroup,
     netns::{Netns, sibling_binary},
+    sock_client::Output,
     topology::{BACKEND_TCP_PORT, BACKEND_UDP_PORT, LB_BACK_ADDR, SingleNode, backend_addr, backend_name},
 };
 
@@ -44,34 +45,11 @@ fn config(topo: &SingleNode, backends: usize) -> String {
     toml
 }
 
-/// One client answer: the backend that answered and what the socket reported as its peer.
-#[derive(Debug)]
-struct Answer {
-    backend: String,
-    peer: String,
-}
-
-/// Runs `slb-testsrv client MODE TARGET COUNT` in the cgroup, in `ns`: its answers, and the
-/// error lines.
-fn client(cg: &TestCgroup, ns: &Netns, mode: &str, target: &str, count: usize) -> Result<(Vec<Answer>, Vec<String>)> {
+/// Runs `slb-testsrv client MODE TARGET COUNT` in the cgroup, in `ns`.
+fn client(cg: &TestCgroup, ns: &Netns, mode: &str, target: &str, count: usize) -> Result<Output> {
     let out = cg.run_in(ns, &sibling_binary("slb-testsrv")?, &["client", mode, target, &count.to_string()])?;
     ensure!(out.status.success(), "client {mode} {target}: {}", String::from_utf8_lossy(&out.stderr));
-    let (mut answers, mut errors) = (Vec::new(), Vec::new());
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        match line.split_once(" peer=") {
-            Some((backend, peer)) => answers.push(Answer { backend: backend.to_owned(), peer: peer.to_owned() }),
-            None => errors.push(line.to_owned()),
-        }
-    }
-    Ok((answers, errors))
-}
-
-fn spread(answers: &[Answer]) -> BTreeMap<String, usize> {
-    let mut counts = BTreeMap::new();
-    for a in answers {
-        *counts.entry(a.backend.clone()).or_insert(0) += 1;
-    }
-    counts
+    Ok(Output::parse(&String::from_utf8_lossy(&out.stdout)))
 }
 
 fn sock_events(agent: &Agent) -> Result<serde_json::Value> {
@@ -100,28 +78,24 @@ fn vips_and_published_ports_are_balanced_where_sockets_connect_and_nowhere_else(
 
         // TCP to the VIP, new connections: spread over the tasks, the peer is the VIP.
         let vip_tcp = format!("{VIP}:{BACKEND_TCP_PORT}");
-        let (answers, errors) = client(&cg, &topo.client, "tcp", &vip_tcp, 60)?;
-        ensure!(errors.is_empty() && answers.len() == 60, "VIP connections failed: {errors:?}");
-        let counts = spread(&answers);
+        let out = client(&cg, &topo.client, "tcp", &vip_tcp, 60)?;
+        ensure!(out.errors.is_empty() && out.answers.len() == 60, "VIP connections failed: {:?}", out.errors);
+        let counts = out.spread();
         eprintln!("60 connections to {vip_tcp}: {counts:?}");
         ensure!(counts.len() == 3 && counts.values().all(|n| *n >= 5), "not spread over the 3 tasks: {counts:?}");
-        ensure!(answers.iter().all(|a| a.peer == vip_tcp), "getpeername did not show the VIP: {answers:?}");
+        ensure!(out.all_from(&vip_tcp), "getpeername did not show the VIP: {:?}", out.answers);
 
         // UDP to another port of the same VIP: one socket keeps its task, the source is the VIP.
         let vip_udp = format!("{VIP}:{BACKEND_UDP_PORT}");
         for mode in ["udp", "udp-unconnected"] {
-            let (answers, errors) = client(&cg, &topo.client, mode, &vip_udp, 10)?;
-            ensure!(errors.is_empty() && answers.len() == 10, "{mode} to the VIP failed: {errors:?}");
-            ensure!(spread(&answers).len() == 1, "{mode}: one socket's datagrams went to several tasks: {answers:?}");
-            ensure!(
-                answers.iter().all(|a| a.peer == vip_udp),
-                "{mode}: replies did not come from the VIP: {answers:?}"
-            );
+            let out = client(&cg, &topo.client, mode, &vip_udp, 10)?;
+            ensure!(out.errors.is_empty() && out.answers.len() == 10, "{mode} to the VIP failed: {:?}", out.errors);
+            ensure!(out.spread().len() == 1, "{mode}: one socket's datagrams went to several tasks: {:?}", out.answers);
+            ensure!(out.all_from(&vip_udp), "{mode}: replies did not come from the VIP: {:?}", out.answers);
         }
         let mut sockets = BTreeMap::new();
         for _ in 0..12 {
-            let (answers, _) = client(&cg, &topo.client, "udp-unconnected", &vip_udp, 1)?;
-            for (backend, n) in spread(&answers) {
+            for (backend, n) in client(&cg, &topo.client, "udp-unconnected", &vip_udp, 1)?.spread() {
                 *sockets.entry(backend).or_insert(0) += n;
             }
         }
@@ -129,40 +103,41 @@ fn vips_and_published_ports_are_balanced_where_sockets_connect_and_nowhere_else(
 
         // A task's own address is left alone.
         let direct = format!("{}:{BACKEND_TCP_PORT}", backend_addr(1));
-        let (answers, errors) = client(&cg, &topo.client, "tcp", &direct, 3)?;
-        ensure!(errors.is_empty(), "direct connections failed: {errors:?}");
+        let out = client(&cg, &topo.client, "tcp", &direct, 3)?;
+        ensure!(out.errors.is_empty(), "direct connections failed: {:?}", out.errors);
         ensure!(
-            answers.iter().all(|a| a.backend == backend_name(1) && a.peer == direct),
-            "a connection to a task's own address was moved: {answers:?}"
+            out.all_from(&direct) && out.spread().keys().eq([&backend_name(1)]),
+            "a connection to a task's own address was moved: {:?}",
+            out.answers
         );
 
         // The node's own namespace reaches a published port at 127.0.0.1, spread over the tasks.
         let loopback = format!("127.0.0.1:{PUBLISHED}");
-        let (answers, errors) = client(&cg, &topo.lb, "tcp", &loopback, 30)?;
-        ensure!(errors.is_empty() && answers.len() == 30, "published port from the node failed: {errors:?}");
-        let counts = spread(&answers);
+        let out = client(&cg, &topo.lb, "tcp", &loopback, 30)?;
+        ensure!(out.errors.is_empty() && out.answers.len() == 30, "published port from the node: {:?}", out.errors);
+        let counts = out.spread();
         eprintln!("30 connections to {loopback} from the node: {counts:?}");
         ensure!(counts.len() >= 2, "published port from the node not spread: {counts:?}");
-        ensure!(answers.iter().all(|a| a.peer == loopback), "getpeername did not show {loopback}: {answers:?}");
+        ensure!(out.all_from(&loopback), "getpeername did not show {loopback}: {:?}", out.answers);
 
         // The node's namespace is not attached to appnet: its VIP stays dead there, as does the
         // VIP from a namespace that is no member at all.
         let before = sock_events(&agent)?["not_member"].as_u64().unwrap_or(0);
-        let (answers, _) = client(&cg, &topo.lb, "tcp", &vip_tcp, 1)?;
-        ensure!(answers.is_empty(), "a namespace not on appnet reached its VIP: {answers:?}");
+        let out = client(&cg, &topo.lb, "tcp", &vip_tcp, 1)?;
+        ensure!(out.answers.is_empty(), "a namespace not on appnet reached its VIP: {:?}", out.answers);
         let events = sock_events(&agent)?;
         ensure!(events["not_member"].as_u64().unwrap_or(0) > before, "not counted as not_member: {events}");
         let outsider = topo.backends[0].as_ref().context("backend 0")?;
-        let (answers, _) = client(&cg, outsider, "tcp", &vip_tcp, 1)?;
-        ensure!(answers.is_empty(), "a namespace that is no member reached the VIP: {answers:?}");
+        let out = client(&cg, outsider, "tcp", &vip_tcp, 1)?;
+        ensure!(out.answers.is_empty(), "a namespace that is no member reached the VIP: {:?}", out.answers);
         ensure!(events["balanced"].as_u64().unwrap_or(0) >= 60 + 2 + 12 + 30, "balanced count: {events}");
 
         // Unload: nothing stays attached, and the VIP is dead again.
         agent::unload_at(&placement)?;
         let attached = cg.attached()?;
         ensure!(!attached.contains("swarmlb"), "programs left on the cgroup after unload: {attached}");
-        let (answers, _) = client(&cg, &topo.client, "tcp", &vip_tcp, 1)?;
-        ensure!(answers.is_empty(), "the VIP still answered after unload: {answers:?}");
+        let out = client(&cg, &topo.client, "tcp", &vip_tcp, 1)?;
+        ensure!(out.answers.is_empty(), "the VIP still answered after unload: {:?}", out.answers);
         Ok(())
     })();
     let diagnosis = agent.diagnosis();

@@ -26,8 +26,10 @@ use super::{LINK_PREFIX, pin_path};
 
 /// Where the agent mounts cgroup2 when the node has no v2 hierarchy mounted.
 const OWN_MOUNT: &str = "/run/swarmlb/cgroup2";
-/// Where hybrid (v1 + v2) nodes and pure v2 nodes mount it.
-const MOUNTS: [&str; 2] = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"];
+/// Where hybrid (v1 + v2) nodes and pure v2 nodes mount it, then where the stack binds the
+/// host's `/sys/fs/cgroup` (a container's own may show its cgroup namespace's root only).
+const MOUNTS: [&str; 4] =
+    ["/sys/fs/cgroup/unified", "/sys/fs/cgroup", "/host/sys/fs/cgroup/unified", "/host/sys/fs/cgroup"];
 /// The inode of a cgroup hierarchy's root directory.
 const ROOT_INODE: u64 = 1;
 
@@ -50,16 +52,18 @@ pub fn cgroup(given: Option<&Path>) -> Result<PathBuf> {
         }
         return Ok(path.to_owned());
     }
-    let root = match MOUNTS.iter().map(Path::new).find(|p| is_cgroup2(p)) {
-        Some(mounted) => mounted.to_owned(),
-        None => mount_own()?,
-    };
+    let is_root = |p: &Path| is_cgroup2(p) && std::fs::metadata(p).is_ok_and(|m| m.ino() == ROOT_INODE);
+    if let Some(mounted) = MOUNTS.iter().map(Path::new).find(|p| is_root(p)) {
+        return Ok(mounted.to_owned());
+    }
+    let root = mount_own()?;
     let inode = std::fs::metadata(&root).with_context(|| format!("stat {}", root.display()))?.ino();
     if inode != ROOT_INODE {
         bail!(
             "{} is not the root of the cgroup v2 hierarchy (inode {inode}, not {ROOT_INODE}): the agent runs in a \
-             cgroup namespace of its own, where socket load balancing would cover its own processes only; run it in \
-             the host's cgroup namespace (Docker: --cgroupns host)",
+             cgroup namespace of its own, where socket load balancing would cover its own processes only; bind the \
+             host's /sys/fs/cgroup at /host/sys/fs/cgroup (as deploy/swarmlb.yml does), or run it in the host's \
+             cgroup namespace",
             root.display()
         );
     }

@@ -39,10 +39,31 @@ pub fn socket_path(host: &str) -> Result<String> {
     Ok(host.to_owned())
 }
 
+/// Where the stack mounts the host's procfs: through it the agent reaches a container's
+/// namespace by the container's host pid, whatever the mount propagation of its bind of
+/// Docker's namespace directory.
+pub const HOST_PROC: &str = "/host/proc";
+
+/// Where the agent can open a container's network namespace: its `SandboxKey` if that is a
+/// namespace in the agent's view (an agent on the host, or a bind of Docker's namespace directory
+/// that follows new mounts), else `/host/proc/<pid>/ns/net`; empty if neither can be opened.
+fn netns_path(c: &bollard::models::ContainerInspectResponse) -> String {
+    use nix::sys::statfs::{NSFS_MAGIC, PROC_SUPER_MAGIC, statfs};
+    let is = |path: &str, magic| statfs(path).is_ok_and(|s| s.filesystem_type() == magic);
+    let key = c.network_settings.as_ref().and_then(|n| n.sandbox_key.as_deref()).unwrap_or_default();
+    if !key.is_empty() && is(key, NSFS_MAGIC) {
+        return key.to_owned();
+    }
+    match c.state.as_ref().and_then(|s| s.pid).filter(|pid| *pid > 0) {
+        Some(pid) if is(HOST_PROC, PROC_SUPER_MAGIC) => format!("{HOST_PROC}/{pid}/ns/net"),
+        _ => String::new(),
+    }
+}
+
 pub struct Engine {
     docker: Docker,
-    /// `NetworkSettings.SandboxKey` by container id, of the containers last listed: it stays
-    /// the same while the container runs.
+    /// Where the agent opens each listed container's network namespace ([`netns_path`]), by
+    /// container id: it stays the same while the container runs.
     sandbox_keys: HashMap<String, String>,
 }
 
@@ -112,8 +133,7 @@ impl Engine {
         for (id, result) in inspected {
             match result {
                 Ok(c) => {
-                    let key = c.network_settings.and_then(|n| n.sandbox_key).unwrap_or_default();
-                    self.sandbox_keys.insert(id, key);
+                    self.sandbox_keys.insert(id, netns_path(&c));
                 }
                 Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
                 Err(e) => warn!("GET /containers/{id}/json: {e}; its namespace is not balanced until it answers"),

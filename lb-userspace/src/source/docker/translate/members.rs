@@ -10,7 +10,7 @@ use std::{
 use bollard::models::ContainerSummary;
 
 use super::networks::Networks;
-use crate::model::Member;
+use crate::{model::Member, source::docker::engine::HOST_PROC};
 
 /// The agent's own network namespace: the node's.
 pub const HOST_NETNS: &str = "/proc/self/ns/net";
@@ -21,6 +21,7 @@ pub(super) fn members(
     sandbox_keys: &HashMap<String, String>,
     nets: &Networks,
     used: &BTreeSet<String>,
+    notes: &mut Vec<String>,
 ) -> Vec<Member> {
     let host = Member { netns: HOST_NETNS.into(), name: "host".into(), networks: Vec::new(), node: true, host: true };
     let mut seen = BTreeSet::from([host.netns.clone()]);
@@ -28,7 +29,15 @@ pub(super) fn members(
         .iter()
         .filter(|c| has_own_namespace(c))
         .filter_map(|c| {
-            let key = sandbox_keys.get(c.id.as_deref()?).filter(|k| !k.is_empty())?;
+            let key = sandbox_keys.get(c.id.as_deref()?)?;
+            if key.is_empty() {
+                notes.push(format!(
+                    "container {:?}: its network namespace is not visible to the agent (mount the host's /proc at \
+                     {HOST_PROC}, as deploy/swarmlb.yml does); its sockets are not balanced",
+                    name_of(c)
+                ));
+                return None;
+            }
             Some(Member {
                 netns: PathBuf::from(key),
                 name: name_of(c),

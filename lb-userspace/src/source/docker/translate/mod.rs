@@ -110,7 +110,7 @@ pub fn translate(snap: &Snapshot) -> Result<Translation, TranslateError> {
     let vips = vips::build(snap.services.as_deref(), &nets, &nodes, tasks.as_ref(), &mut notes);
     built.services.extend(vips.services);
     built.networks_used.extend(vips.networks_used);
-    let members = members::members(&snap.containers, &snap.sandbox_keys, &nets, &built.networks_used);
+    let members = members::members(&snap.containers, &snap.sandbox_keys, &nets, &built.networks_used, &mut notes);
     let networks = nets.into_used(&built.networks_used);
     let Nodes { local, list: nodes, .. } = nodes;
     Ok(Translation {
