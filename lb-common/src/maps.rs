@@ -7,8 +7,8 @@
 use core::mem::size_of;
 
 use crate::{
-    Backend, CtEvent, Flow, FlowKey, Frontend, FrontendKey, MemberKey, Reason, Service, Settings, SockEvent, SockLb,
-    TraceFilter, TraceRecord, Traffic,
+    Backend, CtEvent, Flow, FlowKey, Frontend, FrontendKey, MemberKey, Reason, Service, Settings, SockConfig,
+    SockEvent, SockLb, TraceFilter, TraceRecord, Traffic,
 };
 
 /// bpffs directory holding the pinned maps and the pinned XDP links.
@@ -80,6 +80,8 @@ pub const OVERLAYS: &str = "slb_overlays";
 /// to anything but a VIP of their own overlays or a published port is untouched, and agents of
 /// several nodes sharing one kernel (Docker-in-Docker) each act on their own node's namespaces.
 pub const SK_MEMBER: &str = "slb_sk_member";
+/// One [`crate::SockConfig`] record: how unregistered containers are recognised.
+pub const SK_CONFIG: &str = "slb_sk_config";
 /// Socket-local storage: [`crate::SockLb`], a socket's translations, freed with the socket.
 pub const SK_LB: &str = "slb_sk_lb";
 /// Per-CPU count per [`crate::SockEvent`].
@@ -219,6 +221,7 @@ pub const SPECS: &[MapSpec] = {
         spec(TRACE_RECORD, PerCpuArray, 4, size_of::<TraceRecord>(), 1),
         spec(TRACE_PROGS, ProgArray, 4, 4, 2),
         spec(SK_MEMBER, Hash, size_of::<MemberKey>(), 4, MAX_MEMBER_ENTRIES),
+        spec(SK_CONFIG, Array, 4, size_of::<SockConfig>(), 1),
         MapSpec { flags: BPF_F_NO_PREALLOC, ..spec(SK_LB, SkStorage, 4, size_of::<SockLb>(), 0) },
         spec(SK_EVENTS, PerCpuArray, 4, 8, SockEvent::COUNT),
     ]

@@ -135,6 +135,8 @@ SockEvent {
     NoBackend = "no_backend",
     /// A VIP of an overlay the socket's namespace is not attached to: left as it was.
     NotMember = "not_member",
+    /// A container not registered yet (see `SockConfig`) connected to a frontend: balanced.
+    Unregistered = "unregistered_container",
     /// The socket's storage could not be created: balanced, but replies show the backend.
     NoStorage = "no_storage",
     /// An unconnected socket had more frontends than slots: its oldest translation was dropped.

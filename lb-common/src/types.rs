@@ -293,12 +293,14 @@ pub struct TraceRecord {
     pub _pad: u32,
 }
 
-/// [`MemberKey::vni`] of a namespace's node entry: its sockets reach published ports at the
-/// node's addresses ([`crate::maps::LOCAL_ADDRS`]) and the node's explicit frontends.
+/// [`MemberKey::vni`] of the entry every registered namespace has, with its `MEMBER_*` flags.
 pub const MEMBER_NODE: u32 = 0;
-/// Member value flag: the node's own namespace, whose 127.0.0.0/8 is the node's (a container's
+/// Member flag: its sockets reach published ports at the node's addresses
+/// ([`crate::maps::LOCAL_ADDRS`]) and the node's explicit frontends.
+pub const MEMBER_PUBLISHED: u32 = 1;
+/// Member flag: the node's own namespace, whose 127.0.0.0/8 is the node's (a container's
 /// loopback is its own).
-pub const MEMBER_HOST: u32 = 1;
+pub const MEMBER_HOST: u32 = 2;
 
 /// A network namespace registered for socket load balancing (`slb_sk_member`): its entry
 /// [`MEMBER_NODE`], plus one per overlay VNI it is attached to, whose VIPs it may reach.
@@ -308,6 +310,22 @@ pub struct MemberKey {
     /// `bpf_get_netns_cookie` / `SO_NETNS_COOKIE` of the namespace.
     pub netns_cookie: u64,
     pub vni: u32,
+    pub _pad: u32,
+}
+
+/// How the socket programs recognise a container the agent has not registered yet, one record
+/// at index 0 of `slb_sk_config`. A container connects within milliseconds of its start, before
+/// the agent has heard of it: a socket of an unregistered namespace whose process is below the
+/// container runtime's cgroup (`bpf_get_current_ancestor_cgroup_id`) is balanced as if its
+/// namespace were attached to every overlay and reached published ports, until the agent
+/// registers it (then only its own overlays count). All zero: off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockConfig {
+    /// The cgroup id of the runtime's cgroup (Docker's `/docker`); 0: off.
+    pub containers_cgroup: u64,
+    /// Its depth below the cgroup v2 root (1 for `/docker`).
+    pub containers_level: u32,
     pub _pad: u32,
 }
 
@@ -346,6 +364,7 @@ const _: () = {
     assert!(size_of::<Frontend>() == 4);
     assert!(size_of::<Service>() == 36);
     assert!(size_of::<MemberKey>() == 16);
+    assert!(size_of::<SockConfig>() == 16);
     assert!(size_of::<SockSlot>() == 20);
     assert!(size_of::<SockLb>() == 88);
     assert!(size_of::<Backend>() == 8);
@@ -372,5 +391,6 @@ mod pod {
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::TraceFilter {}
     unsafe impl aya::Pod for super::MemberKey {}
+    unsafe impl aya::Pod for super::SockConfig {}
     unsafe impl aya::Pod for super::SockLb {}
 }

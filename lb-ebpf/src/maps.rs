@@ -8,8 +8,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    Backend, CtEvent, Flow, FlowKey, Frontend, FrontendKey, MemberKey, Reason, Service, Settings, SockEvent, SockLb,
-    TraceFilter, TraceRecord, Traffic,
+    Backend, CtEvent, Flow, FlowKey, Frontend, FrontendKey, MemberKey, Reason, Service, Settings, SockConfig,
+    SockEvent, SockLb, TraceFilter, TraceRecord, Traffic,
     maps::{self as names, *},
 };
 
@@ -83,6 +83,9 @@ pub static TRACE_PROGS_MAP: ProgramArray<2> = ProgramArray::new();
 #[btf_map(name = "slb_sk_member")]
 pub static SK_MEMBER_MAP: HashMap<MemberKey, u32, { MAX_MEMBER_ENTRIES as usize }> = HashMap::new();
 
+#[btf_map(name = "slb_sk_config")]
+pub static SK_CONFIG_MAP: Array<SockConfig, 1> = Array::new();
+
 #[btf_map(name = "slb_sk_lb")]
 pub static SK_LB_MAP: SkStorage<SockLb> = SkStorage::new();
 
@@ -113,6 +116,7 @@ const _: () = {
     assert!(same_name("slb_trace_progs", names::TRACE_PROGS));
     assert!(same_name("slb_sk_member", names::SK_MEMBER));
     assert!(same_name("slb_sk_lb", names::SK_LB));
+    assert!(same_name("slb_sk_config", names::SK_CONFIG));
     assert!(same_name("slb_sk_events", names::SK_EVENTS));
 };
 

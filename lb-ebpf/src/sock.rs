@@ -8,6 +8,7 @@
 //! Which frontends a socket may use depends on its network namespace (`slb_sk_member`): the
 //! VIPs of the overlays the namespace is attached to, and, for a namespace of this node, the
 //! node's published ports at its addresses (127.0.0.0/8 too, for the node's own namespace). A
+//! container the agent has not registered yet gets them all ([`lb_common::SockConfig`]); a
 //! socket of any other namespace is never touched.
 //!
 //! Races, handled: the agent may change a service's table while a connect runs on another CPU;
@@ -17,17 +18,17 @@
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie},
     programs::SockAddrContext,
 };
 use lb_common::{
-    ANY_LOCAL_ADDR, FrontendKey, MEMBER_HOST, MEMBER_NODE, MemberKey, PROTO_TCP, PROTO_UDP, SERVICE_STICKY,
-    SERVICE_VIP, SOCK_SLOTS, SockEvent, SockLb, SockSlot,
+    ANY_LOCAL_ADDR, FrontendKey, MEMBER_HOST, MEMBER_NODE, MEMBER_PUBLISHED, MemberKey, PROTO_TCP, PROTO_UDP,
+    SERVICE_STICKY, SERVICE_VIP, SOCK_SLOTS, SockEvent, SockLb, SockSlot,
     hash::{namespace_hash, socket_hash},
 };
 
 use crate::{
-    maps::{FRONTENDS_MAP, LOCAL_ADDRS_MAP, SK_EVENTS_MAP, SK_LB_MAP, SK_MEMBER_MAP},
+    maps::{FRONTENDS_MAP, LOCAL_ADDRS_MAP, SK_CONFIG_MAP, SK_EVENTS_MAP, SK_LB_MAP, SK_MEMBER_MAP},
     select, stats,
 };
 
@@ -125,10 +126,12 @@ pub fn reverse(ctx: &SockAddrContext) {
 }
 
 /// The service of the frontend `to` names, if the namespace may use it: a VIP (any port) of an
-/// overlay the namespace is attached to; for the node's namespaces an explicit frontend, or a
-/// published port at one of the node's addresses.
+/// overlay the namespace is attached to; for namespaces that reach published ports an explicit
+/// frontend, or a published port at one of the node's addresses. A container the agent has not
+/// registered yet may use every VIP and published port (see `lb_common::SockConfig`).
 #[inline(always)]
 fn find_service(to: &Named, netns: u64) -> Option<u32> {
+    let registered = member_flags(netns, MEMBER_NODE);
     let mut key = FrontendKey { addr: to.addr, port: 0, proto: to.proto, _pad: 0 };
     // SAFETY: values are copied out immediately.
     if let Some(fe) = unsafe { FRONTENDS_MAP.get(&key) } {
@@ -136,13 +139,21 @@ fn find_service(to: &Named, netns: u64) -> Option<u32> {
         if service.flags & SERVICE_VIP == 0 {
             return None;
         }
-        if member_flags(netns, service.vni).is_none() {
+        if registered.is_some() && member_flags(netns, service.vni).is_none() {
             count(SockEvent::NotMember);
+            return None;
+        }
+        if registered.is_none() && !is_unregistered_container() {
             return None;
         }
         return Some(fe.service_id);
     }
-    let node = member_flags(netns, MEMBER_NODE)?;
+    let node = match registered {
+        Some(flags) if flags & MEMBER_PUBLISHED != 0 => flags,
+        Some(_) => return None,
+        None if is_unregistered_container() => MEMBER_PUBLISHED,
+        None => return None,
+    };
     key.port = to.port;
     // SAFETY: as above.
     if let Some(fe) = unsafe { FRONTENDS_MAP.get(&key) } {
@@ -156,6 +167,23 @@ fn find_service(to: &Named, netns: u64) -> Option<u32> {
     key.addr = ANY_LOCAL_ADDR;
     // SAFETY: as above.
     unsafe { FRONTENDS_MAP.get(&key) }.map(|fe| fe.service_id)
+}
+
+/// Whether the calling process is below the container runtime's cgroup; counted, since it is
+/// asked only for a namespace the agent has not registered.
+#[inline(always)]
+fn is_unregistered_container() -> bool {
+    let Some(config) = SK_CONFIG_MAP.get(0) else { return false };
+    if config.containers_cgroup == 0 {
+        return false;
+    }
+    // SAFETY: helper without pointers.
+    let ancestor = unsafe { bpf_get_current_ancestor_cgroup_id(config.containers_level as i32) };
+    let inside = ancestor == config.containers_cgroup;
+    if inside {
+        count(SockEvent::Unregistered);
+    }
+    inside
 }
 
 #[inline(always)]

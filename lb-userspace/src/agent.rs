@@ -152,7 +152,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
     host::check_snat_range(first.cluster.node.snat_ports);
     let ifindexes = ifaces.iter().map(|i| host::ifindex(i)).collect::<Result<Vec<_>>>()?;
     let sizes = MapSizes { conntrack: args.max_connections * 2 };
-    let cgroup = sockets::cgroup((args.cgroup != AUTO).then(|| Path::new(&args.cgroup)))?;
+    let given_cgroup = (args.cgroup != AUTO).then(|| Path::new(&args.cgroup));
+    let cgroup = sockets::cgroup(given_cgroup)?;
+    // Only Docker's containers start faster than the agent hears of them; a cgroup given for a
+    // test is not the node's root, below which Docker's cgroup sits.
+    let containers = matches!(args.source, SourceKind::Docker) && given_cgroup.is_none();
+    let sock_config = containers.then(|| sockets::containers_cgroup(&cgroup)).flatten().unwrap_or_default();
     let loaded = pins::load(object, &pin_dir, &sizes, args.xdp_mode.into())?;
 
     let mut writer = Writer::open(&pin_dir)?;
@@ -191,6 +196,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         agent.loaded.attach(iface)?;
         agent.attached.insert(iface.clone(), attachment(&agent.loaded, iface, *ifindex).await);
     }
+    sockets::configure(&pin_dir, sock_config)?;
     agent.loaded.attach_sockets(&cgroup)?;
     agent.loaded.finish_upgrade()?;
     agent.beat(false);

@@ -134,6 +134,13 @@ pub fn run_container(name: &str, args: &str) -> Result<Removable> {
     Ok(Removable { name: name.to_string(), kind: "container" })
 }
 
+/// `slb-testsrv client MODE TARGET COUNT` as a new container of its own (`docker run --rm
+/// ARGS`), which connects the moment it starts.
+pub fn run_client(args: &str, mode: &str, target: &str, count: usize) -> Result<crate::sock_client::Output> {
+    let out = docker(&format!("run --rm {args} slb-testsrv:latest client {mode} {target} {count}"))?;
+    Ok(crate::sock_client::Output::parse(&out))
+}
+
 /// `slb-testsrv client MODE TARGET COUNT` inside container `name`.
 pub fn exec_client(name: &str, mode: &str, target: &str, count: usize) -> Result<crate::sock_client::Output> {
     let out = docker(&format!("exec {name} /slb-testsrv client {mode} {target} {count}"))?;

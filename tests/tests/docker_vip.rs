@@ -12,7 +12,7 @@ use tests::{
     agent::{Placement, status_at, unload_at},
     cmd::{docker, sh},
     docker::{
-        DockerSwarm, HOST_ADDR, HOST_IFACE, HostClient, Stack, create_network, create_service, exec_client,
+        DockerSwarm, HOST_ADDR, HOST_IFACE, HostClient, Stack, create_network, create_service, exec_client, run_client,
         run_container, wait_running,
     },
     netns::sibling_binary,
@@ -105,6 +105,15 @@ fn containers_reach_services_by_name_and_the_node_reaches_published_ports() -> R
         ensure!(spread.values().all(|n| *n >= 50), "uneven: {spread:?}");
         let out = exec_client("slbt-caller", "echo", &by_name, 50)?;
         ensure!(out.errors.is_empty() && out.spread().len() == 1, "the long-lived connection: {out:?}");
+        // A container that calls the service the moment it starts, before the agent has heard of
+        // it (recognised by its cgroup until it is registered).
+        for round in 0..5 {
+            let out = run_client(&format!("--network {NET}"), "tcp", &by_name, 1)?;
+            ensure!(
+                out.errors.is_empty() && out.all_from(&format!("{vip}:8080")),
+                "new container, round {round}: {out:?}"
+            );
+        }
         for mode in ["udp", "udp-unconnected"] {
             let out = exec_client("slbt-caller", mode, &format!("{API}:5353"), 10)?;
             ensure!(out.errors.is_empty() && out.answers.len() == 10, "{mode} by name: {:?}", out.errors);
@@ -158,6 +167,7 @@ fn containers_reach_services_by_name_and_the_node_reaches_published_ports() -> R
         ensure_spread(&out, "40 connections to the node address from a bridge container", 40, 2, &node_addr)?;
         let events = &status_at(&default)?["socket_lb"]["events"];
         ensure!(events["balanced"].as_u64().unwrap_or(0) >= 300 + 200 + 120, "balanced: {events}");
+        ensure!(events["unregistered_container"].as_u64().unwrap_or(0) >= 5, "unregistered: {events}");
         Ok(())
     })()
     .with_context(|| format!("swarmlb service logs:\n{}", stack.logs("swarmlb")));

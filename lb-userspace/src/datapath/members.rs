@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::{Context, Result, anyhow};
 use aya::maps::{HashMap as BpfHashMap, MapData};
-use lb_common::{MEMBER_HOST, MEMBER_NODE, MemberKey, maps as names};
+use lb_common::{MEMBER_HOST, MEMBER_NODE, MEMBER_PUBLISHED, MemberKey, maps as names};
 use nix::sched::{CloneFlags, setns};
 use tracing::{info, warn};
 
@@ -116,11 +116,11 @@ impl Members {
     }
 }
 
-/// The entries of one namespace: its node entry, if it reaches published ports, and one per VNI.
+/// The entries of one namespace: its node entry with its flags, and one per VNI.
 fn entries(m: &PlannedMember, cookie: u64) -> impl Iterator<Item = (MemberKey, u32)> + '_ {
     let key = move |vni| MemberKey { netns_cookie: cookie, vni, _pad: 0 };
-    let node = m.node.then(|| (key(MEMBER_NODE), if m.host { MEMBER_HOST } else { 0 }));
-    node.into_iter().chain(m.vnis.iter().map(move |vni| (key(*vni), 0)))
+    let flags = if m.node { MEMBER_PUBLISHED } else { 0 } | if m.host { MEMBER_HOST } else { 0 };
+    std::iter::once((key(MEMBER_NODE), flags)).chain(m.vnis.iter().map(move |vni| (key(*vni), 0)))
 }
 
 /// The cookie of the namespace `netns` names, read from a socket made inside it.

@@ -19,10 +19,13 @@ use aya::{
     Ebpf,
     programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink},
 };
-use lb_common::maps::SOCK_PROGS;
+use lb_common::{
+    SockConfig,
+    maps::{self as names, SOCK_PROGS},
+};
 use tracing::info;
 
-use super::{LINK_PREFIX, pin_path};
+use super::{LINK_PREFIX, pin_path, writer::typed};
 
 /// Where the agent mounts cgroup2 when the node has no v2 hierarchy mounted.
 const OWN_MOUNT: &str = "/run/swarmlb/cgroup2";
@@ -79,6 +82,27 @@ fn mount_own() -> Result<PathBuf> {
         info!(at = OWN_MOUNT, "mounted cgroup2");
     }
     Ok(at.to_owned())
+}
+
+/// Docker's cgroups below the v2 root, as its drivers make them: `docker/<id>` (cgroupfs) or
+/// `system.slice/docker-<id>.scope` (systemd).
+const CONTAINER_PARENTS: [&str; 2] = ["docker", "system.slice"];
+
+/// The cgroup Docker puts containers below, under the v2 root `root`: the socket programs'
+/// way to recognise a container before the agent has registered it (`lb_common::SockConfig`).
+pub fn containers_cgroup(root: &Path) -> Option<SockConfig> {
+    let (dir, meta) =
+        CONTAINER_PARENTS.iter().map(|p| root.join(p)).find_map(|d| Some((d.clone(), d.metadata().ok()?)))?;
+    info!(cgroup = %dir.display(), "containers are recognised below this cgroup until they are registered");
+    // A cgroup's id is its directory's inode number; these parents sit right below the root.
+    Some(SockConfig { containers_cgroup: meta.ino(), containers_level: 1, _pad: 0 })
+}
+
+/// Writes `slb_sk_config` (all zero: unregistered containers are not recognised).
+pub fn configure(pin_dir: &Path, config: SockConfig) -> Result<()> {
+    let mut map: aya::maps::Array<aya::maps::MapData, SockConfig> = typed!(pin_dir, names::SK_CONFIG);
+    map.set(0, config, 0).with_context(|| format!("writing {}", names::SK_CONFIG))?;
+    Ok(())
 }
 
 /// Loads the socket programs (verifier). Nothing is attached yet.

@@ -109,7 +109,7 @@ pub struct PlannedMember {
 impl PlannedMember {
     /// The `slb_sk_member` entries it takes.
     pub fn entries(&self) -> usize {
-        self.vnis.len() + usize::from(self.node)
+        1 + self.vnis.len()
     }
 }
 
