@@ -135,7 +135,7 @@ SockEvent {
     NoBackend = "no_backend",
     /// A VIP of an overlay the socket's namespace is not attached to: left as it was.
     NotMember = "not_member",
-    /// A container not registered yet (see `SockConfig`) connected to a frontend: balanced.
+    /// Of the balanced: from a container not registered yet (see `SockConfig`).
     Unregistered = "unregistered_container",
     /// The socket's storage could not be created: balanced, but replies show the backend.
     NoStorage = "no_storage",

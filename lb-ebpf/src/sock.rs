@@ -81,7 +81,7 @@ pub fn balance(ctx: &SockAddrContext, unconnected: bool) {
     }
     // SAFETY: the context is valid.
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    let Some(service_id) = find_service(&to, netns) else { return };
+    let Some((service_id, unregistered)) = find_service(&to, netns) else { return };
     let Some(service) = select::service(service_id) else { return };
     let hash = if service.flags & SERVICE_STICKY != 0 {
         namespace_hash(netns)
@@ -97,6 +97,9 @@ pub fn balance(ctx: &SockAddrContext, unconnected: bool) {
     rewrite(ctx, backend.addr, backend_port);
     stats::count_new_flow(service_id, backend_id);
     count(SockEvent::Balanced);
+    if unregistered {
+        count(SockEvent::Unregistered);
+    }
     let slot = SockSlot {
         frontend: to.addr,
         backend: backend.addr,
@@ -128,9 +131,10 @@ pub fn reverse(ctx: &SockAddrContext) {
 /// The service of the frontend `to` names, if the namespace may use it: a VIP (any port) of an
 /// overlay the namespace is attached to; for namespaces that reach published ports an explicit
 /// frontend, or a published port at one of the node's addresses. A container the agent has not
-/// registered yet may use every VIP and published port (see `lb_common::SockConfig`).
+/// registered yet may use every VIP and published port (see `lb_common::SockConfig`): the second
+/// value says it was one.
 #[inline(always)]
-fn find_service(to: &Named, netns: u64) -> Option<u32> {
+fn find_service(to: &Named, netns: u64) -> Option<(u32, bool)> {
     let registered = member_flags(netns, MEMBER_NODE);
     let mut key = FrontendKey { addr: to.addr, port: 0, proto: to.proto, _pad: 0 };
     // SAFETY: values are copied out immediately.
@@ -143,10 +147,11 @@ fn find_service(to: &Named, netns: u64) -> Option<u32> {
             count(SockEvent::NotMember);
             return None;
         }
-        if registered.is_none() && !is_unregistered_container() {
+        let unregistered = registered.is_none();
+        if unregistered && !is_unregistered_container() {
             return None;
         }
-        return Some(fe.service_id);
+        return Some((fe.service_id, unregistered));
     }
     let node = match registered {
         Some(flags) if flags & MEMBER_PUBLISHED != 0 => flags,
@@ -154,10 +159,11 @@ fn find_service(to: &Named, netns: u64) -> Option<u32> {
         None if is_unregistered_container() => MEMBER_PUBLISHED,
         None => return None,
     };
+    let unregistered = registered.is_none();
     key.port = to.port;
     // SAFETY: as above.
     if let Some(fe) = unsafe { FRONTENDS_MAP.get(&key) } {
-        return Some(fe.service_id);
+        return Some((fe.service_id, unregistered));
     }
     // SAFETY: only the presence is read.
     let local = unsafe { LOCAL_ADDRS_MAP.get(&to.addr) }.is_some() || (node & MEMBER_HOST != 0 && to.addr[0] == 127);
@@ -166,11 +172,11 @@ fn find_service(to: &Named, netns: u64) -> Option<u32> {
     }
     key.addr = ANY_LOCAL_ADDR;
     // SAFETY: as above.
-    unsafe { FRONTENDS_MAP.get(&key) }.map(|fe| fe.service_id)
+    unsafe { FRONTENDS_MAP.get(&key) }.map(|fe| (fe.service_id, unregistered))
 }
 
-/// Whether the calling process is below the container runtime's cgroup; counted, since it is
-/// asked only for a namespace the agent has not registered.
+/// Whether the calling process is below the container runtime's cgroup (asked only for a
+/// namespace the agent has not registered).
 #[inline(always)]
 fn is_unregistered_container() -> bool {
     let Some(config) = SK_CONFIG_MAP.get(0) else { return false };
@@ -178,12 +184,7 @@ fn is_unregistered_container() -> bool {
         return false;
     }
     // SAFETY: helper without pointers.
-    let ancestor = unsafe { bpf_get_current_ancestor_cgroup_id(config.containers_level as i32) };
-    let inside = ancestor == config.containers_cgroup;
-    if inside {
-        count(SockEvent::Unregistered);
-    }
-    inside
+    unsafe { bpf_get_current_ancestor_cgroup_id(config.containers_level as i32) == config.containers_cgroup }
 }
 
 #[inline(always)]

@@ -52,6 +52,17 @@ fn client(cg: &TestCgroup, ns: &Netns, mode: &str, target: &str, count: usize) -
     Ok(Output::parse(&String::from_utf8_lossy(&out.stdout)))
 }
 
+/// The ids of the swarmlb programs attached to the cgroup.
+fn attached_ids(cg: &TestCgroup) -> Result<Vec<String>> {
+    let text = cg.attached()?;
+    Ok(text
+        .lines()
+        .filter(|l| l.contains("swarmlb"))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(String::from)
+        .collect())
+}
+
 fn sock_events(agent: &Agent) -> Result<serde_json::Value> {
     Ok(agent.status()?["socket_lb"]["events"].clone())
 }
@@ -68,8 +79,9 @@ fn vips_and_published_ports_are_balanced_where_sockets_connect_and_nowhere_else(
         ..Placement::default()
     };
     agent::unload_at(&placement)?;
-    let agent =
-        Agent::start_placed(&topo.lb, &placement, &["front", "back"], config_path.to_str().context("path")?, 2)?;
+    let config = config_path.to_str().context("path")?;
+    let mut agent = Agent::start_placed(&topo.lb, &placement, &["front", "back"], config, 2)?;
+    let vip_tcp = format!("{VIP}:{BACKEND_TCP_PORT}");
     let result = (|| -> Result<()> {
         let attached = cg.attached()?;
         for (program, _) in SOCK_PROGS {
@@ -77,7 +89,6 @@ fn vips_and_published_ports_are_balanced_where_sockets_connect_and_nowhere_else(
         }
 
         // TCP to the VIP, new connections: spread over the tasks, the peer is the VIP.
-        let vip_tcp = format!("{VIP}:{BACKEND_TCP_PORT}");
         let out = client(&cg, &topo.client, "tcp", &vip_tcp, 60)?;
         ensure!(out.errors.is_empty() && out.answers.len() == 60, "VIP connections failed: {:?}", out.errors);
         let counts = out.spread();
@@ -131,6 +142,15 @@ fn vips_and_published_ports_are_balanced_where_sockets_connect_and_nowhere_else(
         let out = client(&cg, outsider, "tcp", &vip_tcp, 1)?;
         ensure!(out.answers.is_empty(), "a namespace that is no member reached the VIP: {:?}", out.answers);
         ensure!(events["balanced"].as_u64().unwrap_or(0) >= 60 + 2 + 12 + 30, "balanced count: {events}");
+
+        // A restart puts the new programs in place of the old ones: four attached, none kept.
+        let before = attached_ids(&cg)?;
+        agent.stop()?;
+        agent = Agent::start_placed(&topo.lb, &placement, &["front", "back"], config, 2)?;
+        let after = attached_ids(&cg)?;
+        ensure!(after.len() == 4 && after.iter().all(|id| !before.contains(id)), "{before:?} then {after:?}");
+        let out = client(&cg, &topo.client, "tcp", &vip_tcp, 10)?;
+        ensure!(out.errors.is_empty() && out.all_from(&vip_tcp), "VIP after a restart: {out:?}");
 
         // Unload: nothing stays attached, and the VIP is dead again.
         agent::unload_at(&placement)?;
