@@ -131,11 +131,33 @@ fn containers_reach_services_by_name_and_the_node_reaches_published_ports() -> R
             5,
             &format!("{vip}:8080"),
         )?;
+        // Requests run all through the update (reported: a connection a stopping task took may
+        // be cut when it exits); after convergence none may fail.
+        let updating = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let looping = {
+            let (updating, by_name) = (updating.clone(), by_name.clone());
+            std::thread::spawn(move || {
+                let (mut sent, mut failed) = (0, 0);
+                for _ in 0..200 {
+                    if !updating.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let out = exec_client("slbt-caller", "tcp", &by_name, 20).unwrap_or_default();
+                    sent += 20;
+                    failed += 20 - out.answers.len();
+                }
+                (sent, failed)
+            })
+        };
         docker(&format!("service update --detach --update-delay 0s --update-parallelism 2 --env-add ROLLED=1 {API}"))?;
-        wait_for("the rolling update to converge", Duration::from_secs(120), || {
+        let converged = wait_for("the rolling update to converge", Duration::from_secs(120), || {
             let state = docker(&format!("service inspect {API} --format '{{{{.UpdateStatus.State}}}}'"))?;
             Ok(Seen::when(state == "completed", state))
-        })?;
+        });
+        updating.store(false, std::sync::atomic::Ordering::Relaxed);
+        let (sent, failed) = looping.join().map_err(|_| anyhow::anyhow!("the request loop panicked"))?;
+        eprintln!("during the rolling update: {failed} of {sent} requests failed");
+        converged?;
         wait_running(API, 5)?;
         wait_served(&default, &vip_name, 5)?;
         ensure_spread(
