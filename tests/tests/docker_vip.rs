@@ -168,7 +168,8 @@ fn containers_reach_services_by_name_and_the_node_reaches_published_ports() -> R
             &format!("{vip}:8080"),
         )?;
 
-        // A published port from the node itself and from a bridge container.
+        // A published port from the node itself, from a bridge container and from a container on
+        // an overlay (both leave through the host, which forwards and masquerades them).
         let loopback = format!("127.0.0.1:{PUBLISHED}");
         ensure_spread(
             &host_client("tcp", &loopback, 40)?,
@@ -187,8 +188,10 @@ fn containers_reach_services_by_name_and_the_node_reaches_published_ports() -> R
         )?;
         let out = exec_client("slbt-bridged", "tcp", &node_addr, 40)?;
         ensure_spread(&out, "40 connections to the node address from a bridge container", 40, 2, &node_addr)?;
+        let out = exec_client("slbt-caller", "tcp", &node_addr, 40)?;
+        ensure_spread(&out, "40 connections to the node address from an overlay container", 40, 2, &node_addr)?;
         let events = &status_at(&default)?["socket_lb"]["events"];
-        ensure!(events["balanced"].as_u64().unwrap_or(0) >= 300 + 200 + 120, "balanced: {events}");
+        ensure!(events["balanced"].as_u64().unwrap_or(0) >= 300 + 200 + 160, "balanced: {events}");
         ensure!(events["unregistered_container"].as_u64().unwrap_or(0) >= 5, "unregistered: {events}");
         Ok(())
     })()
