@@ -28,19 +28,14 @@ use std::{
 use anyhow::{Context, Result};
 use serde_json::Value;
 use tests::{
-    agent::{self, Agent, Placement},
-    client::http_get,
+    agent::{self, Placement},
+    bench::{BenchAgent, MAX_CONNS, MAX_REQUESTS, WORKERS, fresh_backend, probe, tcp_ext},
     cmd::sh,
     load::{self, LoadResult},
     netns::Netns,
-    poll::{Seen, wait_for},
     topology::{self, BACKEND_TCP_PORT, LB_BACK_ADDR, LB_FRONT_ADDR, SingleNode, backend_addr},
 };
 
-const WORKERS: usize = 4;
-/// Count bounds, far above what 2 cores reach in the time bounds (which end every phase).
-const MAX_REQUESTS: u64 = 20_000_000;
-const MAX_CONNS: u64 = 2_000_000;
 const FRONTEND_PORT: u16 = 80;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -120,35 +115,8 @@ impl Row {
     }
 }
 
-/// A `TcpExt` counter of `ns` (`/proc/net/netstat`).
-fn tcp_ext(ns: &Netns, name: &str) -> Result<u64> {
-    let text = ns.exec("cat /proc/net/netstat")?;
-    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
-    let (names, values) = (lines.next().context("no TcpExt names")?, lines.next().context("no TcpExt values")?);
-    let index =
-        names.split_whitespace().position(|n| n == name).with_context(|| format!("no TcpExt counter {name}"))?;
-    values.split_whitespace().nth(index).context("short TcpExt values")?.parse().context("TcpExt value")
-}
-
-/// Replaces the backend with a new one (new namespace, new server, no TIME_WAIT sockets left
-/// from the previous phase) and forgets its old MAC on the lb node.
-fn fresh_backend(topo: &mut SingleNode) -> Result<()> {
-    topo.remove_backend(0)?;
-    topo.add_backend(0)?;
-    topo.lb.exec("ip neigh flush dev back")?;
-    Ok(())
-}
-
 fn backend(topo: &SingleNode) -> Result<&Netns> {
     topo.backends[0].as_ref().context("backend 0 missing")
-}
-
-/// Waits until one HTTP request through `target` is answered: the setup is built and serving.
-fn probe(client: &Netns, target: SocketAddr, setup: &str) -> Result<()> {
-    wait_for(&format!("{setup}: {target} to answer"), Duration::from_secs(10), || {
-        Ok(Seen::ok(client.run(move || http_get(target))?))
-    })
-    .map(drop)
 }
 
 fn run_phase(topo: &SingleNode, target: SocketAddr, phase: Phase, timing: &Timing) -> Result<PhaseResult> {
@@ -222,48 +190,6 @@ impl Drop for IptablesNat {
     }
 }
 
-/// A running agent with its pinned datapath; stopped and unloaded by `finish` or on drop. It pins
-/// under its own directory, so a namespace test or demo using the default one at the same time
-/// is left alone.
-struct Swarmlb {
-    agent: Option<Agent>,
-    placement: Placement,
-}
-
-impl Swarmlb {
-    fn start(topo: &SingleNode, config: &str) -> Result<Swarmlb> {
-        let placement = Placement { pin_dir: Some(format!("/sys/fs/bpf/{}", topo.lb.name)), ..Placement::default() };
-        agent::unload_at(&placement)?;
-        let agent = Agent::start_placed(&topo.lb, &placement, &["front", "back"], config, 2)?;
-        Ok(Swarmlb { agent: Some(agent), placement })
-    }
-
-    fn diagnosis(&self) -> String {
-        self.agent.as_ref().map(Agent::diagnosis).unwrap_or_default()
-    }
-
-    /// The reason counters (`swarmlb status --json`, "reasons").
-    fn reasons(&self) -> Result<Value> {
-        Ok(agent::status_at(&self.placement)?["reasons"].clone())
-    }
-
-    fn finish(mut self) -> Result<()> {
-        if let Some(mut agent) = self.agent.take() {
-            agent.stop()?;
-        }
-        agent::unload_at(&self.placement)
-    }
-}
-
-impl Drop for Swarmlb {
-    fn drop(&mut self) {
-        if let Some(mut agent) = self.agent.take() {
-            let _ = agent.stop();
-            let _ = agent::unload_at(&self.placement);
-        }
-    }
-}
-
 #[derive(Clone, Copy, PartialEq)]
 enum Setup {
     Plain,
@@ -301,14 +227,18 @@ fn measure(topo: &mut SingleNode, setup: Setup, config: &str, timing: &Timing) -
     for phase in PHASES {
         fresh_backend(topo)?;
         let lb = match setup {
-            Setup::Swarmlb => Some(Swarmlb::start(topo, config)?),
+            Setup::Swarmlb => {
+                let placement =
+                    Placement { pin_dir: Some(format!("/sys/fs/bpf/{}", topo.lb.name)), ..Placement::default() };
+                Some(BenchAgent::start(topo, &placement, config, 2)?)
+            }
             _ => None,
         };
         probe(&topo.client, target, setup.name())
-            .with_context(|| lb.as_ref().map(Swarmlb::diagnosis).unwrap_or_default())?;
+            .with_context(|| lb.as_ref().map(BenchAgent::diagnosis).unwrap_or_default())?;
         results.push(run_phase(topo, target, phase, timing)?);
         if let Some(lb) = lb {
-            reasons.push((phase, lb.reasons()?));
+            reasons.push((phase, lb.status()?["reasons"].clone()));
             lb.finish()?;
         }
     }

@@ -2,6 +2,7 @@
 //! test clients, the agent driver.
 
 pub mod agent;
+pub mod bench;
 pub mod cgroup;
 pub mod client;
 pub mod cmd;

@@ -56,6 +56,7 @@ pub fn bench() -> Result<()> {
     // executable's directory (`sibling_binary`): the bench profile builds into <target>/release.
     run_cmd(cargo().args(["build", "--release", "--package", "lb-userspace", "--package", "tests", "--bins"]))?;
     run_cmd(cargo().args(["bench", "--package", "tests", "--bench", "endtoend"]))?;
+    run_cmd(cargo().args(["bench", "--package", "tests", "--bench", "vip"]))?;
     run_cmd(cargo().args(["bench", "--package", "tests", "--bench", "scale"]))
 }
 
