@@ -49,6 +49,21 @@ pub fn udp_ask_from(local_port: u16, addr: SocketAddr, payload: &str) -> Result<
 
 /// One UDP request on `socket`; returns the answering backend's name.
 fn udp_query(socket: &UdpSocket, addr: SocketAddr, payload: &str) -> Result<String> {
+    let (name, echoed) = udp_exchange(socket, addr, payload)?;
+    if echoed != payload {
+        bail!("UDP answer echoed {echoed:?}, sent {payload:?}");
+    }
+    Ok(name)
+}
+
+/// Asks `addr` over UDP which peer address it sees: returns the answering backend's name and
+/// that address.
+pub fn udp_peer_seen(addr: SocketAddr) -> Result<(String, String)> {
+    udp_exchange(&UdpSocket::bind("0.0.0.0:0")?, addr, "PEER")
+}
+
+/// One datagram to `addr` and its answer, `NAME REST`, from `addr`: (NAME, REST).
+fn udp_exchange(socket: &UdpSocket, addr: SocketAddr, payload: &str) -> Result<(String, String)> {
     socket.set_read_timeout(Some(TIMEOUT))?;
     socket.send_to(payload.as_bytes(), addr)?;
     let mut buf = [0u8; 65536];
@@ -57,11 +72,8 @@ fn udp_query(socket: &UdpSocket, addr: SocketAddr, payload: &str) -> Result<Stri
         bail!("UDP answer came from {from}, not from the frontend {addr}");
     }
     let text = String::from_utf8_lossy(&buf[..len]).into_owned();
-    let (name, echoed) = text.split_once(' ').with_context(|| format!("bad UDP answer {text:?}"))?;
-    if echoed != payload {
-        bail!("UDP answer echoed {echoed:?}, sent {payload:?}");
-    }
-    Ok(name.to_string())
+    let (name, rest) = text.split_once(' ').with_context(|| format!("bad UDP answer {text:?}"))?;
+    Ok((name.to_owned(), rest.to_owned()))
 }
 
 /// A TCP connection kept open across the test, exchanging lines with one backend.

@@ -2,14 +2,14 @@
 //! its interfaces, and backends running real TCP and UDP servers. Needs root; the pinned datapath
 //! is node-wide, so these tests run one at a time.
 
-use std::{collections::BTreeMap, path::PathBuf, sync::Mutex, thread, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, sync::Mutex, thread, time::Duration};
 
 use anyhow::{Context, Result, ensure};
 use lb_common::maps::{CONNTRACK, PIN_DIR, TRACE};
 use serde_json::Value;
 use tests::{
     agent::{self, Agent, Placement},
-    client::{EchoConn, http_spread, udp_ask_from, udp_spread},
+    client::{EchoConn, http_get_path, http_spread, udp_ask_from, udp_peer_seen, udp_spread},
     cmd::sh,
     poll::wait_until,
     topology::{self, LB_FRONT_ADDR, SingleNode, backend_name},
@@ -95,6 +95,16 @@ fn spreads_tcp_connections_answers_udp_and_counts_what_it_did() -> Result<()> {
     ensure!(dns["packets"] == 60, "dns packets (30 requests + 30 answers): {}", dns["packets"]);
     ensure!(status["reasons"]["to_backend"].as_u64() >= Some(330 * 3), "reasons: {}", status["reasons"]);
     ensure!(status["reasons"]["to_client"].as_u64() >= Some(330 * 2), "reasons: {}", status["reasons"]);
+
+    // Full NAT: the backend sees the node's NAT address as the peer, never the client's.
+    let frontend = topo.frontend(80);
+    let seen = topo.client.run(move || http_get_path(frontend, "/peer"))??;
+    ensure!(
+        seen.split_whitespace().nth(1).is_some_and(|peer| peer.starts_with(&format!("{}:", topology::LB_BACK_ADDR))),
+        "the backend saw {seen:?}"
+    );
+    let (_, udp_seen) = topo.client.run(move || udp_peer_seen(SocketAddr::from((LB_FRONT_ADDR, 53))))??;
+    ensure!(udp_seen.starts_with(&format!("{}:", topology::LB_BACK_ADDR)), "the UDP backend saw {udp_seen:?}");
     agent::unload()
 }
 

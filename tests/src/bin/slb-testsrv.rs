@@ -1,6 +1,8 @@
-//! A test backend that names itself: TCP answers HTTP requests with its name, and echoes lines
-//! (prefixed with its name) on connections that start with `ECHO`; UDP answers each datagram with
-//! its name followed by the datagram. The name comes from `--name` or `SLB_TASK_NAME`.
+//! A test backend that names itself: TCP answers HTTP requests with its name (`GET /peer`: its
+//! name and the peer address it sees, `name ADDR:PORT`), and echoes lines (prefixed with its
+//! name) on connections that start with `ECHO`; UDP answers each datagram with its name followed
+//! by the datagram (a datagram `PEER`: by the peer address it sees). The name comes from
+//! `--name` or `SLB_TASK_NAME`.
 //!
 //! `slb-testsrv client MODE ADDR:PORT COUNT` is the matching client, for tests that need one in a
 //! container or a cgroup of their own (`ADDR` may be a name, resolved as the system resolves
@@ -113,6 +115,8 @@ fn serve_tcp(stream: TcpStream, name: &str) -> std::io::Result<()> {
             writer.write_all(format!("{name} {line}").as_bytes())?;
         }
     }
+    let body =
+        if line.starts_with("GET /peer ") { format!("{name} {}\n", writer.peer_addr()?) } else { format!("{name}\n") };
     // Drain the request headers, then answer.
     while line.trim_end() != "" {
         line.clear();
@@ -120,7 +124,6 @@ fn serve_tcp(stream: TcpStream, name: &str) -> std::io::Result<()> {
             break;
         }
     }
-    let body = format!("{name}\n");
     let head = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
     writer.write_all(head.as_bytes())?;
     writer.write_all(body.as_bytes())
@@ -148,7 +151,11 @@ fn main() -> std::io::Result<()> {
         let mut buf = [0u8; 65536];
         while let Ok((len, peer)) = udp.recv_from(&mut buf) {
             let mut reply = format!("{udp_name} ").into_bytes();
-            reply.extend_from_slice(&buf[..len]);
+            if &buf[..len] == b"PEER" {
+                reply.extend_from_slice(peer.to_string().as_bytes());
+            } else {
+                reply.extend_from_slice(&buf[..len]);
+            }
             let _ = udp.send_to(&reply, peer);
         }
     });
