@@ -42,6 +42,10 @@ pub const SERVICE_OVERLAY: u32 = 2;
 /// namespaces attached to overlay [`Service::vni`]: the socket programs rewrite their connect
 /// to a backend, the XDP program never sees it as a frontend.
 pub const SERVICE_VIP: u32 = 4;
+/// [`Service::flags`]: keep the client's address: a new connection's packets reach the backend
+/// with the client's own source address and port (only the destination is translated), and the
+/// backend's replies, which must come back through this node, are translated back here.
+pub const SERVICE_CLIENT_SOURCE: u32 = 8;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -253,8 +257,14 @@ pub struct Settings {
     pub snat_port_max: u16,
     /// UDP port of the swarm's VXLAN data path (0 means 4789), inspected on the underlay.
     pub vxlan_port: u16,
-    pub _pad: u16,
+    /// [`SETTINGS_CLIENT_SOURCE`].
+    pub flags: u16,
 }
+
+/// [`Settings::flags`]: some service keeps the client's address ([`SERVICE_CLIENT_SOURCE`]), so
+/// a reply may be addressed to any client address and port: every TCP/UDP packet no frontend
+/// claims is looked up in the connection tables (one more lookup for such packets).
+pub const SETTINGS_CLIENT_SOURCE: u16 = 1;
 
 /// Which packets the datapath logs its decisions about (`swarmlb trace`), one record at index 0.
 /// All zero (as the map is created) is off. A packet is traced while `enabled` is set and the

@@ -27,7 +27,10 @@ use aya_ebpf::{
     macros::{cgroup_sock_addr, classifier, xdp},
     programs::{SockAddrContext, TcContext, XdpContext},
 };
-use lb_common::{CT_NEW, DIR_TO_BACKEND, DIR_TO_CLIENT, Flow, FlowKey, PROTO_TCP, Reason, Settings};
+use lb_common::{
+    CT_NEW, DIR_TO_BACKEND, DIR_TO_CLIENT, Flow, FlowKey, PROTO_TCP, Reason, SERVICE_CLIENT_SOURCE,
+    SETTINGS_CLIENT_SOURCE, Settings,
+};
 
 use crate::{
     parse::{PROTO_ICMP, Packet},
@@ -123,7 +126,8 @@ fn balance(ctx: &XdpContext, t: &impl Trace) -> Verdict {
 
     // Tracked traffic is a client's packet to a frontend port (or to a port whose frontend was
     // removed while connections on it may still run) or a backend's reply to a SNAT address and
-    // port this node handed out; the two port ranges may overlap. Anything else leaves here.
+    // port this node handed out (or, for services that keep the client's address, to any client
+    // address and port); the port ranges may overlap. Anything else leaves here.
     let to_frontend_port = select::port_has_frontend(&pkt.key);
     if !to_frontend_port && !may_be_reply(&settings, &pkt.key) {
         return not_for_a_frontend(ctx, &pkt, &settings);
@@ -177,12 +181,13 @@ fn starts_over(tracked: conntrack::Tracked, pkt: &Packet) -> bool {
 }
 
 /// A cheap filter for replies: the port lies in some service's NAT range and the destination is
-/// a SNAT address.
+/// a SNAT address; with services that keep the client's address, anything may be one.
 #[inline(always)]
 fn may_be_reply(settings: &Settings, key: &FlowKey) -> bool {
-    key.dst_port >= settings.snat_port_min
-        && key.dst_port <= settings.snat_port_max
-        && select::is_snat_addr(key.dst_addr)
+    settings.flags & SETTINGS_CLIENT_SOURCE != 0
+        || key.dst_port >= settings.snat_port_min
+            && key.dst_port <= settings.snat_port_max
+            && select::is_snat_addr(key.dst_addr)
 }
 
 /// A packet of a tracked connection, either direction.
@@ -254,7 +259,12 @@ fn forward_new(ctx: &XdpContext, pkt: &Packet, service_id: u32, now: u64) -> Ver
         proto: key.proto,
         _pad: [0; 3],
     };
-    if !snat::claim_port(key, &mut reverse_key, &reverse, &service, now) {
+    let claimed = if service.flags & SERVICE_CLIENT_SOURCE != 0 {
+        snat::keep_client_address(key, &mut reverse_key, &reverse, now)
+    } else {
+        snat::claim_port(key, &mut reverse_key, &reverse, &service, now)
+    };
+    if !claimed {
         return Verdict::drop(Reason::DropPortsExhausted);
     }
     let mut forward = conntrack::mirror(&reverse_key, &reverse);

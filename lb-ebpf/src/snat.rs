@@ -149,6 +149,23 @@ pub fn claim_port(key: &FlowKey, reverse_key: &mut FlowKey, reverse: &Flow, serv
     take_over(reverse_key, reverse, victim)
 }
 
+/// For a service that keeps the client's address: the connection's reverse entry goes to the
+/// client's own address and port (`reverse_key`'s destination), claimed like a NAT port. The
+/// tuple towards the backend is the client's, so it can be held only by that client's earlier
+/// connection from the same port through another frontend of the same backend, or by an
+/// idled-out one, which gives it up at once. False when a live connection holds it.
+#[inline(always)]
+pub fn keep_client_address(key: &FlowKey, reverse_key: &mut FlowKey, reverse: &Flow, now: u64) -> bool {
+    reverse_key.dst_addr = key.src_addr;
+    reverse_key.dst_port = key.src_port;
+    match try_port(reverse_key, reverse, now) {
+        CLAIMED => true,
+        TAKEN => false,
+        holder if holder & (IN_MAIN - 1) == 0 => take_over(reverse_key, reverse, holder),
+        _ => false,
+    }
+}
+
 /// Evicts the connection holding `reverse_key` (found by [`try_port`] as `holder`) and claims
 /// its port; false if another CPU claimed it in between.
 #[inline(always)]

@@ -171,6 +171,10 @@ pub struct Service {
     /// port) and its backends' ports are 0 (the port the client named). Reached only by the
     /// sockets of `network`'s [`Member`]s, never by packets: no NAT address, no takeover.
     pub vip: bool,
+    /// Backends see each connection's client address and port as its source (only the
+    /// destination is translated); their replies must come back through the entry node. `false`:
+    /// full NAT, the source is this node's NAT address.
+    pub client_source: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

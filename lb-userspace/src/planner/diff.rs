@@ -100,7 +100,7 @@ pub fn settings_value(plan: &Plan) -> lb_common::Settings {
         snat_port_min: min,
         snat_port_max: max,
         vxlan_port: plan.vxlan_port,
-        _pad: 0,
+        flags: if plan.services.iter().any(|s| s.client_source) { lb_common::SETTINGS_CLIENT_SOURCE } else { 0 },
     }
 }
 
@@ -117,7 +117,8 @@ pub fn service_value(s: &PlannedService, node: &NodeSettings) -> lb_common::Serv
         snat_count,
         flags: if s.sticky { lb_common::SERVICE_STICKY } else { 0 }
             | if s.network.is_some() { lb_common::SERVICE_OVERLAY } else { 0 }
-            | if s.is_vip() { lb_common::SERVICE_VIP } else { 0 },
+            | if s.is_vip() { lb_common::SERVICE_VIP } else { 0 }
+            | if s.client_source { lb_common::SERVICE_CLIENT_SOURCE } else { 0 },
         active_backends: s.backends.iter().filter(|b| b.weight > 0).count() as u32,
         mss: s.mss,
         _pad: 0,

@@ -135,6 +135,9 @@ pub struct PlannedService {
     /// TCP MSS clamp (overlay MTU - 40); 0 for none.
     #[serde(default)]
     pub mss: u16,
+    /// Backends see the client's own address ([`crate::model::Service::client_source`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub client_source: bool,
     /// Sorted by id.
     pub backends: Vec<PlannedBackend>,
     /// Maglev table (backend id per slot, [`lb_common::maps::maglev_size`] slots); recomputed
@@ -322,6 +325,7 @@ pub fn plan(cluster: &Cluster, local: Option<&str>, prev: &Plan) -> Planned {
             network: service.network.clone(),
             vip_vni,
             mss,
+            client_source: service.client_source,
             backends,
             maglev,
         });

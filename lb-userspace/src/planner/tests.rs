@@ -20,6 +20,7 @@ fn svc(name: &str, port: u16, backends: &[(&str, u8, u32)]) -> Service {
         nat_addrs: vec![Ipv4Addr::new(198, 18, 2, 1)],
         network: None,
         vip: false,
+        client_source: false,
     }
 }
 
@@ -240,6 +241,7 @@ mod swarm {
             nat_addrs: Vec::new(),
             network: Some("web-net".into()),
             vip: false,
+            client_source: false,
         };
         let mut plain = svc("plain", 81, &[("p1", 11, 1)]);
         plain.nat_addrs = vec![Ipv4Addr::new(198, 18, 2, 1)];

@@ -195,6 +195,7 @@ fn api_vip(backends: [(&str, &str, u32, &str); 3]) -> model::Service {
         nat_addrs: vec![],
         network: Some("appnet".into()),
         vip: true,
+        client_source: false,
     }
 }
 

@@ -130,6 +130,7 @@ struct RawService {
     name: Field,
     network: Field,
     vip: Field,
+    source: Field,
     frontends: Field,
     sticky: Field,
     nat_addr: Field,

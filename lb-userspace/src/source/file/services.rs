@@ -110,7 +110,19 @@ impl Validator<'_> {
             nat_addrs,
             network: network.map(|n| n.name.clone()),
             vip: vip.is_some(),
+            client_source: self.source(&raw.source, &ctx)?,
         })
+    }
+
+    /// `source`: `"nat"` (the default: backends see this node's NAT address) or `"client"`
+    /// (backends see the client's address).
+    fn source(&self, v: &Option<Spanned<Value>>, ctx: &str) -> Result<bool, ConfigError> {
+        let Some(v) = v else { return Ok(false) };
+        match self.string(v, ctx, "source")? {
+            "nat" => Ok(false),
+            "client" => Ok(true),
+            other => Err(self.err(v.span(), ctx, "source", format!("expected \"nat\" or \"client\", found {other:?}"))),
+        }
     }
 
     /// `frontends`: a non-empty array of `ADDR:PORT/PROTO`.

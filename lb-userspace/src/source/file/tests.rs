@@ -121,7 +121,7 @@ fn errors_name_file_line_and_field() {
         (
             r#"name = "web""#,
             r#"nome = "web""#,
-            r#"config.toml:8: unknown field `nome`, expected one of `name`, `network`, `vip`, `frontends`, `sticky`, `nat_addr`, `backend`"#,
+            r#"config.toml:8: unknown field `nome`, expected one of `name`, `network`, `vip`, `source`, `frontends`, `sticky`, `nat_addr`, `backend`"#,
         ),
         (
             r#"frontends = ["*:53/udp"]"#,
@@ -203,6 +203,11 @@ fn errors_name_file_line_and_field() {
             r#"nat_addr = "198.18.2.1""#,
             "",
             r#"config.toml:7: service "web": field nat_addr: missing: set it here or in [node], or give the service a network"#,
+        ),
+        (
+            "sticky = true",
+            "source = \"direct\"",
+            r#"config.toml:10: service "web": field source: expected "nat" or "client", found "direct""#,
         ),
         (
             "[[service]]\nname = \"web\"",
@@ -330,4 +335,11 @@ fn bad_vips_and_members_are_named_with_their_line() {
         assert!(VIPS.contains(from), "{from:?} not in the sample");
         assert_eq!(&err(&VIPS.replacen(from, to, 1)), want, "replacing {from:?} with {to:?}");
     }
+}
+
+#[test]
+fn a_service_may_keep_the_clients_address() {
+    let c = parse("config.toml", &GOOD.replace("sticky = true", "source = \"client\""), None).unwrap();
+    assert!(c.services[0].client_source);
+    assert!(!c.services[1].client_source, "full NAT is the default");
 }

@@ -128,6 +128,7 @@ fn services_by_target(want: &Want, net: &NetView, backends: &[TaskBackend]) -> V
                 nat_addrs: Vec::new(),
                 network: Some(net.network.name.clone()),
                 vip: false,
+                client_source: false,
             }
         })
         .collect()

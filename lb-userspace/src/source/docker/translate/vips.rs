@@ -68,6 +68,7 @@ pub(super) fn build(
             nat_addrs: Vec::new(),
             network: Some(net_name.clone()),
             vip: true,
+            client_source: false,
         });
         built.networks_used.insert(net_name);
     }
