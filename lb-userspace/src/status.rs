@@ -143,6 +143,9 @@ pub struct ServiceReport {
     pub network: Option<String>,
     /// Source addresses of translated packets, comma-separated.
     pub nat_addr: String,
+    /// What backends see as the source: `nat` (the node's NAT address) or `client` (the
+    /// client's own address).
+    pub source: &'static str,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
@@ -215,6 +218,7 @@ pub fn collect(pin_dir: &Path, state_dir: &Path) -> Result<Report> {
             sticky: s.sticky,
             network: s.network.clone(),
             nat_addr: addrs.join(","),
+            source: if s.client_source { "client" } else { "nat" },
             packets: t.packets,
             bytes: t.bytes,
             new_flows: t.new_flows,
@@ -318,9 +322,13 @@ pub fn table(report: &Report) -> String {
             Some(network) if s.nat_addr.is_empty() => {
                 let _ = write!(at, "  VIP on network {network} (socket LB)");
             }
+            Some(network) if s.source == "client" => {
+                let _ = write!(at, "  network {network} from the client's address");
+            }
             Some(network) => {
                 let _ = write!(at, "  network {network} from {}", s.nat_addr);
             }
+            None if s.source == "client" => at.push_str("  from the client's address"),
             None => {}
         }
         row(&mut out, s.id.to_string(), s.name.clone(), String::new(), (s.packets, s.bytes, s.new_flows), at);

@@ -292,6 +292,7 @@ mod tests {
                 sticky: false,
                 network: Some("ingress".into()),
                 nat_addr: "198.19.128.2".into(),
+                source: "nat",
                 packets: 30,
                 bytes: 3000,
                 new_flows: 3,
