@@ -259,12 +259,11 @@ fn forward_new(ctx: &XdpContext, pkt: &Packet, service_id: u32, now: u64) -> Ver
         proto: key.proto,
         _pad: [0; 3],
     };
-    let claimed = if service.flags & SERVICE_CLIENT_SOURCE != 0 {
-        snat::keep_client_address(key, &mut reverse_key, &reverse, now)
-    } else {
-        snat::claim_port(key, &mut reverse_key, &reverse, &service, now)
-    };
-    if !claimed {
+    // A service that keeps the client's address falls back to a NAT port when the client's own
+    // tuple towards the backend is held by another of its live connections.
+    let kept =
+        service.flags & SERVICE_CLIENT_SOURCE != 0 && snat::keep_client_address(key, &mut reverse_key, &reverse, now);
+    if !kept && !snat::claim_port(key, &mut reverse_key, &reverse, &service, now) {
         return Verdict::drop(Reason::DropPortsExhausted);
     }
     let mut forward = conntrack::mirror(&reverse_key, &reverse);

@@ -51,3 +51,16 @@ fn udp_keeps_the_clients_address_and_full_nat_services_beside_it_do_not() {
     assert_eq!(e.run(&stray).action, XDP_PASS);
     e.dp.assert_reasons(&[(Reason::ToBackend, 2), (Reason::ToClient, 1), (Reason::PassNoFrontend, 1)]);
 }
+
+#[test]
+fn a_client_tuple_already_held_towards_the_task_falls_back_to_a_nat_port() {
+    let services = client_service("web", "198.18.0.10:80/tcp") + &client_service("alt", "198.18.0.10:81/tcp");
+    let e = swarm_env("pass", 4789, &services);
+    let first = translated(&e.run(&client_syn(44000).build()));
+    assert_eq!((first.src, first.sport), (CLIENT, 44000));
+    // The same client port through the other frontend to the same task: that tuple is taken.
+    let other = Spec::tcp(CLIENT, 44000, VIP, 81, SYN).macs(CLIENT_MAC_50, LAN_MAC).build();
+    let second = translated(&e.run(&other));
+    assert_eq!((second.src, second.dst, second.dport), (LB_LAN, TASK, 8080), "NAT fallback");
+    e.dp.assert_reasons(&[(Reason::ToBackend, 2)]);
+}
