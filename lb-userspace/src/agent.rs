@@ -172,6 +172,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut agent = Agent {
         programmer: Arc::new(std::sync::Mutex::new(Programmer::new(writer, state_dir.clone()))),
         left_out: Vec::new(),
+        unregistered: Vec::new(),
         loaded,
         pin_dir: pin_dir.clone(),
         state_dir,
@@ -246,6 +247,8 @@ struct Agent {
     programmer: Arc<std::sync::Mutex<Programmer>>,
     /// What the last plan left out, for `/healthz`.
     left_out: Vec<String>,
+    /// Members whose namespace could not be registered at the last write, in words.
+    unregistered: Vec<String>,
     loaded: Loaded,
     pin_dir: PathBuf,
     state_dir: PathBuf,
@@ -351,6 +354,13 @@ impl Agent {
         for note in &self.left_out {
             warn!("{note}");
         }
+        // Logged once each by the member writer; shown as problems while they last.
+        self.unregistered = programmed
+            .members
+            .failed
+            .iter()
+            .map(|(name, why)| format!("namespace of {name:?} not registered for socket load balancing: {why}"))
+            .collect();
         Ok(())
     }
 
@@ -364,6 +374,7 @@ impl Agent {
                 self.status.record_ok(update.trigger.unwrap_or(update.read_at).elapsed());
                 let mut problems = update.notes.clone();
                 problems.extend(self.left_out.iter().cloned());
+                problems.extend(self.unregistered.iter().cloned());
                 problems.extend(self.takeover_errors.iter().map(|(net, e)| format!("network {net:?}: takeover: {e}")));
                 self.status.set_problems(problems);
             }
